@@ -1,0 +1,281 @@
+"""Finding, downloading, validating and loading the released GLIDE inpainting checkpoints.
+
+Files (``base_inpaint.pt``, ``upsample_inpaint.pt``) live in a cache folder:
+``cache_dir`` argument > ``$SKINLIB_GLIDE_CACHE`` > the user cache dir
+(``$XDG_CACHE_HOME`` or ``~/.cache`` + ``/skinlib/glide``; ``~/Library/Caches`` on macOS,
+``%LOCALAPPDATA%`` on Windows). A missing file is downloaded from OpenAI's public URL with
+a progress bar into a ``.part`` file, validated (readable with ``torch.load(weights_only=True)``,
+exact key set and shapes), and only then renamed into place, so a truncated or wrong
+download is never used and never left under the final name. Offline with no cached file:
+:class:`CheckpointUnavailableError` says which file to put where.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+
+from .. import io as skio
+from .configs import CHECKPOINTS, CheckpointInfo
+from .unet import GlideUNet, build_model
+
+log = logging.getLogger(__name__)
+
+ENV_CACHE = "SKINLIB_GLIDE_CACHE"
+
+
+class CheckpointUnavailableError(RuntimeError):
+    """Weights are neither cached nor downloadable (offline). The message names the file(s),
+    the URL(s) and the exact folder to put them in (and how to change that folder)."""
+
+
+class CheckpointInvalidError(ValueError):
+    """A checkpoint file is truncated, unreadable or not the expected model."""
+
+
+# ----------------------------------------------------------------------------- cache folder
+def default_cache_dir() -> Path:
+    """``$SKINLIB_GLIDE_CACHE`` if set, else the per-user cache folder + ``skinlib/glide``."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Caches"
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "skinlib" / "glide"
+
+
+def resolve_cache_dir(cache_dir=None) -> Path:
+    return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+
+# ----------------------------------------------------------------------------- download
+def _urlopen(url: str, timeout: float = 60.0):
+    """Open ``url`` (http(s) or file://); tests replace this to simulate the network."""
+    return urllib.request.urlopen(url, timeout=timeout)
+
+
+def download_file(url: str, dest, *, expected_sha256: Optional[str] = None, what: str = "file",
+                  progress: bool = True,
+                  validate: Optional[Callable[[Path], Any]] = None) -> tuple[Path, str, Any]:
+    """Download ``url`` to ``dest`` atomically: write ``<dest>.*.part``, check the length
+    (and ``expected_sha256``), run ``validate(part_path)``, then rename. On any failure the
+    part file is deleted and ``dest`` is untouched. Returns (dest, sha256, validate result).
+
+    Network failure -> :class:`CheckpointUnavailableError`; bad content ->
+    :class:`CheckpointInvalidError` (or whatever ``validate`` raises)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, part_name = tempfile.mkstemp(prefix=f"{dest.name}.", suffix=".part", dir=dest.parent)
+    part = Path(part_name)
+    ok = False
+    try:
+        with os.fdopen(fd, "wb") as f:
+            digest = _stream_to(f, url, dest, what, progress)
+        if expected_sha256 and digest != expected_sha256:
+            raise CheckpointInvalidError(
+                f"{what} downloaded from {url} has sha256 {digest}, expected {expected_sha256}; "
+                "nothing was saved"
+            )
+        result = validate(part) if validate is not None else None
+        os.replace(part, dest)
+        _write_sha_sidecar(dest, digest)
+        ok = True
+        return dest, digest, result
+    finally:
+        if not ok:
+            with contextlib.suppress(FileNotFoundError):
+                part.unlink()
+
+
+def _stream_to(f, url: str, dest: Path, what: str, progress: bool) -> str:
+    """Copy the body of ``url`` into the open file ``f``; return its sha256."""
+    from tqdm.auto import tqdm
+
+    try:
+        response = _urlopen(url)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise CheckpointUnavailableError(
+            f"could not download {what} {dest.name} from {url} ({e}). Download it yourself "
+            f"and put it at {dest} (folder set by cache_dir=... or ${ENV_CACHE})."
+        ) from e
+    sha = hashlib.sha256()
+    received = 0
+    with response:
+        headers = getattr(response, "headers", None)
+        length = headers.get("Content-Length") if headers is not None else None
+        total = int(length) if length else None
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=f"downloading {dest.name}", disable=not progress) as bar:
+            while True:
+                try:
+                    chunk = response.read(1 << 20)
+                except (OSError, urllib.error.URLError) as e:
+                    raise CheckpointUnavailableError(
+                        f"download of {dest.name} from {url} broke off after {received} bytes ({e}); "
+                        f"nothing was saved: run again, or put the file at {dest} yourself"
+                    ) from e
+                if not chunk:
+                    break
+                f.write(chunk)
+                sha.update(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    f.flush()
+    os.fsync(f.fileno())
+    if total is not None and received != total:
+        raise CheckpointInvalidError(
+            f"download of {dest.name} from {url} is truncated: got {received} of {total} bytes; "
+            "nothing was saved, run again"
+        )
+    return sha.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256.json")
+
+
+def _write_sha_sidecar(path: Path, digest: str) -> None:
+    st = path.stat()
+    with contextlib.suppress(OSError):
+        skio.save_json(_sidecar(path), {"sha256": digest, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def file_sha256(path, remember: bool = True) -> str:
+    """sha256 of ``path``; with ``remember`` (our cache folder) it is kept in
+    ``<path>.sha256.json``, keyed on size and mtime, so 1.5 GB files are hashed once."""
+    path = Path(path)
+    st = path.stat()
+    with contextlib.suppress(Exception):
+        meta = skio.load_json(_sidecar(path))
+        if meta["size"] == st.st_size and meta["mtime_ns"] == st.st_mtime_ns:
+            return str(meta["sha256"])
+    digest = skio.sha256_file(path)
+    if remember:
+        _write_sha_sidecar(path, digest)
+    return digest
+
+
+# ----------------------------------------------------------------------------- validation
+def expected_shapes(options: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """State-dict key -> shape of the model for ``options`` (built on the meta device)."""
+    return {k: tuple(v.shape) for k, v in build_model(options, device="meta").state_dict().items()}
+
+
+def validate_state_dict(state: Any, options: Mapping[str, Any], source: str, fix: str = "") -> None:
+    """Raise :class:`CheckpointInvalidError` unless ``state`` maps exactly the expected keys
+    to floating-point tensors of the expected shapes."""
+    if not isinstance(state, Mapping):
+        raise CheckpointInvalidError(f"{source} holds a {type(state).__name__}, not a state dict. {fix}")
+    expected = expected_shapes(options)
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [
+        f"{k}: {tuple(state[k].shape) if isinstance(state[k], torch.Tensor) else type(state[k]).__name__}"
+        f" (expected {expected[k]})"
+        for k in expected
+        if k in state and (not isinstance(state[k], torch.Tensor) or tuple(state[k].shape) != expected[k])
+    ]
+    bad_dtype = [k for k in expected if k in state and isinstance(state[k], torch.Tensor)
+                 and not state[k].is_floating_point()]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:3]})")
+    if bad_dtype:
+        problems.append(f"non-float tensors (e.g. {bad_dtype[:3]})")
+    if problems:
+        raise CheckpointInvalidError(f"{source} does not match the model: " + "; ".join(problems) + f". {fix}")
+
+
+def read_state_dict(path, options: Mapping[str, Any], fix: str = "") -> dict[str, torch.Tensor]:
+    """``torch.load(path, weights_only=True)`` on CPU, then :func:`validate_state_dict`."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle with code, garbage...
+        raise CheckpointInvalidError(f"{path} is not a readable PyTorch checkpoint ({e}). {fix}") from e
+    validate_state_dict(state, options, str(path), fix)
+    return dict(state)
+
+
+# ----------------------------------------------------------------------------- resolution
+def checkpoint_info(name: str) -> CheckpointInfo:
+    try:
+        return CHECKPOINTS[name]
+    except KeyError:
+        raise ValueError(f"unknown checkpoint {name!r}; known: {sorted(CHECKPOINTS)}") from None
+
+
+def fetch_state_dict(name: str, *, folder=None, cache_dir=None, download: bool = True,
+                     progress: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Validated state dict of checkpoint ``name`` ("base-inpaint" / "upsample-inpaint").
+
+    ``folder``: a folder holding the file (never downloads into it). Otherwise the cache
+    folder (see :func:`default_cache_dir`), downloading when missing and ``download``.
+    Returns (state_dict, info) with info = name, file, url, path, sha256."""
+    info = checkpoint_info(name)
+    if folder is not None:
+        path = Path(folder).expanduser() / info.file
+        if not path.is_file():
+            raise CheckpointUnavailableError(
+                f"{info.file} not found in {path.parent}: download {info.url} and put it there "
+                f"(or pass weights='official' to use the cache folder)"
+            )
+        fix = f"Replace it with the file from {info.url}."
+    else:
+        path = resolve_cache_dir(cache_dir) / info.file
+        fix = f"Delete it and run again to download it from {info.url}."
+        if not path.is_file():
+            if not download:
+                raise CheckpointUnavailableError(
+                    f"{info.file} is not in the cache folder {path.parent} and downloading is off: "
+                    f"download {info.url} and put it at {path} (folder set by cache_dir=... or ${ENV_CACHE})"
+                )
+            log.info("downloading %s from %s to %s", info.file, info.url, path)
+            _, digest, state = download_file(
+                info.url, path, what=f"GLIDE checkpoint {info.name}", progress=progress,
+                validate=lambda p: read_state_dict(
+                    p, info.options, f"The download from {info.url} was not saved; run again."
+                ),
+            )
+            return state, _info(info, path, digest)
+    state = read_state_dict(path, info.options, fix)
+    return state, _info(info, path, file_sha256(path, remember=folder is None))
+
+
+def _info(info: CheckpointInfo, path: Path, digest: str) -> dict[str, Any]:
+    return {"name": info.name, "file": info.file, "url": info.url, "path": str(path), "sha256": digest}
+
+
+def model_from_state_dict(options: Mapping[str, Any], state: Mapping[str, torch.Tensor], *,
+                          device=None, dtype: torch.dtype = torch.float32) -> GlideUNet:
+    """Build the model on the meta device and load ``state`` (fp16/bf16/fp32; cast to
+    float32 first) with a strict key match; move to ``device``; set the compute dtype."""
+    model = build_model(options, device="meta")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    model = model.to(device or "cpu")
+    return model.set_compute_dtype(dtype).eval()
+
+
+def load_model(name: str, *, folder=None, cache_dir=None, download: bool = True, device=None,
+               dtype: torch.dtype = torch.float32, progress: bool = True) -> tuple[GlideUNet, dict[str, Any]]:
+    """The released model ``name`` with its weights, and the info dict of :func:`fetch_state_dict`."""
+    state, info = fetch_state_dict(name, folder=folder, cache_dir=cache_dir, download=download,
+                                   progress=progress)
+    return model_from_state_dict(checkpoint_info(name).options, state, device=device, dtype=dtype), info

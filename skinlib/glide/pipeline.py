@@ -1,0 +1,270 @@
+"""GLIDE inpainting pipeline (spec section 7): guided 64 px base stage, then the 64->256 upsampler.
+
+:class:`GlideInpainter` is the public entry point (contract in notes/glide_interface.md).
+The stage functions (:func:`sample_base_inpaint`, :func:`sample_upsample_inpaint`) take any
+noise source, so the parity tests replay the fixtures' recorded noise through the same code.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoints, configs
+from .diffusion import GaussianDiffusion, NoiseFn, PerItemNoise
+from .tokenizer import GlideTokenizer, load_tokenizer
+from .unet import GlideUNet, TextCondition, build_model
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- building blocks
+def encode_prompts(model: GlideUNet, tokenizer: GlideTokenizer, prompts: Sequence[str]) -> TextCondition:
+    """Text condition for ``prompts``, running the text transformer once per distinct prompt."""
+    unique = list(dict.fromkeys(prompts))
+    tokens, mask = tokenizer.tokenize(unique, model.text_ctx)
+    device = model.positional_embedding.device
+    cond = model.encode_text(tokens.to(device), mask.to(device))
+    return cond.index_select(torch.tensor([unique.index(p) for p in prompts], device=device))
+
+
+def inpaint_denoised_fn(inpaint_image: torch.Tensor,
+                        inpaint_mask: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """x0 -> x0 * (1 - mask) + image * mask: re-impose known pixels (mask 1 = known)."""
+    return lambda x0: x0 * (1 - inpaint_mask) + inpaint_image * inpaint_mask
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Round [-1, 1] images to the 256 levels of an 8-bit image (round half to even)."""
+    return torch.round((x + 1) * 127.5) / 127.5 - 1
+
+
+class GuidedModel:
+    """Classifier-free guidance in one forward: runs the network on [x; x] with text rows
+    [cond; uncond] and returns [eps_u + s (eps_c - eps_u) | v_cond] for the n rows of x.
+    ``last_raw`` keeps the last raw [2n, 6, H, W] network output (for tests/inspection)."""
+
+    def __init__(self, model: GlideUNet, text: TextCondition, guidance_scale: float,
+                 inpaint_image: torch.Tensor, inpaint_mask: torch.Tensor):
+        self.model, self.text, self.scale = model, text, float(guidance_scale)
+        self.inpaint_image = torch.cat([inpaint_image, inpaint_image])
+        self.inpaint_mask = torch.cat([inpaint_mask, inpaint_mask])
+        self.last_raw: Optional[torch.Tensor] = None
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        raw = self.model(torch.cat([x, x]), torch.cat([t, t]), text=self.text,
+                         inpaint_image=self.inpaint_image, inpaint_mask=self.inpaint_mask)
+        self.last_raw = raw
+        eps_c, eps_u = raw[:n, :3], raw[n:, :3]
+        return torch.cat([eps_u + self.scale * (eps_c - eps_u), raw[:n, 3:]], dim=1)
+
+
+def sample_base_inpaint(model: GlideUNet, diffusion: GaussianDiffusion, text: TextCondition,
+                        inpaint_image: torch.Tensor, inpaint_mask: torch.Tensor, *,
+                        guidance_scale: float, initial_noise: torch.Tensor, noise: NoiseFn,
+                        progress: bool = False, callback=None) -> torch.Tensor:
+    """Guided base stage for n images. text: 2n rows (n prompts, then n empty prompts);
+    inpaint_image [n, 3, h, w] (already masked), inpaint_mask [n, 1, h, w] (1 = known);
+    initial_noise [n, 3, h, w]. Only the conditional half of the original's 2n-row
+    chain is tracked (the other half never reaches the network). Returns [n, 3, h, w]."""
+    if len(text) != 2 * inpaint_image.shape[0]:
+        raise ValueError(f"text has {len(text)} rows, expected 2 x {inpaint_image.shape[0]} (cond + uncond)")
+    guided = GuidedModel(model, text, guidance_scale, inpaint_image, inpaint_mask)
+    cb = None if callback is None else (lambda k, d: callback(k, dict(d, model_out_raw=guided.last_raw)))
+    return diffusion.p_sample_loop(
+        guided, initial_noise, noise, denoised_fn=inpaint_denoised_fn(inpaint_image, inpaint_mask),
+        clip_denoised=True, progress=progress, callback=cb, desc="GLIDE base",
+    )
+
+
+def sample_upsample_inpaint(model: GlideUNet, diffusion: GaussianDiffusion, text: TextCondition,
+                            inpaint_image: torch.Tensor, inpaint_mask: torch.Tensor, low_res: torch.Tensor, *,
+                            initial_noise: torch.Tensor, noise: NoiseFn, progress: bool = False,
+                            callback=None) -> torch.Tensor:
+    """Upsampler stage (no guidance). low_res [n, 3, h, w] (8-bit quantised base output);
+    inpaint_image/mask at full size; initial_noise already scaled by the temperature."""
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, t, text=text, inpaint_image=inpaint_image, inpaint_mask=inpaint_mask, low_res=low_res)
+
+    return diffusion.p_sample_loop(
+        model_fn, initial_noise, noise, denoised_fn=inpaint_denoised_fn(inpaint_image, inpaint_mask),
+        clip_denoised=True, progress=progress, callback=callback, desc="GLIDE upsampler",
+    )
+
+
+# ----------------------------------------------------------------------------- random weights
+def random_model(options, seed: int) -> GlideUNet:
+    """Model with seeded random weights, following the fixtures' recipe (spec 3.2): PyTorch
+    default init under ``torch.manual_seed(seed)`` (global RNG restored afterwards), then a
+    generator seeded ``seed + 1`` sets the position/padding embeddings to N(0, 0.5^2),
+    all-zero tensors to N(0, 1/fan_in) (matrices) or N(0, 0.05^2) (vectors) and all-one
+    tensors to 1 + N(0, 0.1^2), in state-dict order."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(options)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, p in model.state_dict(keep_vars=True).items():
+            if name in ("positional_embedding", "padding_embedding"):
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            elif bool((p == 0).all()):
+                std = 1 / math.sqrt(p[0].numel()) if p.dim() > 1 else 0.05
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+            elif bool((p == 1).all()):
+                p.copy_(1 + torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+# ----------------------------------------------------------------------------- pipeline
+def _default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def _prepare(model: GlideUNet, dtype: torch.dtype) -> GlideUNet:
+    """Compute dtype, and channels-last layout where it speeds convolutions up (CPU, CUDA)."""
+    model.set_compute_dtype(dtype)
+    return model.set_channels_last(model.positional_embedding.device.type in ("cpu", "cuda"))
+
+
+class GlideInpainter:
+    """Base-inpaint (64 px, text-guided, classifier-free guidance) + upsample-inpaint (64->256).
+
+    ``is_random`` is True for "tiny-random" weights: show it in every log line and figure
+    title. ``identity`` (JSON-able) records weights, files + sha256, respacings, dtype, device.
+    """
+
+    def __init__(self, base: GlideUNet, upsampler: GlideUNet, tokenizer: GlideTokenizer, *,
+                 base_respacing: str = "100", upsample_respacing: str = "fast27",
+                 is_random: bool = False, identity: Optional[dict] = None):
+        self.base, self.upsampler, self.tokenizer = base.eval(), upsampler.eval(), tokenizer
+        self.base_diffusion = GaussianDiffusion.create(
+            base.options["noise_schedule"], int(base.options["diffusion_steps"]), base_respacing)
+        self.upsample_diffusion = GaussianDiffusion.create(
+            upsampler.options["noise_schedule"], int(upsampler.options["diffusion_steps"]), upsample_respacing)
+        self.base_image_size = int(base.options["image_size"])
+        self.image_size = int(upsampler.options["image_size"])
+        if self.image_size % self.base_image_size:
+            raise ValueError(f"upsampler size {self.image_size} is not a multiple of "
+                             f"base size {self.base_image_size}")
+        self.is_random = bool(is_random)
+        self.device = base.positional_embedding.device
+        self.dtype = base.compute_dtype
+        self.identity = dict(identity or {})
+        self.identity.update(
+            base_respacing=base_respacing, upsample_respacing=upsample_respacing,
+            dtype=str(self.dtype).replace("torch.", ""), device=str(self.device), is_random=self.is_random,
+        )
+
+    @property
+    def name(self) -> str:
+        """Short label for logs and figure titles (says RANDOM for tiny-random)."""
+        w = self.identity.get("weights", "?")
+        return f"GLIDE {w} (RANDOM WEIGHTS)" if self.is_random else f"GLIDE {w}"
+
+    def __repr__(self) -> str:
+        return f"GlideInpainter({self.name}, device={self.device}, dtype={self.dtype})"
+
+    @classmethod
+    def from_pretrained(cls, weights: str = "official", *, device=None, dtype=None, cache_dir=None,
+                        base_respacing: str = "100", upsample_respacing: str = "fast27",
+                        seed: int = 0, download: bool = True, progress: bool = True) -> "GlideInpainter":
+        """weights: "official" (OpenAI base_inpaint.pt + upsample_inpaint.pt from the cache,
+        downloaded when missing; offline -> CheckpointUnavailableError), a local folder holding
+        those two files, or "tiny-random" (tiny configs with random weights seeded by ``seed``,
+        for tests/smoke; never a fallback). device: default cuda > mps > cpu; dtype: default
+        float16 on CUDA, else float32 (bfloat16 is an option on CPUs with bf16 support)."""
+        device = torch.device(device) if device is not None else _default_device()
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        tokenizer = load_tokenizer(cache_dir=cache_dir, download=download)
+        if weights == "tiny-random":
+            base = random_model(configs.TINY_RANDOM_BASE, seed)
+            up = random_model(configs.TINY_RANDOM_UPSAMPLE, seed + 1000)
+            base, up = (_prepare(m.to(device), dtype) for m in (base, up))
+            identity = {"weights": "tiny-random", "base": f"tiny-random seed {seed}",
+                        "upsampler": f"tiny-random seed {seed + 1000}",
+                        "base_options": dict(base.options), "upsample_options": dict(up.options)}
+            log.warning("GLIDE weights: tiny-random (seed %d) - RANDOM, UNTRAINED models for tests and "
+                        "smoke runs; their outputs are not real inpaintings", seed)
+            return cls(base, up, tokenizer, base_respacing=base_respacing,
+                       upsample_respacing=upsample_respacing, is_random=True, identity=identity)
+        folder = None if weights == "official" else weights
+        if folder is not None and not str(folder).strip():
+            raise ValueError("weights must be 'official', 'tiny-random' or a folder path")
+        models, infos = [], {}
+        for key, name in (("base", "base-inpaint"), ("upsampler", "upsample-inpaint")):
+            model, info = checkpoints.load_model(name, folder=folder, cache_dir=cache_dir, download=download,
+                                                 device=device, dtype=dtype, progress=progress)
+            models.append(_prepare(model, dtype))
+            infos[key] = info
+        identity = {"weights": "official" if folder is None else str(folder), **infos}
+        log.info("GLIDE weights: %s (%s sha256 %s, %s sha256 %s)", identity["weights"],
+                 infos["base"]["file"], infos["base"]["sha256"][:12],
+                 infos["upsampler"]["file"], infos["upsampler"]["sha256"][:12])
+        return cls(models[0], models[1], tokenizer, base_respacing=base_respacing,
+                   upsample_respacing=upsample_respacing, is_random=False, identity=identity)
+
+    @torch.no_grad()
+    def inpaint(self, images: torch.Tensor, keep_mask: torch.Tensor, prompts, seeds: Sequence[int], *,
+                guidance_scale: float = 5.0, upsample_temp: float = 0.997, progress: bool = False,
+                base_callback=None, upsample_callback=None) -> torch.Tensor:
+        """images float [N, 3, 256, 256] in [-1, 1]; keep_mask float [N, 1, 256, 256] in [0, 1],
+        1 = keep (known pixel), 0 = synthesise (binarised at 0.5); prompts: str or N str;
+        seeds: N ints - all noise of item i comes from a CPU generator seeded seeds[i].
+        (256/64 are the official and tiny-random sizes; in general the upsampler's and the
+        base model's ``image_size``.)
+
+        Base stage at 64 px: image resized (bicubic, antialiased), mask min-pooled (a 64 px
+        pixel is known only if all its 16 source pixels are), guidance pair in one forward,
+        text encoded once per distinct prompt, known pixels re-imposed on every x0
+        prediction. Upsampler at 256 px on the 8-bit-quantised base result with the
+        full-resolution image and mask. ``*_callback(k, step_dict)`` see every step.
+        Returns float [N, 3, 256, 256] in [-1, 1] on the CPU, known pixels equal to the input."""
+        n = images.shape[0]
+        size, base_size = self.image_size, self.base_image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (3, size, size):
+            raise ValueError(f"images must be [N, 3, {size}, {size}], got {tuple(images.shape)}")
+        if tuple(keep_mask.shape) != (n, 1, size, size):
+            raise ValueError(f"keep_mask must be [N, 1, {size}, {size}] with N = {n}, got {tuple(keep_mask.shape)}")
+        if float(keep_mask.min()) < 0 or float(keep_mask.max()) > 1:
+            raise ValueError("keep_mask values must lie in [0, 1] (1 = keep)")
+        if float(images.min()) < -1.0001 or float(images.max()) > 1.0001:
+            raise ValueError("images must be scaled to [-1, 1]")
+        prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != n or len(seeds) != n:
+            raise ValueError(f"need {n} prompts and {n} seeds, got {len(prompts)} and {len(seeds)}")
+        if self.is_random:
+            log.warning("%s: inpainting %d image(s) with RANDOM weights", self.name, n)
+
+        dev = self.device
+        images = images.float().clamp(-1, 1).to(dev)
+        mask_full = (keep_mask.float() >= 0.5).float().to(dev)
+        mask_base = 1 - F.max_pool2d(1 - mask_full, kernel_size=size // base_size)
+        image_base = F.interpolate(images, size=(base_size, base_size), mode="bicubic", antialias=True,
+                                   align_corners=False).clamp(-1, 1)
+        noise = PerItemNoise.from_seeds(seeds)
+
+        base_text = encode_prompts(self.base, self.tokenizer, prompts + [""] * n)
+        base_out = sample_base_inpaint(
+            self.base, self.base_diffusion, base_text, image_base * mask_base, mask_base,
+            guidance_scale=guidance_scale, initial_noise=noise.draw((3, base_size, base_size), dev),
+            noise=noise, progress=progress, callback=base_callback,
+        )
+        up_text = encode_prompts(self.upsampler, self.tokenizer, prompts)
+        up_noise = noise.draw((3, size, size), dev) * upsample_temp
+        out = sample_upsample_inpaint(
+            self.upsampler, self.upsample_diffusion, up_text, images * mask_full, mask_full,
+            quantize_8bit(base_out), initial_noise=up_noise, noise=noise, progress=progress,
+            callback=upsample_callback,
+        )
+        out = torch.where(mask_full.bool(), images, out.clamp(-1, 1))
+        return out.cpu()

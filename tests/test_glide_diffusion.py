@@ -1,0 +1,174 @@
+"""GLIDE diffusion: schedules, respacing and the one-step math against the fixtures."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from skinlib.glide.diffusion import (
+    GaussianDiffusion, PerItemNoise, RecordedNoise, betas_for_schedule, space_timesteps,
+)
+
+
+def _parity_dir() -> Path:
+    root = os.environ.get("SKINLIB_SHARED_DIR")
+    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared"
+    return base / "glide-parity"
+
+
+PARITY = _parity_dir()
+needs_parity = pytest.mark.skipif(
+    not (PARITY / "spec.md").is_file(),
+    reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; "
+    "set SKINLIB_SHARED_DIR to the folder that holds glide-parity/)",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads
+    slow them down 10x; restore the setting afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
+ARRAYS = ["betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_recip_alphas_cumprod",
+          "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+          "posterior_mean_coef1", "posterior_mean_coef2"]
+
+
+@pytest.fixture(scope="module")
+def schedules():
+    from safetensors.numpy import load_file
+
+    return load_file(str(PARITY / "diffusion.safetensors"))
+
+
+@needs_parity
+@pytest.mark.parametrize("short", sorted(SCHEDULES))
+def test_base_betas(schedules, short):
+    np.testing.assert_allclose(betas_for_schedule(SCHEDULES[short]), schedules[f"{short}.base_betas_1000"],
+                               rtol=1e-12, atol=0)
+
+
+@needs_parity
+@pytest.mark.parametrize("short", sorted(SCHEDULES))
+@pytest.mark.parametrize("respacing", ["1000", "100", "fast27", "4", "5"])
+def test_respaced_schedules_and_derived_arrays(schedules, short, respacing):
+    diffusion = GaussianDiffusion.create(SCHEDULES[short], 1000, respacing)
+    prefix = f"{short}.{respacing}."
+    np.testing.assert_array_equal(diffusion.timestep_map, schedules[prefix + "timestep_map"])
+    for name in ARRAYS:
+        np.testing.assert_allclose(getattr(diffusion, name), schedules[prefix + name], rtol=1e-12, atol=0,
+                                   err_msg=prefix + name)
+
+
+def test_empty_respacing_means_all_steps():
+    a, b = GaussianDiffusion.create("linear", 1000, ""), GaussianDiffusion.create("linear", 1000, "1000")
+    np.testing.assert_array_equal(a.betas, b.betas)
+    assert a.num_timesteps == 1000
+
+
+@needs_parity
+def test_respacing_lists_and_errors():
+    data = json.loads((PARITY / "respacing.json").read_text())
+    assert len(data["timesteps"]) == 16
+    for spec, expected in data["timesteps"].items():
+        assert sorted(space_timesteps(1000, spec)) == expected, spec
+    for spec, message in data["errors"].items():
+        with pytest.raises(ValueError) as info:
+            space_timesteps(1000, spec)
+        if spec != "ddim999":  # our ddim message names the requested count instead of T
+            assert str(info.value) == message.split("ValueError: ", 1)[1]
+        else:
+            assert "integer stride" in str(info.value)
+
+
+def test_respacing_examples_from_spec():
+    assert space_timesteps(1000, "1") == {0}
+    assert sorted(space_timesteps(1000, "5")) == [0, 250, 500, 749, 999]
+    assert max(space_timesteps(1000, "ddim25")) == 960
+    assert sorted(space_timesteps(1000, "fast27"))[-3:] == [799, 800, 997]
+
+
+def _one_step_check(path: str, rows: int, schedule: str, respacing: str):
+    from safetensors.torch import load_file
+
+    f = load_file(str(PARITY / path))
+    diffusion = GaussianDiffusion.create(schedule, 1000, respacing)
+    image, mask = f["inpaint_image"][:rows], f["inpaint_mask"][:rows]
+    steps = f["step.x_t"].shape[0]
+    for k in range(steps):
+        j = int(f["step.t"][k][0])
+        assert int(diffusion.timestep_map[j]) == int(f["step.model_timesteps"][k][0])
+        out = diffusion.p_sample_step(
+            f["step.model_out"][k][:rows], f["step.x_t"][k][:rows], j, f["step_noise"][k][:rows],
+            denoised_fn=lambda x0: x0 * (1 - mask) + image * mask, clip_denoised=True,
+        )
+        for key in ("mean", "log_variance", "pred_xstart", "sample"):
+            # spec tolerance is 1e-4; float32-cast coefficients make it bit-exact here (1e-6
+            # leaves room for a last-bit difference of exp/log between CPU kernels)
+            torch.testing.assert_close(out[key], f[f"step.{key}"][k][:rows], atol=1e-6, rtol=0,
+                                       msg=f"step {k} {key}")
+
+
+@needs_parity
+def test_diffusion_math_only_base():
+    # all 2 rows: row 1 (unconditional chain) uses the same guided eps and its own v
+    _one_step_check("tiny_base_inpaint.sampling.safetensors", 2, "squaredcos_cap_v2", "4")
+
+
+@needs_parity
+def test_diffusion_math_only_upsampler():
+    _one_step_check("tiny_upsample_inpaint.sampling.safetensors", 1, "linear", "5")
+
+
+def test_recorded_noise_replays_in_order_and_checks_shape():
+    draws = torch.randn(3, 2, 3, 4, 4)
+    noise = RecordedNoise(draws)
+    x = torch.zeros(2, 3, 4, 4)
+    assert torch.equal(noise(x), draws[0]) and torch.equal(noise(x), draws[1])
+    with pytest.raises(ValueError, match="shape"):
+        noise(torch.zeros(1, 3, 4, 4))
+    noise(x)
+    with pytest.raises(RuntimeError, match="exhausted"):
+        noise(x)
+
+
+def test_per_item_noise_depends_only_on_the_item_seed():
+    both = PerItemNoise.from_seeds([7, 8])
+    alone = PerItemNoise.from_seeds([8])
+    x2, x1 = torch.zeros(2, 3, 5, 5), torch.zeros(1, 3, 5, 5)
+    for _ in range(3):
+        assert torch.equal(both(x2)[1], alone(x1)[0])
+    assert not torch.equal(PerItemNoise.from_seeds([7])(x1), PerItemNoise.from_seeds([8])(x1))
+
+
+def test_sampling_loop_draws_one_noise_per_step_and_ends_on_x0():
+    diffusion = GaussianDiffusion.create("linear", 1000, "3")
+    calls = []
+
+    def model_fn(x, t):
+        calls.append(int(t[0]))
+        return torch.zeros(x.shape[0], 6, *x.shape[2:])
+
+    draws = torch.randn(3, 1, 3, 4, 4)
+    seen = []
+    out = diffusion.p_sample_loop(model_fn, torch.randn(1, 3, 4, 4), RecordedNoise(draws),
+                                  callback=lambda k, d: seen.append(d))
+    assert calls == [999, 500, 0]  # original timesteps, descending
+    assert len(seen) == 3
+    torch.testing.assert_close(out, seen[-1]["pred_xstart"], atol=0, rtol=0)
+
+
+def test_one_step_schedule_is_finite():
+    diffusion = GaussianDiffusion.create("squaredcos_cap_v2", 1000, "1")
+    assert list(diffusion.timestep_map) == [0]
+    out = diffusion.p_sample_loop(lambda x, t: torch.zeros(x.shape[0], 6, 4, 4), torch.randn(1, 3, 4, 4),
+                                  lambda x: torch.randn_like(x))
+    assert torch.isfinite(out).all()
