@@ -1,0 +1,154 @@
+"""Make the README figures in other/ from one of the project's own runs, each with its caption.
+
+    python -m skinlib run --out runs/readme            # (or --smoke: figures then say so)
+    python other/make_figures.py runs/readme           # writes other/*.png, *.gif, FIGURES.md
+
+Figures (each made only when its input exists in the run folder; missing ones are listed with
+the reason in FIGURES.md):
+
+* ``crops_grid.png``             crops of notebook 01 with their ill-skin mask outlines
+* ``glide_examples.png``         GLIDE iterative inpainting, source -> Gen 1..5 (notebook 04)
+* ``glide_output_animation.gif`` the inpainting steps of one variant (notebook 04)
+* ``glide_edit_overlays.png``    edited areas and step maps of a few variants (notebook 04)
+* ``dcgan_samples.png`` / ``cvae_samples.png``  generated samples (notebooks 02 / 03)
+
+Every caption names the run folder, the stage and settings that produced the figure, and says
+SYNTHETIC demo data / tiny RANDOM weights whenever that is what the figure shows.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from skinlib import generate, viz  # noqa: E402
+from skinlib.data import list_crop_rows  # noqa: E402
+from skinlib.io import atomic_write_bytes, atomic_write_text, load_json, read_csv  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+
+def save_figure(fig, path: Path) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def run_provenance(run: Path) -> str:
+    info = load_json(run / "run.json") if (run / "run.json").is_file() else {}
+    parts = [f"run folder `{run.name}`"]
+    if info.get("git_commit"):
+        parts.append(f"commit {str(info['git_commit'])[:10]}")
+    if info.get("smoke"):
+        parts.append("SMOKE settings")
+    return ", ".join(parts)
+
+
+def crops_figure(run: Path, out: Path, n: int) -> str:
+    crops = run / "crops"
+    rows = list_crop_rows(crops)[:n]
+    synthetic = generate.crops_are_synthetic(crops)
+    images = [crops / r["image"] for r in rows]
+    masks = [crops / (r.get("mask") or f"{Path(r['image']).stem}_mask.png") for r in rows]
+    masks = masks if all(m.is_file() for m in masks) else None
+    text = f"the first {len(rows)} crops (notebook 01) with ill-skin mask outlines"
+    fig = viz.show_grid(images, masks, nrow=8, text=text, synthetic=synthetic)
+    save_figure(fig, out / "crops_grid.png")
+    return viz.title(text, synthetic) + f"; {run_provenance(run)}, `crops/`."
+
+
+def glide_settings(samples: Path) -> str:
+    g = load_json(samples / "generation.json")
+    model = generate.RANDOM_LABEL if g.get("model_is_random") else f"GLIDE weights {g['model'].get('weights', '?')}"
+    return (f"{model}; prompt \"{g['prompt']}\", {g['runs']} runs x {g['steps']} steps, sampler "
+            f"{g['sampler']}{', zoom ' + str(g['zoom']) if g.get('zoom') else ''}, guidance {g['guidance']}, "
+            f"respacing base {g['model'].get('base_respacing', '?')} / upsampler "
+            f"{g['model'].get('upsample_respacing', '?')}, seed {g['seed']}")
+
+
+def glide_figures(run: Path, out: Path) -> dict[str, str]:
+    samples, crops = run / "glide" / "samples", run / "crops"
+    rows = generate.load_variant_rows(samples)
+    if not rows:
+        raise FileNotFoundError(f"{samples} holds no variants (notebook 04 not run, e.g. no GLIDE weights)")
+    settings = glide_settings(samples)
+    synthetic = generate.crops_are_synthetic(crops)
+    src = "SYNTHETIC demo crops" if synthetic else "crops"
+    captions = {}
+    save_figure(generate.plot_variants_grid(samples, crops, n_sources=5, max_runs=5),
+                out / "glide_examples.png")
+    captions["glide_examples.png"] = (f"GLIDE iterative inpainting of {src} (notebook 04): each row a source "
+                                      f"crop, then Gen 1..5. {settings}; {run_provenance(run)}, "
+                                      f"`glide/samples/`.")
+    gif_rows = [r for r in rows if r.get("gif")]
+    if gif_rows:
+        r = gif_rows[0]
+        atomic_write_bytes(out / "glide_output_animation.gif", (samples / r["gif"]).read_bytes())
+        captions["glide_output_animation.gif"] = (
+            f"The {r['steps']} inpainting steps of variant `{r['image']}` (from {src[:-1]} `{r['source_crop']}`, "
+            f"run {r['run']}, seed {r['seed']}). {settings}; {run_provenance(run)}.")
+    save_figure(generate.plot_edit_overlays(samples, crops, n=3), out / "glide_edit_overlays.png")
+    captions["glide_edit_overlays.png"] = (f"Which pixels are synthetic: source with ill-skin mask (cyan), "
+                                           f"variant with the edited area (yellow), step that last edited "
+                                           f"each pixel. {settings}; {run_provenance(run)}.")
+    return captions
+
+
+def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
+    folder = run / name / "samples"
+    rows = read_csv(folder / "manifest.csv") if (folder / "manifest.csv").is_file() else []
+    if not rows:
+        raise FileNotFoundError(f"{folder} holds no samples (notebook {notebook} not run)")
+    rows = rows[:32]
+    synthetic = generate.crops_are_synthetic(run / "crops")
+    ckpt = rows[0].get("checkpoint", "")
+    text = f"{name.upper()} samples (notebook {notebook}), trained on {'SYNTHETIC demo ' if synthetic else ''}crops"
+    fig = viz.show_grid([folder / r["image"] for r in rows], nrow=8, text=text, synthetic=synthetic)
+    save_figure(fig, out / f"{name}_samples.png")
+    return (f"{viz.title(text, synthetic)}; {len(rows)} samples, checkpoint `{Path(ckpt).name or '?'}`"
+            f"{', training step ' + rows[0]['checkpoint_step'] if rows[0].get('checkpoint_step') else ''}"
+            f"{', seed ' + rows[0]['seed'] if rows[0].get('seed') else ''}; {run_provenance(run)}, "
+            f"`{name}/samples/`.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", help="run folder of `python -m skinlib run --out RUN`")
+    p.add_argument("--out", default=str(HERE), help="where to write the figures (default: other/)")
+    p.add_argument("--n-crops", type=int, default=64)
+    a = p.parse_args(argv)
+    run, out = Path(a.run), Path(a.out)
+    if not (run / "crops").is_dir():
+        raise SystemExit(f"{run}/crops not found: make a run first (`python -m skinlib run --out {run}`).")
+    out.mkdir(parents=True, exist_ok=True)
+    captions: dict[str, str] = {}
+    missing: dict[str, str] = {}
+    jobs = [("crops_grid.png", lambda: {"crops_grid.png": crops_figure(run, out, a.n_crops)}),
+            ("glide_*", lambda: glide_figures(run, out)),
+            ("dcgan_samples.png", lambda: {"dcgan_samples.png": samples_figure(run, out, "dcgan", "02")}),
+            ("cvae_samples.png", lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")})]
+    for name, job in jobs:
+        try:
+            captions.update(job())
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            missing[name] = str(e)
+    lines = ["# Figures", "", f"Made by `python other/make_figures.py {run}` from the project's own run.", ""]
+    for name, caption in captions.items():
+        lines += [f"## {name}", "", f"![{name}]({name})", "", caption, ""]
+    if missing:
+        lines += ["## Not made", ""] + [f"- `{k}`: {v}" for k, v in missing.items()] + [""]
+    atomic_write_text(out / "FIGURES.md", "\n".join(lines))
+    print(json.dumps({"written": sorted(captions), "not_made": missing}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
