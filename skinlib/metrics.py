@@ -1,0 +1,853 @@
+"""Image metrics over folders of crops: FID/KID, precision/recall, density/coverage,
+diversity (MS-SSIM) and, for inpainting outputs, the change inside vs outside the edited area.
+
+Every folder is in the crop format (``NNNNNN.png`` + optional ``manifest.csv``, see
+:mod:`skinlib.data`). Images are loaded as uint8 tensors ``[N, 3, S, S]`` (RGB, 0..255) at one
+common size ``S``; anything else (grey, RGBA, 16-bit, palette; other sizes) is converted with
+a printed message, never silently.
+
+Features. ``"inception"`` is the standard FID network: torchmetrics' ``NoTrainInceptionV3``
+(torch-fidelity's port of the TF 2015-12-05 graph, 2048-d pool features; the images are
+resized to 299 px inside it). Its weights come from a file given by argument, the
+``SKINLIB_INCEPTION_WEIGHTS`` environment variable, torch hub's cache, or a download; offline
+with none of these, :class:`InceptionWeightsUnavailableError` says which file to put where.
+``"local-random"`` is :class:`RandomConvFeatures`, a fixed-seed random conv net for tests,
+smoke runs and offline machines: distances on it are *not* FID/KID and are always labelled
+so (see :func:`metric_labels`). ``"auto"`` takes Inception when its weights can be had and
+otherwise the random features with a loud message.
+
+Comparison protocol (:func:`compare_folders`): for every seed the real crops are split in two
+halves by patient (A, B). Half B is the reference set of every row; each row measures ``n``
+images (``n = min(n_samples, |A|, |folder|)``, a seeded random subset) against B, so all rows
+(the generators and the "real (split half)" row, which measures A against B) have the same
+sample size and the same reference; FD is strongly biased by sample size, so only equal-size
+values are comparable. Mean and standard deviation over the seeds are reported.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import list_crop_rows
+
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth")
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_ENV = "SKINLIB_INCEPTION_WEIGHTS"
+RECOMMENDED_IMAGES = 2048   # fewer images than feature dimensions: FID is biased and unstable
+MIN_IMAGES = 50             # below this, FID/KID are close to meaningless
+REAL_SPLIT_ROW = "real (split half)"
+
+
+class InceptionWeightsUnavailableError(RuntimeError):
+    """The Inception weights are neither given, cached nor downloadable."""
+
+
+class SmallSampleWarning(UserWarning):
+    """A folder holds too few images for stable FID/KID values."""
+
+
+def _say(msg: str, verbose: bool = True) -> None:
+    if verbose:
+        print(f"[metrics] {msg}")
+
+
+# ----------------------------------------------------------------------------------------
+# loading folders
+# ----------------------------------------------------------------------------------------
+@dataclass
+class FolderImages:
+    """Images of one folder. ``images``: uint8 [N, 3, S, S] (RGB); ``rows``: the manifest rows
+    of those images (same order); ``notes``: messages about conversions; ``skipped``: (file,
+    reason) of unreadable files (not in ``images``)."""
+
+    name: str
+    folder: Path
+    images: torch.Tensor
+    rows: list[dict]
+    notes: list[str] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+def _to_rgb_uint8(im) -> tuple[np.ndarray, str | None]:
+    """PIL image -> HxWx3 uint8 array; second value: the original mode when it was converted."""
+    mode = im.mode
+    if mode == "RGB":
+        return np.asarray(im, dtype=np.uint8), None
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im).astype(np.float64)
+        top = 65535.0 if (mode.startswith("I;16") or arr.max() > 255) else 255.0
+        arr = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return np.stack([arr] * 3, axis=-1), mode
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in im.info):
+        # composite on white would invent colour; drop alpha (documented in the message)
+        return np.asarray(im.convert("RGBA").convert("RGB"), dtype=np.uint8), mode
+    return np.asarray(im.convert("RGB"), dtype=np.uint8), mode
+
+
+def _image_rows(folder: Path) -> list[dict]:
+    rows = list_crop_rows(folder)
+    # without a manifest list_crop_rows lists every non-mask PNG: drop edited-area masks too
+    return [r for r in rows if not Path(r["image"]).stem.endswith("_edit")]
+
+
+def load_folder_images(folder, *, image_size: int | None = None, max_images: int | None = None,
+                       seed: int = 0, name: str | None = None, verbose: bool = True) -> FolderImages:
+    """Load (a seeded random subset of at most ``max_images``) images of a crop folder.
+
+    Returns uint8 ``[N, 3, S, S]`` with ``S = image_size`` or, when None, the most common side
+    in the folder. Other modes are converted to RGB and other sizes resized (bicubic), each
+    with a message; unreadable files are skipped and listed (message names each file).
+    Raises FileNotFoundError / ValueError (from :func:`skinlib.data.list_crop_rows`) for a
+    missing or empty folder and ValueError when no image could be read.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    folder = Path(folder)
+    name = name or folder.name
+    rows = _image_rows(folder)
+    if max_images is not None and len(rows) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_images, replace=False))
+        rows = [rows[i] for i in pick]
+    arrays, kept, skipped = [], [], []
+    modes: Counter = Counter()
+    for row in rows:
+        path = folder / row["image"]
+        try:
+            with Image.open(path) as im:
+                im.load()
+                arr, mode = _to_rgb_uint8(im)
+        except FileNotFoundError:
+            skipped.append((str(path), "file listed in the manifest does not exist"))
+            continue
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            skipped.append((str(path), f"unreadable image ({type(e).__name__}: {e})"))
+            continue
+        if mode is not None:
+            modes[mode] += 1
+        arrays.append(arr)
+        kept.append(row)
+    notes: list[str] = []
+    for path, why in skipped:
+        notes.append(f"{name}: skipped {path}: {why}. Re-export or delete the file.")
+    if not arrays:
+        raise ValueError(f"Folder {folder} ({name}): none of its {len(rows)} images could be read; "
+                         f"see the messages above, re-export the folder.")
+    if modes:
+        notes.append(f"{name}: converted {sum(modes.values())} of {len(arrays)} images to RGB "
+                     f"(modes: {dict(sorted(modes.items()))}; alpha channels dropped, 16-bit scaled to 8-bit).")
+    sizes = Counter((a.shape[1], a.shape[0]) for a in arrays)   # (w, h)
+    if image_size is None:
+        (w, h), _ = sizes.most_common(1)[0]
+        if w != h:
+            raise ValueError(f"Folder {folder} ({name}): images are {w}x{h}, not square; pass "
+                             f"image_size=... to resize them to a square size.")
+        image_size = w
+    target = (int(image_size), int(image_size))
+    off = {s: c for s, c in sizes.items() if s != target}
+    if off:
+        n_off = sum(off.values())
+        notes.append(f"{name}: resized {n_off} of {len(arrays)} images from "
+                     f"{', '.join(f'{w}x{h} (x{c})' for (w, h), c in sorted(off.items()))} "
+                     f"to {target[0]}x{target[1]} (bicubic).")
+        for i, a in enumerate(arrays):
+            if (a.shape[1], a.shape[0]) != target:
+                arrays[i] = np.asarray(Image.fromarray(a).resize(target, Image.BICUBIC), dtype=np.uint8)
+    for n in notes:
+        _say(n, verbose)
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return FolderImages(name, folder, images, kept, notes, skipped)
+
+
+def warn_sample_size(n: int, name: str, *, what: str = "FID/KID") -> str | None:
+    """Warn (SmallSampleWarning, message with the number) when ``n`` is too small for stable
+    ``what``; returns the message or None."""
+    if n >= RECOMMENDED_IMAGES:
+        return None
+    if n < MIN_IMAGES:
+        msg = (f"{name}: only {n} images: {what} from fewer than {MIN_IMAGES} images is close to "
+               f"meaningless (dominated by sample-size bias); use at least {RECOMMENDED_IMAGES}.")
+    else:
+        msg = (f"{name}: {n} images: {what} is biased and unstable below {RECOMMENDED_IMAGES} "
+               f"images; compare only values computed with the same number of images.")
+    warnings.warn(msg, SmallSampleWarning, stacklevel=2)
+    return msg
+
+
+# ----------------------------------------------------------------------------------------
+# feature extractors
+# ----------------------------------------------------------------------------------------
+def _hub_checkpoint_dir() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _unavailable_message(reason: str) -> str:
+    return (f"Inception weights for FID are not available: {reason}\n"
+            f"Needed file: {INCEPTION_FILE} (torch-fidelity's InceptionV3, ~92 MB) from\n  {INCEPTION_URL}\n"
+            f"Fix: on a machine with internet run the notebook once (it downloads the file), or download it "
+            f"yourself and either place it at {_hub_checkpoint_dir() / INCEPTION_FILE}, or set "
+            f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILE}, or pass the path as the `inception_weights` "
+            f"parameter. Without it use features=\"local-random\" (NOT FID) explicitly.")
+
+
+def _validate_inception_file(path: Path) -> Path:
+    """Load with ``weights_only=True`` (no pickled code) and check it is the InceptionV3 state dict."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise InceptionWeightsUnavailableError(_unavailable_message(
+            f"{path} cannot be loaded as plain weights ({type(e).__name__}: {e}); it is truncated or "
+            f"not the right file: delete it and download again.")) from e
+    if not isinstance(sd, Mapping) or "Mixed_7c.branch_pool.conv.weight" not in sd or "fc.weight" not in sd:
+        raise InceptionWeightsUnavailableError(_unavailable_message(
+            f"{path} is not torch-fidelity's InceptionV3 state dict (keys missing)."))
+    return path
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds: float):
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def inception_weights_path(weights: str | os.PathLike | None = None, *, download: bool = True,
+                           timeout: float = 20.0, verbose: bool = True) -> Path:
+    """Path of a validated Inception weights file.
+
+    Looks at, in order: ``weights`` (a file path), ``$SKINLIB_INCEPTION_WEIGHTS``, torch hub's
+    cache ``<hub>/checkpoints/``; then downloads :data:`INCEPTION_URL` into that cache (when
+    ``download``). Raises :class:`InceptionWeightsUnavailableError` naming the file, the URL
+    and where to put it.
+    """
+    for source, value in (("argument", weights), (INCEPTION_ENV, os.environ.get(INCEPTION_ENV))):
+        if value:
+            path = Path(value).expanduser()
+            if not path.is_file():
+                raise InceptionWeightsUnavailableError(_unavailable_message(
+                    f"the file given by {source} ({path}) does not exist."))
+            return _validate_inception_file(path)
+    cached = _hub_checkpoint_dir() / INCEPTION_FILE
+    if cached.is_file():
+        return _validate_inception_file(cached)
+    if not download:
+        raise InceptionWeightsUnavailableError(_unavailable_message("not cached and download=False."))
+    _say(f"downloading {INCEPTION_URL} -> {cached}", verbose)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _socket_timeout(timeout):
+            # writes to a temporary file and renames it into place when complete
+            torch.hub.download_url_to_file(INCEPTION_URL, str(cached), progress=verbose)
+    except Exception as e:  # offline, DNS failure, HTTP error, timeout
+        raise InceptionWeightsUnavailableError(_unavailable_message(
+            f"download failed ({type(e).__name__}: {e}).")) from e
+    return _validate_inception_file(cached)
+
+
+class InceptionFeatures(nn.Module):
+    """The standard FID network: uint8 [N, 3, H, W] (0..255) -> float [N, 2048] pool features.
+
+    torchmetrics' ``NoTrainInceptionV3`` with torch-fidelity's weights (resizes to 299 px
+    inside, antialiased bilinear as torchmetrics' FID does by default).
+    """
+
+    is_inception = True
+    short = "Inception"
+
+    def __init__(self, weights_path: str | os.PathLike):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.weights_path = str(weights_path)
+        self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                      feature_extractor_weights_path=self.weights_path)
+        self.num_features = 2048
+        self.name = f"Inception-v3 pool3, 2048-d ({Path(self.weights_path).name})"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images).float()
+
+
+class RandomConvFeatures(nn.Module):
+    """A fixed-seed RANDOM conv net as a cheap local feature extractor (NOT Inception).
+
+    uint8 [N, 3, H, W] -> float [N, 2 * width * 8] (mean and std of the last layer's maps).
+    Weights are He-normal from ``torch.Generator().manual_seed(seed)``, so every machine gets
+    the same network. Distances on these features are NOT FID/KID and must not be reported as
+    such; they still react to colour, texture and mode collapse, which is what tests and smoke
+    runs need.
+    """
+
+    is_inception = False
+    short = "random-conv"
+
+    def __init__(self, seed: int = 0, input_size: int = 64, width: int = 16):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        chans = [3, width, width * 2, width * 4, width * 8]
+        self.convs = nn.ModuleList()
+        for cin, cout in zip(chans[:-1], chans[1:]):
+            conv = nn.Conv2d(cin, cout, 3, stride=2, padding=1)
+            with torch.no_grad():
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * math.sqrt(2.0 / (cin * 9)))
+                conv.bias.zero_()
+            self.convs.append(conv)
+        self.requires_grad_(False)
+        self.eval()
+        self.input_size = input_size
+        self.seed = seed
+        self.num_features = 2 * chans[-1]
+        self.name = f"random-conv features (seed {seed}, {self.num_features}-d), NOT Inception"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 127.5 - 1.0
+        x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        for conv in self.convs:
+            x = F.leaky_relu(conv(x), 0.2)
+        return torch.cat([x.mean(dim=(2, 3)), x.std(dim=(2, 3))], dim=1)
+
+
+def make_feature_extractor(features: str = "auto", *, inception_weights: str | None = None,
+                           download: bool = True, seed: int = 0, verbose: bool = True) -> nn.Module:
+    """``"inception"`` (error when the weights cannot be had), ``"local-random"``
+    (:class:`RandomConvFeatures`, NOT FID) or ``"auto"`` (Inception when available, else the
+    random features with a loud message; when a weights file is named by argument or
+    ``$SKINLIB_INCEPTION_WEIGHTS``, "auto" means "inception")."""
+    if features == "local-random":
+        return RandomConvFeatures(seed=seed)
+    if features == "auto" and (inception_weights or os.environ.get(INCEPTION_ENV)):
+        features = "inception"      # weights named explicitly: a bad file is an error, not a fallback
+    if features == "inception":
+        return InceptionFeatures(inception_weights_path(inception_weights, download=download, verbose=verbose))
+    if features == "auto":
+        try:
+            return InceptionFeatures(inception_weights_path(inception_weights, download=download, verbose=verbose))
+        except InceptionWeightsUnavailableError as e:
+            bar = "!" * 88
+            print(f"{bar}\nNO FID: {e}\n\nfeatures=\"auto\" falls back to RANDOM-CONV features: the table reports "
+                  f"'FD (random-conv features, not FID)' and 'KD (random-conv features, not KID)'. These values are "
+                  f"NOT comparable with any published FID/KID.\n{bar}")
+            return RandomConvFeatures(seed=seed)
+    raise ValueError(f"features must be 'inception', 'local-random' or 'auto', got {features!r}")
+
+
+def metric_labels(extractor: nn.Module) -> dict[str, str]:
+    """Display names of the feature-based metrics for this extractor (never "FID" unless Inception)."""
+    if getattr(extractor, "is_inception", False):
+        return {"fd": "FID", "kd": "KID", "precision": "precision", "recall": "recall",
+                "density": "density", "coverage": "coverage"}
+    tag = f"{getattr(extractor, 'short', 'custom')} features"
+    return {"fd": f"FD ({tag}, not FID)", "kd": f"KD ({tag}, not KID)",
+            "precision": f"precision ({tag})", "recall": f"recall ({tag})",
+            "density": f"density ({tag})", "coverage": f"coverage ({tag})"}
+
+
+def _device(device=None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@torch.no_grad()
+def extract_features(extractor: nn.Module, images: torch.Tensor, *, batch_size: int = 32,
+                     device=None, progress: bool = True, desc: str = "features") -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> float64 [N, D] features (on CPU)."""
+    from tqdm.auto import tqdm
+
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    dev = _device(device)
+    extractor = extractor.to(dev)
+    out = []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        out.append(extractor(images[i:i + batch_size].to(dev)).double().cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------
+# distances on features
+# ----------------------------------------------------------------------------------------
+class _Precomputed(nn.Module):
+    """Identity "feature extractor" so torchmetrics' FID/KID run on features we computed once."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x):
+        return x
+
+
+def frechet_distance(real: torch.Tensor, fake: torch.Tensor) -> float:
+    """Fréchet distance between Gaussians fitted to two feature sets [N, D] (torchmetrics FID
+    formula, float64). It is FID only when the features are Inception's."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"Fréchet distance needs at least 2 images per set, got {len(real)} and {len(fake)}")
+    m = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
+    m.update(real.double(), real=True)
+    m.update(fake.double(), real=False)
+    return float(m.compute())
+
+
+def kernel_distance(real: torch.Tensor, fake: torch.Tensor, *, subsets: int = 100,
+                    subset_size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID (torchmetrics: cubic polynomial kernel MMD over random subsets) on feature sets.
+    ``subset_size`` is capped at the smaller set. Returns (mean, std over subsets)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise ValueError(f"KID needs at least 2 images per set, got {len(real)} and {len(fake)}")
+    with warnings.catch_warnings():   # "will save all extracted features in buffer": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        m = KernelInceptionDistance(feature=_Precomputed(real.shape[1]), subsets=subsets, subset_size=size)
+    m.update(real.double(), real=True)
+    m.update(fake.double(), real=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        mean, std = m.compute()
+    return float(mean), float(std)
+
+
+def _kth_neighbour_radius(x: torch.Tensor, k: int) -> torch.Tensor:
+    d = torch.cdist(x, x)
+    return d.kthvalue(k + 1, dim=1).values    # +1: the point itself is at distance 0
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, *, k: int = 3) -> dict[str, float]:
+    """Improved precision/recall (Kynkäänniemi et al. 2019) with k-NN manifolds.
+
+    precision: fraction of fake samples inside the real manifold (union of k-NN balls);
+    recall: fraction of real samples inside the fake manifold. Both in [0, 1].
+    """
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} images per set, got "
+                         f"{len(real)} and {len(fake)}")
+    real, fake = real.double(), fake.double()
+    r_real, r_fake = _kth_neighbour_radius(real, k), _kth_neighbour_radius(fake, k)
+    d = torch.cdist(fake, real)                               # [n_fake, n_real]
+    precision = (d <= r_real[None, :]).any(dim=1).double().mean()
+    recall = (d.t() <= r_fake[None, :]).any(dim=1).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, *, k: int = 5) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020). density: mean number of real k-NN balls
+    containing a fake sample, divided by k (1 ~ matches, can exceed 1); coverage: fraction of
+    real samples whose k-NN ball contains at least one fake sample, in [0, 1]."""
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"density/coverage with k={k} needs more than {k} images per set, got "
+                         f"{len(real)} and {len(fake)}")
+    real, fake = real.double(), fake.double()
+    r_real = _kth_neighbour_radius(real, k)
+    inside = torch.cdist(fake, real) <= r_real[None, :]          # [n_fake, n_real]
+    density = inside.double().sum() / (k * len(fake))
+    coverage = inside.any(dim=0).double().mean()
+    return {"density": float(density), "coverage": float(coverage)}
+
+
+# ----------------------------------------------------------------------------------------
+# diversity and inpainting change (pixel metrics)
+# ----------------------------------------------------------------------------------------
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_scales(size: int, kernel_size: int = 11) -> int:
+    """Number of MS-SSIM scales (<= 5) that torchmetrics accepts at this image side."""
+    for n in range(5, 0, -1):
+        if size >= 2 ** n and size > (kernel_size - 1) * max(1, n - 1) ** 2:
+            return n
+    raise ValueError(f"images of side {size} are too small for MS-SSIM (need > {kernel_size - 1})")
+
+
+def ms_ssim_diversity(images: torch.Tensor, *, n_pairs: int = 100, seed: int = 0,
+                      batch_size: int = 32) -> dict[str, float]:
+    """Mean pairwise MS-SSIM between random pairs of distinct images of one set.
+
+    ``images``: uint8 [N, 3, S, S]. High values (near 1) mean near-identical images: mode
+    collapse. Uses the standard 5 scales when S allows (S > 160), fewer (renormalised weights)
+    for smaller images; ``scales`` says how many. Returns mean, std over pairs, n_pairs, scales.
+    """
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
+
+    n = len(images)
+    if n < 2:
+        raise ValueError(f"diversity needs at least 2 images, got {n}")
+    scales = ms_ssim_scales(images.shape[-1])
+    betas = tuple(b / sum(MS_SSIM_BETAS[:scales]) for b in MS_SSIM_BETAS[:scales])
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, size=n_pairs)
+    j = (i + rng.integers(1, n, size=n_pairs)) % n              # j != i
+    vals = []
+    for s in range(0, n_pairs, batch_size):
+        a = images[i[s:s + batch_size]].float() / 255.0
+        b = images[j[s:s + batch_size]].float() / 255.0
+        vals.append(msssim(a, b, data_range=1.0, betas=betas, reduction="none").reshape(-1).double())
+    v = torch.cat(vals)
+    return {"mean": float(v.mean()), "std": float(v.std(unbiased=False)), "n_pairs": int(n_pairs),
+            "scales": scales}
+
+
+SOURCE_COLUMNS = ("source_crop", "source_image", "source")
+EDIT_MASK_COLUMNS = ("edit", "edit_mask", "edited_mask")
+
+
+def _resolve_source(value: str, folder: Path, real_crops: Path | None, *, column: str) -> Path | None:
+    """The source crop file named by a manifest value: a file of ``real_crops`` (a bare name, as
+    :mod:`skinlib.generate` writes), an absolute path, or a relative path with a folder part
+    (``../crops/000001.png``) from ``folder``. A bare name is never looked up in ``folder``
+    itself (that is where the variants live). ``source`` is not accepted as an absolute path
+    (in real-crop manifests it names the PHOTO)."""
+    if not value:
+        return None
+    p = Path(value)
+    candidates = []
+    if real_crops is not None:
+        candidates += [real_crops / p, real_crops / p.name]
+    if p.is_absolute():
+        if column != "source":
+            candidates.append(p)
+    elif len(p.parts) > 1:
+        candidates.append(folder / p)
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def source_crop_of(row: Mapping[str, str], folder, real_crops=None) -> Path | None:
+    """Path of the source crop of a generated image's manifest row (None when not given/found)."""
+    for c in SOURCE_COLUMNS:
+        if row.get(c):
+            found = _resolve_source(row[c], Path(folder), Path(real_crops) if real_crops else None, column=c)
+            if found is not None:
+                return found
+    return None
+
+
+def inpainting_change(folder, *, real_crops=None, max_images: int | None = None, seed: int = 0,
+                      verbose: bool = True) -> dict:
+    """How much each inpainted variant differs from its source crop inside vs outside the
+    edited area.
+
+    Needs, per manifest row, the source crop (column ``source_crop`` as written by
+    :mod:`skinlib.generate`, or ``source_image``/``source``: a path relative to ``folder``, a
+    file name in ``real_crops``) and the edited-area mask (column ``edit``/``edit_mask`` or
+    ``NNNNNN_edit.png`` beside the image; L mode, 255 = re-synthesised pixel). Differences are mean |variant - source| over RGB in [0, 1].
+    Returns n, edited_fraction, mad_inside, mad_outside (means over images), and n_missing
+    (rows without source or edit mask, named in a message).
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    real_crops = Path(real_crops) if real_crops else None
+    rows = _image_rows(folder)
+    if max_images is not None and len(rows) > max_images:
+        pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=max_images, replace=False))
+        rows = [rows[i] for i in pick]
+    inside, outside, frac, missing = [], [], [], []
+    for row in rows:
+        img_path = folder / row["image"]
+        src = source_crop_of(row, folder, real_crops)
+        edit_name = next((row[c] for c in EDIT_MASK_COLUMNS if row.get(c)), f"{img_path.stem}_edit.png")
+        edit_path = folder / edit_name
+        if src is None or not edit_path.is_file() or not img_path.is_file():
+            missing.append(row["image"])
+            continue
+        with Image.open(img_path) as a, Image.open(src) as b, Image.open(edit_path) as m:
+            va = np.asarray(a.convert("RGB"), dtype=np.float64) / 255.0
+            vb = np.asarray(b.convert("RGB"), dtype=np.float64) / 255.0
+            me = np.asarray(m.convert("L")) > 127
+        if va.shape != vb.shape or me.shape != va.shape[:2]:
+            missing.append(f"{row['image']} (size differs from its source or edit mask)")
+            continue
+        diff = np.abs(va - vb).mean(axis=2)
+        frac.append(me.mean())
+        inside.append(diff[me].mean() if me.any() else np.nan)
+        outside.append(diff[~me].mean() if (~me).any() else np.nan)
+    if missing:
+        _say(f"{folder}: {len(missing)} of {len(rows)} images lack a source crop or an edit mask "
+             f"(e.g. {missing[:3]}); they are left out of the inpainting metrics.", verbose)
+    if not inside:
+        declared = sum(any(r.get(c) for c in SOURCE_COLUMNS) for r in rows)
+        if declared:
+            raise ValueError(f"{folder}: {declared} images name a source crop, but none was found together with "
+                             f"its edited-area mask; pass real_crops= the crops folder they were made from "
+                             f"(and check that it still holds those crops).")
+        raise ValueError(f"{folder}: no image has both a source crop and an edited-area mask: the folder is "
+                         f"not inpainting output (manifest column source_crop and NNNNNN_edit.png needed).")
+    return {"n": len(inside), "n_missing": len(missing), "edited_fraction": float(np.mean(frac)),
+            "mad_inside": float(np.nanmean(inside)), "mad_outside": float(np.nanmean(outside))}
+
+
+def is_inpainting_folder(folder) -> bool:
+    """True when the folder's manifest links images to source crops and edit masks exist."""
+    folder = Path(folder)
+    try:
+        rows = _image_rows(folder)
+    except (FileNotFoundError, ValueError):
+        return False
+    row = rows[0]
+    has_source = any(row.get(c) for c in SOURCE_COLUMNS)
+    edit = next((row[c] for c in EDIT_MASK_COLUMNS if row.get(c)), f"{Path(row['image']).stem}_edit.png")
+    return has_source and (folder / edit).is_file()
+
+
+# ----------------------------------------------------------------------------------------
+# comparison of folders
+# ----------------------------------------------------------------------------------------
+def patient_halves(rows: Sequence[Mapping[str, str]], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split row indices in two halves with no patient in both (column ``patient``; rows
+    without one each count as their own patient). Patients are shuffled with ``seed`` and
+    assigned greedily to the smaller half. Returns (indices A, indices B)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.get("patient") or f"__row{i}", []).append(i)
+    keys = sorted(groups)
+    order = np.random.default_rng(seed).permutation(len(keys))
+    a: list[int] = []
+    b: list[int] = []
+    for k in order:
+        (a if len(a) <= len(b) else b).extend(groups[keys[k]])
+    return np.array(sorted(a), dtype=int), np.array(sorted(b), dtype=int)
+
+
+def _summary(values: list[float]) -> tuple[float, float]:
+    """(mean, sample std) over seeds; nan when no value."""
+    v = np.asarray([x for x in values if not np.isnan(x)], dtype=np.float64)
+    if len(v) == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def compare_folders(real: FolderImages, generators: Mapping[str, FolderImages], *,
+                    extractor: nn.Module, n_samples: int = 1000, seeds: Sequence[int] = (0, 1, 2),
+                    n_pairs: int = 100, kid_subsets: int = 100, k_pr: int = 3, k_dc: int = 5,
+                    device=None, progress: bool = True) -> list[dict]:
+    """Image metrics of every generator folder and of the "real (split half)" reference.
+
+    Per seed: real split by patient into A/B (:func:`patient_halves`), ``n = min(n_samples,
+    |A|, |folder|)`` seeded random images of each row against all of B. Returns one dict per
+    row (real first) with ``name``, ``n_images``, ``n_eval``, ``features``, and for each metric
+    ``<label> mean`` / ``<label> std`` over seeds (labels from :func:`metric_labels`), plus
+    ``MS-SSIM mean``/``MS-SSIM std`` (over image pairs of the whole folder, up to n_samples).
+    """
+    labels = metric_labels(extractor)
+    feats = {real.name: extract_features(extractor, real.images, device=device, progress=progress,
+                                         desc=f"features {real.name}")}
+    for name, g in generators.items():
+        feats[name] = extract_features(extractor, g.images, device=device, progress=progress,
+                                       desc=f"features {name}")
+    per_row: dict[str, dict[str, list[float]]] = {}
+    n_eval: dict[str, int] = {}
+    nan = float("nan")
+    for seed in seeds:
+        ia, ib = patient_halves(real.rows, seed)
+        if min(len(ia), len(ib)) < 2:
+            raise ValueError(
+                f"{real.folder}: {len(real)} real images from {len({r.get('patient') for r in real.rows})} "
+                f"patient(s) cannot be split into two halves of at least 2 images with no patient in both; "
+                f"the image metrics need more real crops (more photos or patients).")
+        ref = feats[real.name][ib]
+        rng = np.random.default_rng(seed)
+        sets = {REAL_SPLIT_ROW: feats[real.name][ia]}
+        sets.update({name: feats[name] for name in generators})
+        for name, f in sets.items():
+            n = min(n_samples, len(ia), len(f))
+            sub = f[np.sort(rng.choice(len(f), size=n, replace=False))]
+            n_eval[name] = min(n, n_eval.get(name, n))
+            vals = per_row.setdefault(name, {})
+            ok = n >= 2
+            vals.setdefault("fd", []).append(frechet_distance(ref, sub) if ok else nan)
+            vals.setdefault("kd", []).append(kernel_distance(ref, sub, subsets=kid_subsets, seed=seed)[0] if ok else nan)
+            pr = precision_recall(ref, sub, k=k_pr) if min(n, len(ref)) > k_pr else {"precision": nan, "recall": nan}
+            dc = density_coverage(ref, sub, k=k_dc) if min(n, len(ref)) > k_dc else {"density": nan, "coverage": nan}
+            for key, value in {**pr, **dc}.items():
+                vals.setdefault(key, []).append(value)
+    n_ref = min(len(patient_halves(real.rows, s)[1]) for s in seeds)
+    what = "FID/KID" if getattr(extractor, "is_inception", False) else f"{labels['fd']} / {labels['kd']}"
+    for name in [REAL_SPLIT_ROW, *generators]:
+        n = min(n_eval[name], n_ref)
+        warn_sample_size(n, name, what=what)
+        if n < 2:
+            _say(f"{name}: FD/KD need at least 2 images per set (have {n}): left empty.")
+        elif n <= max(k_pr, k_dc):
+            _say(f"{name}: precision/recall (k={k_pr}) and density/coverage (k={k_dc}) need more than k images "
+                 f"per set (have {n}): left empty where too few.")
+    rows = []
+    for name, images in [(REAL_SPLIT_ROW, real.images), *((n, g.images) for n, g in generators.items())]:
+        row = {"name": name, "n_images": len(images), "n_eval": n_eval[name], "features": extractor.name}
+        for key in ("fd", "kd", "precision", "recall", "density", "coverage"):
+            row[f"{labels[key]} mean"], row[f"{labels[key]} std"] = _summary(per_row[name][key])
+        if len(images) >= 2:
+            div = ms_ssim_diversity(images[:n_samples], n_pairs=n_pairs, seed=seeds[0])
+        else:
+            div = {"mean": nan, "std": nan, "scales": ""}
+        row["MS-SSIM mean"], row["MS-SSIM std"] = div["mean"], div["std"]
+        row["MS-SSIM scales"] = div["scales"]
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------
+# figures
+# ----------------------------------------------------------------------------------------
+def generator_colour(name: str) -> str:
+    """A fixed matplotlib colour per generator, the same in every figure ("real..." is grey)."""
+    key = name.split(" [")[0].removeprefix("real + ").strip()
+    if key.startswith("real"):
+        return "0.6"
+    order = list(GENERATOR_NOTEBOOKS)
+    return f"C{order.index(key) + 1}" if key in order else f"C{5 + sum(map(ord, key)) % 5}"
+
+
+def plot_metric_bars(table: Sequence[Mapping], columns: Sequence[str], *, title: str = "",
+                     labels: Mapping[str, str] | None = None):
+    """One bar panel per metric column with ``<col> mean``/``<col> std`` (std as error bars);
+    ``labels`` maps a row name to its displayed name. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    labels = dict(labels or {})
+    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.4), squeeze=False)
+    names = [r["name"] for r in table]
+    for ax, col in zip(axes[0], columns):
+        means = [float(r.get(f"{col} mean", np.nan)) for r in table]
+        stds = [float(r.get(f"{col} std", 0) or 0) for r in table]
+        ax.bar(range(len(names)), means, yerr=np.nan_to_num(stds), capsize=4,
+               color=[generator_colour(n) for n in names])
+        ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=8)
+        ax.set_title(col, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def sample_grid_figure(sets: Mapping[str, torch.Tensor], *, n: int = 8, seed: int = 0, title: str = ""):
+    """Side-by-side sample grids: one column of ``n`` seeded random images per set (uint8
+    [N, 3, H, W] each). Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    names = list(sets)
+    fig, axes = plt.subplots(n, len(names), figsize=(max(1.6 * len(names), 5.0), 1.6 * n + 0.4), squeeze=False)
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(names):
+        imgs = sets[name]
+        pick = rng.choice(len(imgs), size=min(n, len(imgs)), replace=False)
+        for r in range(n):
+            ax = axes[r][c]
+            ax.axis("off")
+            if r < len(pick):
+                ax.imshow(imgs[pick[r]].permute(1, 2, 0).numpy())
+        axes[0][c].set_title(name, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------
+# inputs of the evaluation notebook
+# ----------------------------------------------------------------------------------------
+GENERATOR_NOTEBOOKS = {"dcgan": ("02", "dcgan"), "cvae": ("03", "cvae"), "glide": ("04", "glide")}
+
+
+def is_synthetic_crops(crops_dir) -> bool:
+    """True when a crops folder was cut from the SYNTHETIC demo dataset (its ``summary.json``,
+    written by :mod:`skinlib.crops`, says so); figures then say "SYNTHETIC demo data"."""
+    path = Path(crops_dir) / "summary.json"
+    if not path.is_file():
+        return False
+    from .io import load_json
+
+    try:
+        return bool(load_json(path).get("synthetic"))
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def _has_images(folder: Path) -> bool:
+    return folder.is_dir() and ((folder / "manifest.csv").is_file() or any(folder.glob("*.png")))
+
+
+def generator_folders(out_dir, given: Mapping[str, str] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """The generator sample folders to evaluate and, for the others, why not.
+
+    ``given[name]`` (e.g. the notebook's ``dcgan_dir``): "" means ``OUT/<name>/samples``; a
+    given folder that does not exist or holds no images is an error (FileNotFoundError), a
+    missing default folder is reported as "not available: run notebook NN". Returns
+    (available: name -> folder, status: name -> message for the unavailable ones).
+    """
+    given = dict(given or {})
+    available: dict[str, Path] = {}
+    status: dict[str, str] = {}
+    for name, (nb, sub) in GENERATOR_NOTEBOOKS.items():
+        value = given.get(name, "")
+        folder = Path(value) if value else Path(out_dir) / sub / "samples"
+        if _has_images(folder):
+            available[name] = folder
+        elif value:
+            raise FileNotFoundError(f"{name}: the given folder {folder} does not exist or holds no images "
+                                    f"(NNNNNN.png + manifest.csv); fix the path or leave it empty to use "
+                                    f"{Path(out_dir) / sub / 'samples'}.")
+        else:
+            status[name] = f"not available: {folder} has no images; run notebook {nb}"
+    return available, status
+
+
+# ----------------------------------------------------------------------------------------
+# tables
+# ----------------------------------------------------------------------------------------
+def is_random_model_folder(rows: Sequence[Mapping[str, str]]) -> bool:
+    """True when a generator manifest says its images come from a RANDOM-weight model (smoke)."""
+    return any(str(r.get("model_is_random", "")).strip().lower() in ("true", "1", "yes") for r in rows)
+
+
+def _fmt(value, digits: int) -> str:
+    if value is None or value == "":
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return "nan" if np.isnan(value) else f"{value:.{digits}g}" if abs(value) >= 1000 else f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Mapping], columns: Sequence[str], *, digits: int = 3,
+                   pm: Mapping[str, str] | None = None, ci: Sequence[str] = ()) -> str:
+    """A Markdown table of ``columns``; ``pm`` maps a shown column to the column holding its
+    error (shown as ``mean ± err``); columns in ``ci`` are followed by their interval from the
+    columns ``<col> low`` / ``<col> high`` (shown as ``mean [low, high]``)."""
+    pm = dict(pm or {})
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    lines = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            cell = _fmt(r.get(c, ""), digits)
+            if c in pm and cell not in ("", "nan") and r.get(pm[c], "") not in ("", None):
+                cell += f" ± {_fmt(r[pm[c]], digits)}"
+            if c in ci and cell not in ("", "nan") and r.get(f"{c} low", "") not in ("", None):
+                cell += f" [{_fmt(r[f'{c} low'], digits)}, {_fmt(r[f'{c} high'], digits)}]"
+            cells.append(cell.replace("|", "/"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return head + "\n".join(lines)

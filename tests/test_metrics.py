@@ -1,0 +1,384 @@
+"""Image metrics over crop folders (skinlib.metrics) and notebook 05 in smoke mode.
+
+Every folder here is written by the helpers below (tiny PNGs, 32-64 px); features come from the
+fixed-seed random conv net, never reported as FID. One test builds a random-weight Inception file to
+check the Inception path offline (no download).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from skinlib import metrics as M
+from skinlib.io import read_csv, save_png, write_csv
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)        # the machines running the suite are shared: tiny nets gain nothing from threads
+    yield
+    torch.set_num_threads(n)
+
+
+# ----------------------------------------------------------------------------------------
+# folder builders (also used by test_downstream.py)
+# ----------------------------------------------------------------------------------------
+COLOURS = {"measles": (200, 40, 40), "rubella": (120, 40, 170)}
+
+
+def make_crops(folder, *, n_patients: int = 6, per_patient: int = 4, size: int = 64,
+               diseases=("measles", "rubella"), seed: int = 0) -> Path:
+    """A real-crops folder: grey-ish skin with one coloured square lesion (colour = disease),
+    masks (255 = lesion), manifest with disease and patient."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = []
+    k = 0
+    for p in range(n_patients):
+        for j in range(per_patient):
+            d = diseases[(p + j) % len(diseases)]
+            img = np.full((size, size, 3), 110 + int(rng.integers(0, 60)), np.uint8)
+            mask = np.zeros((size, size), np.uint8)
+            y0, x0 = rng.integers(0, size // 2, 2)
+            mask[y0:y0 + size // 2, x0:x0 + size // 2] = 255
+            img[mask > 0] = COLOURS[d]
+            img = np.clip(img.astype(int) + rng.integers(-12, 12, img.shape), 0, 255).astype(np.uint8)
+            save_png(folder / f"{k:06d}.png", img)
+            save_png(folder / f"{k:06d}_mask.png", mask)
+            rows.append({"image": f"{k:06d}.png", "mask": f"{k:06d}_mask.png", "disease": d,
+                         "patient": f"{d[:1]}persona{p}", "source": f"/data/{d}/persona{p}/e1.png"})
+            k += 1
+    write_csv(folder / "manifest.csv", rows)
+    return folder
+
+
+def make_generated(folder, *, n: int = 20, size: int = 64, disease: str | None = None, seed: int = 1,
+                   collapse: bool = False) -> Path:
+    """A DCGAN/CVAE-like export: images + manifest (generator, checkpoint, seed[, disease])."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (size, size, 3))
+    rows = []
+    for i in range(n):
+        img = base if collapse else rng.integers(0, 256, (size, size, 3))
+        if disease:
+            img = img // 2 + np.array(COLOURS[disease]) // 2
+        save_png(folder / f"{i:06d}.png", np.asarray(img, np.uint8))
+        row = {"image": f"{i:06d}.png", "generator": "test", "checkpoint": "none", "seed": i}
+        if disease is not None:
+            row["disease"] = disease
+        rows.append(row)
+    write_csv(folder / "manifest.csv", rows)
+    return folder
+
+
+def make_inpainted(folder, real, *, runs: int = 1, value: int = 255, random_model: bool = True) -> Path:
+    """A GLIDE-like folder (columns as skinlib.generate writes them): each real crop with its top-left
+    quarter set to ``value``; edit mask NNNNNN_edit.png (255 = edited), carried mask."""
+    folder, real = Path(folder), Path(real)
+    rows = []
+    for i, src in enumerate(read_csv(real / "manifest.csv")):
+        for r in range(runs):
+            stem = f"{i * runs + r:06d}"
+            img = np.array(Image.open(real / src["image"]).convert("RGB"))
+            h, w = img.shape[:2]
+            edit = np.zeros((h, w), np.uint8)
+            edit[: h // 2, : w // 2] = 255
+            img[edit > 0] = value
+            save_png(folder / f"{stem}.png", img)
+            save_png(folder / f"{stem}_edit.png", edit)
+            Image.open(real / src["mask"]).save(folder / f"{stem}_mask.png")
+            rows.append({"image": f"{stem}.png", "mask": f"{stem}_mask.png", "edit": f"{stem}_edit.png",
+                         "generator": "glide-iterative-inpaint", "model_is_random": random_model,
+                         "source_crop": src["image"], "run": r, "disease": src["disease"],
+                         "patient": src["patient"], "source": src["source"]})
+    write_csv(folder / "manifest.csv", rows)
+    return folder
+
+
+# ----------------------------------------------------------------------------------------
+# loading folders: modes, sizes, unreadable files, small samples
+# ----------------------------------------------------------------------------------------
+def test_load_folder_converts_modes_and_sizes_with_messages(tmp_path, capsys):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    Image.fromarray(np.full((32, 32, 3), 10, np.uint8)).save(d / "000000.png")
+    Image.fromarray(np.full((32, 32, 3), 20, np.uint8)).save(d / "000001.png")
+    Image.fromarray(np.full((48, 48), 200, np.uint8), mode="L").save(d / "000002.png")   # grey, other size
+    Image.fromarray(np.full((32, 32, 4), 30, np.uint8), mode="RGBA").save(d / "000003.png")
+    Image.fromarray(np.full((32, 32), 65535, np.uint16)).save(d / "000004.png")          # 16-bit
+    (d / "000005.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")                         # corrupt
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(d / "000000_mask.png")             # ignored
+    f = M.load_folder_images(d)
+    out = capsys.readouterr().out
+    assert f.images.shape == (5, 3, 32, 32) and f.images.dtype == torch.uint8
+    assert "converted 3 of 5 images to RGB" in out and "'L': 1" in out and "RGBA" in out
+    assert "resized 1 of 5 images from 48x48" in out
+    assert "000005.png" in out and len(f.skipped) == 1
+    assert int(f.images[2].float().mean()) == 200           # grey value kept
+    assert int(f.images[3, :, 0, 0].max()) == 30             # alpha dropped, colour kept
+    assert int(f.images[4].min()) == 255                      # 16-bit white -> 8-bit white
+    g = M.load_folder_images(d, image_size=16, verbose=False)
+    assert g.images.shape[-1] == 16
+
+
+def test_load_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        M.load_folder_images(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no crops"):
+        M.load_folder_images(tmp_path / "empty")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "000000.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="none of its 1 images could be read"):
+        M.load_folder_images(bad, verbose=False)
+
+
+def test_max_images_is_a_seeded_subset(tmp_path):
+    d = make_generated(tmp_path / "g", n=12, size=16)
+    a = M.load_folder_images(d, max_images=5, seed=3, verbose=False)
+    b = M.load_folder_images(d, max_images=5, seed=3, verbose=False)
+    c = M.load_folder_images(d, max_images=5, seed=4, verbose=False)
+    assert len(a) == 5 and [r["image"] for r in a.rows] == [r["image"] for r in b.rows]
+    assert [r["image"] for r in a.rows] != [r["image"] for r in c.rows]
+
+
+def test_small_sample_warnings_carry_the_number():
+    with pytest.warns(M.SmallSampleWarning, match="only 12 images"):
+        M.warn_sample_size(12, "dcgan")
+    with pytest.warns(M.SmallSampleWarning, match="300 images"):
+        M.warn_sample_size(300, "dcgan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.warn_sample_size(5000, "dcgan") is None
+
+
+# ----------------------------------------------------------------------------------------
+# distances on features
+# ----------------------------------------------------------------------------------------
+def _gauss(n, d=8, shift=0.0, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64) * scale + shift
+
+
+def test_frechet_distance_matches_closed_form():
+    a, b = _gauss(400, seed=0), _gauss(400, seed=1, shift=2.0)
+    assert M.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    # independent estimate: ||mu1-mu2||^2 + tr(S1 + S2 - 2 (S1 S2)^1/2) with scipy's sqrtm
+    from scipy.linalg import sqrtm
+
+    s1, s2 = np.cov(a.numpy(), rowvar=False), np.cov(b.numpy(), rowvar=False)
+    ref = ((a.mean(0) - b.mean(0)) ** 2).sum().item() + np.trace(s1 + s2 - 2 * sqrtm(s1 @ s2).real)
+    assert M.frechet_distance(a, b) == pytest.approx(ref, rel=1e-4)
+    assert M.frechet_distance(a, b) > 8 * 4 * 0.9            # mean shift of 2 in 8 dims
+
+
+def test_kernel_distance_orders_sets_and_is_seeded():
+    a = _gauss(200, seed=0)
+    near, far = _gauss(200, seed=1, shift=0.1), _gauss(200, seed=2, shift=1.5)
+    kn, _ = M.kernel_distance(a, near, subsets=20, subset_size=100)
+    kf, _ = M.kernel_distance(a, far, subsets=20, subset_size=100)
+    assert abs(kn) < kf
+    assert M.kernel_distance(a, far, subsets=5, subset_size=50, seed=7) == M.kernel_distance(
+        a, far, subsets=5, subset_size=50, seed=7)
+
+
+def test_precision_recall_and_density_coverage():
+    real = _gauss(300, seed=0)
+    same = _gauss(300, seed=1)
+    pr = M.precision_recall(real, same)
+    assert pr["precision"] > 0.8 and pr["recall"] > 0.8
+    far = _gauss(300, seed=2, shift=20.0)
+    pr = M.precision_recall(real, far)
+    assert pr["precision"] == 0.0 and pr["recall"] == 0.0
+    # mode collapse: all fakes near one real point -> precision high, recall and coverage low
+    collapsed = real[:1] + 0.01 * _gauss(300, seed=3)
+    pr, dc = M.precision_recall(real, collapsed), M.density_coverage(real, collapsed)
+    assert pr["precision"] == 1.0 and pr["recall"] < 0.05 and dc["coverage"] < 0.05
+    dc = M.density_coverage(real, same)
+    assert 0.6 < dc["density"] < 1.4 and dc["coverage"] > 0.8
+    with pytest.raises(ValueError, match="more than 3 images"):
+        M.precision_recall(real[:3], same)
+
+
+def test_random_conv_features_are_fixed_and_named_not_fid():
+    x = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    a, b = M.RandomConvFeatures(seed=0), M.RandomConvFeatures(seed=0)
+    assert torch.equal(a(x), b(x)) and a(x).shape == (4, a.num_features)
+    assert not torch.equal(a(x), M.RandomConvFeatures(seed=1)(x))
+    labels = M.metric_labels(a)
+    assert "NOT Inception" in a.name
+    assert labels["fd"] == "FD (random-conv features, not FID)" and "not KID" in labels["kd"]
+    assert not any(v.startswith(("FID", "KID")) for v in labels.values())
+
+
+# ----------------------------------------------------------------------------------------
+# Inception weights: never silent
+# ----------------------------------------------------------------------------------------
+def test_inception_offline_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+
+    def offline(*a, **k):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(M.InceptionWeightsUnavailableError) as e:
+        M.make_feature_extractor("inception", verbose=False)
+    msg = str(e.value)
+    assert M.INCEPTION_FILE in msg and M.INCEPTION_URL in msg and M.INCEPTION_ENV in msg
+    assert str(tmp_path / "hub" / "checkpoints" / M.INCEPTION_FILE) in msg
+    with pytest.raises(M.InceptionWeightsUnavailableError, match="does not exist"):
+        M.inception_weights_path(tmp_path / "missing.pth")
+    monkeypatch.setenv(M.INCEPTION_ENV, str(tmp_path / "env.pth"))
+    with pytest.raises(M.InceptionWeightsUnavailableError, match=M.INCEPTION_ENV):
+        M.inception_weights_path()
+    monkeypatch.delenv(M.INCEPTION_ENV)
+    # "auto" falls back loudly, and the result is labelled as not FID
+    ex = M.make_feature_extractor("auto", verbose=False)
+    assert isinstance(ex, M.RandomConvFeatures) and M.metric_labels(ex)["fd"].endswith("not FID)")
+    # ... but not when a weights file was named: then a bad file is an error
+    with pytest.raises(M.InceptionWeightsUnavailableError):
+        M.make_feature_extractor("auto", inception_weights=str(tmp_path / "missing.pth"), verbose=False)
+    with pytest.raises(ValueError, match="features must be"):
+        M.make_feature_extractor("clip")
+
+
+def test_bad_inception_files_are_rejected(tmp_path):
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(b"PK\x03\x04 not a checkpoint")
+    with pytest.raises(M.InceptionWeightsUnavailableError, match="truncated or not the right file"):
+        M.inception_weights_path(trunc)
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(2)}, other)
+    with pytest.raises(M.InceptionWeightsUnavailableError, match="not torch-fidelity's InceptionV3"):
+        M.inception_weights_path(other)
+
+
+def test_inception_path_with_a_local_file(tmp_path, monkeypatch):
+    """A local weights file (random values, right keys) goes through the real torchmetrics network."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    with monkeypatch.context() as m:    # build the network without downloading, to get its keys/shapes
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None)
+        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path / "random-inception-for-test.pth"
+    torch.save(net.state_dict(), path)
+    del net
+    ex = M.make_feature_extractor("inception", inception_weights=str(path))
+    assert ex.is_inception and M.metric_labels(ex)["fd"] == "FID"
+    f = M.extract_features(ex, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), progress=False)
+    assert f.shape == (2, 2048) and torch.isfinite(f).all()
+
+
+# ----------------------------------------------------------------------------------------
+# diversity and inpainting change
+# ----------------------------------------------------------------------------------------
+def test_ms_ssim_diversity_detects_collapse():
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randint(0, 256, (12, 3, 64, 64), generator=g, dtype=torch.uint8)
+    same = noise[:1].repeat(12, 1, 1, 1)
+    d_noise = M.ms_ssim_diversity(noise, n_pairs=20)
+    d_same = M.ms_ssim_diversity(same, n_pairs=20)
+    assert d_same["mean"] == pytest.approx(1.0, abs=1e-4) and d_noise["mean"] < 0.2
+    assert d_noise["scales"] == 3 and M.ms_ssim_scales(256) == 5 and M.ms_ssim_scales(128) == 4
+    with pytest.raises(ValueError, match="at least 2 images"):
+        M.ms_ssim_diversity(noise[:1])
+
+
+def test_inpainting_change_inside_vs_outside(tmp_path, capsys):
+    real = make_crops(tmp_path / "real", n_patients=2, per_patient=2, size=32)
+    var = make_inpainted(tmp_path / "glide", real, value=255)
+    assert M.is_inpainting_folder(var) and not M.is_inpainting_folder(real)
+    res = M.inpainting_change(var, real_crops=real)
+    assert res["n"] == 4 and res["n_missing"] == 0
+    assert res["edited_fraction"] == pytest.approx(0.25)
+    assert res["mad_outside"] == 0.0 and res["mad_inside"] > 0.2
+    # an image without its edit mask is left out with a message naming it
+    (var / "000001_edit.png").unlink()
+    res = M.inpainting_change(var, real_crops=real)
+    assert res["n"] == 3 and res["n_missing"] == 1 and "000001.png" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="pass real_crops"):
+        M.inpainting_change(var)                              # bare source names need the crops folder
+    gen = make_generated(tmp_path / "dcgan", n=4, size=32)
+    with pytest.raises(ValueError, match="not inpainting output"):
+        M.inpainting_change(gen)
+
+
+# ----------------------------------------------------------------------------------------
+# folder comparison
+# ----------------------------------------------------------------------------------------
+def test_patient_halves_never_share_a_patient():
+    rows = [{"patient": f"p{i % 5}"} for i in range(23)]
+    a, b = M.patient_halves(rows, seed=0)
+    assert set(a) | set(b) == set(range(23)) and not set(a) & set(b)
+    assert not {rows[i]["patient"] for i in a} & {rows[i]["patient"] for i in b}
+    assert (a == M.patient_halves(rows, seed=0)[0]).all()
+
+
+def test_compare_folders_ranks_generators(tmp_path):
+    real = M.load_folder_images(make_crops(tmp_path / "real", n_patients=8, per_patient=4, size=32), verbose=False)
+    noise = M.load_folder_images(make_generated(tmp_path / "noise", n=30, size=32), verbose=False)
+    collapsed = M.load_folder_images(make_generated(tmp_path / "col", n=30, size=32, collapse=True), verbose=False)
+    ex = M.RandomConvFeatures()
+    with pytest.warns(M.SmallSampleWarning, match="only 16 images"):
+        rows = M.compare_folders(real, {"noise": noise, "collapsed": collapsed}, extractor=ex, n_samples=100,
+                                 seeds=(0, 1), n_pairs=20, kid_subsets=10, progress=False)
+    by = {r["name"]: r for r in rows}
+    assert [r["name"] for r in rows] == [M.REAL_SPLIT_ROW, "noise", "collapsed"]
+    fd = "FD (random-conv features, not FID) mean"
+    assert all(r["n_eval"] == 16 for r in rows)                    # same sample size for every row
+    assert by[M.REAL_SPLIT_ROW][fd] < by["noise"][fd] and by[M.REAL_SPLIT_ROW][fd] < by["collapsed"][fd]
+    assert by["collapsed"]["MS-SSIM mean"] > 0.99 > by[M.REAL_SPLIT_ROW]["MS-SSIM mean"]
+    assert by["collapsed"]["recall (random-conv features) mean"] < by[M.REAL_SPLIT_ROW]["recall (random-conv features) mean"]
+    assert not any(k.startswith(("FID", "KID")) for k in rows[0])
+
+
+def test_generator_folders_report_missing_and_reject_bad_paths(tmp_path):
+    make_generated(tmp_path / "dcgan" / "samples", n=3, size=16)
+    avail, status = M.generator_folders(tmp_path, {"dcgan": "", "cvae": "", "glide": ""})
+    assert list(avail) == ["dcgan"]
+    assert "run notebook 03" in status["cvae"] and "run notebook 04" in status["glide"]
+    with pytest.raises(FileNotFoundError, match="nope"):
+        M.generator_folders(tmp_path, {"glide": str(tmp_path / "nope")})
+
+
+# ----------------------------------------------------------------------------------------
+# notebook 05 in smoke mode
+# ----------------------------------------------------------------------------------------
+def test_notebook_05_smoke(tmp_path):
+    pytest.importorskip("papermill")
+    real = make_crops(tmp_path / "in" / "real", n_patients=6, per_patient=4, size=64)
+    make_generated(tmp_path / "out" / "dcgan" / "samples", n=12, size=32)          # other size: resized
+    make_generated(tmp_path / "out" / "cvae" / "samples", n=12, size=64, disease="rubella")
+    make_inpainted(tmp_path / "out" / "glide" / "samples", real)
+    out = tmp_path / "out"
+    env = {**os.environ, "SKINLIB_SMOKE": "1"}
+    cmd = [sys.executable, "-m", "papermill", str(REPO / "notebooks" / "05_evaluation.ipynb"),
+           str(tmp_path / "executed.ipynb"), "--cwd", str(tmp_path), "-p", "out_dir", str(out),
+           "-p", "real_crops", str(real), "-k", "python3", "--no-progress-bar"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_csv(out / "eval" / "comparison.csv")
+    assert [r["name"] for r in rows] == [M.REAL_SPLIT_ROW, "dcgan", "cvae", "glide [RANDOM weights]"]
+    assert "FD (random-conv features, not FID) mean" in rows[0] and not any(k.startswith("FID") for k in rows[0])
+    assert all(r["status"] == "ok" for r in rows)
+    # disease task: the unconditional DCGAN cannot be labelled -> no downstream numbers, said so
+    assert rows[1]["accuracy"] == "" and rows[1]["downstream note"].startswith("not applicable")
+    assert rows[2]["accuracy"] != "" and rows[3]["accuracy gain"] != ""
+    assert float(rows[3]["inpaint mad_outside"]) == 0.0
+    for f in ("image_metrics.png", "downstream.png", "samples.png", "downstream_per_seed.csv", "settings.json"):
+        assert (out / "eval" / f).is_file(), f
