@@ -373,7 +373,7 @@ def encode_png(array: np.ndarray, *, compress_level: int = 1, text: dict[str, st
 
 def list_crop_rows(crops_dir) -> list[dict[str, str]]:
     """Rows describing the crops of a folder: its ``manifest.csv`` or, without one, every
-    ``*.png`` that is not a ``*_mask*.png`` (with empty metadata).
+    ``*.png`` that is not a ``*_mask.png`` / ``*_mask2.png`` / ``*_edit.png`` (with empty metadata).
 
     Raises FileNotFoundError / ValueError with the folder name and the fix when the folder is
     missing or holds no crops.
@@ -387,7 +387,8 @@ def list_crop_rows(crops_dir) -> list[dict[str, str]]:
     if manifest.is_file():
         rows = read_csv(manifest)
     else:
-        rows = [{"image": p.name} for p in sorted(crops_dir.glob("*.png")) if "_mask" not in p.stem]
+        companions = ("_mask", "_mask2", "_edit")  # files that describe a crop, not crops
+        rows = [{"image": p.name} for p in sorted(crops_dir.glob("*.png")) if not p.stem.endswith(companions)]
     if not rows:
         raise ValueError(
             f"Crops folder {crops_dir} holds no crops (no rows in {MANIFEST} and no *.png): "

@@ -220,3 +220,15 @@ def test_crop_dataset_items_labels_and_resize(tmp_path):
     assert [int(ds[i][2]) for i in range(3)] == [1, 0, 1]
     small = CropDataset(tmp_path, image_size=16)
     assert small[1][0].shape == (3, 16, 16) and small[1][1].shape == (1, 16, 16)
+
+
+def test_folder_without_manifest_lists_only_images_not_their_companion_masks(tmp_path):
+    from skinlib.data import list_crop_rows
+    from skinlib.io import save_png
+
+    import numpy as np
+
+    img = np.zeros((8, 8, 3), np.uint8)
+    for name in ("000000.png", "000000_mask.png", "000000_mask2.png", "000000_edit.png", "000001.png"):
+        save_png(tmp_path / name, img)
+    assert [r["image"] for r in list_crop_rows(tmp_path)] == ["000000.png", "000001.png"]

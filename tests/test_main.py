@@ -6,6 +6,7 @@ the tests below assert on what each stage wrote.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +20,33 @@ from skinlib.stages import STAGES, notebooks_dir, smoke_mode
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "skinlib", "run", *args], cwd=cwd,
+def run_cli(*args: str, cwd: Path, smoke_env: bool = True) -> subprocess.CompletedProcess:
+    """Run the main job; ``smoke_env=False`` removes SKINLIB_SMOKE (set for the test session)."""
+    env = dict(os.environ)
+    if not smoke_env:
+        env.pop("SKINLIB_SMOKE", None)
+    return subprocess.run([sys.executable, "-m", "skinlib", "run", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
 def test_every_stage_has_its_notebook_with_a_parameters_cell():
+    """Every assignment of the literal parameters cell is one papermill can read (--help-notebook)."""
+    import re
+
+    import nbformat
     import papermill
 
     for stage in STAGES:
-        nb = notebooks_dir() / stage.notebook
-        assert nb.is_file(), nb
-        params = papermill.inspect_notebook(str(nb))
+        nb_path = notebooks_dir() / stage.notebook
+        nb = nbformat.read(nb_path, as_version=4)
+        cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(cells) == 1, f"{stage.notebook}: exactly one cell tagged 'parameters'"
+        assigned = re.findall(r"^(\w+)\s*=", cells[0].source, flags=re.M)
+        params = papermill.inspect_notebook(str(nb_path))
         assert {"out_dir", "smoke"} <= set(params), (stage.notebook, sorted(params))
-        for name, p in params.items():  # literal defaults only, so --help-notebook lists them
-            assert p["default"] not in (None, ""), (stage.notebook, name)
+        assert sorted(params) == sorted(assigned), f"{stage.notebook}: papermill cannot parse some lines"
+        assert any(c.source.startswith("# NBVAL_CHECK_OUTPUT") and c.get("outputs")
+                   for c in nb.cells if c.cell_type == "code"), f"{stage.notebook}: no checked output"
 
 
 def test_smoke_mode_honours_parameter_and_environment(monkeypatch):
@@ -65,3 +78,74 @@ def test_yaml_params_reach_the_right_notebook(tmp_path):
                                        out=tmp_path, data=None, smoke=True)
     assert chosen["epochs"] == 3 and chosen["seed"] == 7 and chosen["smoke"] is True
     assert chosen["out_dir"] == str(tmp_path) and "unrelated" not in chosen
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """`python -m skinlib run --smoke` once: every notebook executed headlessly by papermill."""
+    out = tmp_path_factory.mktemp("main") / "run"
+    r = run_cli("--smoke", "--out", str(out), cwd=out.parent)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return out, r
+
+
+def test_main_job_runs_every_stage_and_summarises(smoke_run):
+    out, r = smoke_run
+    run = json.loads((out / "run.json").read_text())
+    assert [s["stage"] for s in run["stages"]] == [s.key for s in STAGES]
+    assert all(s["status"] == "ok" for s in run["stages"]), run["stages"]
+    for stage in STAGES:
+        executed = out / "notebooks" / stage.notebook
+        assert executed.is_file()
+        assert "papermill" in json.loads(executed.read_text())["metadata"]
+    summary = (out / "summary.md").read_text()
+    assert "SYNTHETIC demo dataset" in summary and "Generator comparison" in summary
+
+
+def test_stage_01_wrote_crops_with_manifest(smoke_run):
+    out, _ = smoke_run
+    rows = read_csv(out / "crops" / "manifest.csv")
+    assert rows, "no crops"
+    for row in rows:
+        for key in ("image", "mask", "mask2"):
+            assert (out / "crops" / row[key]).is_file()
+        assert row["patient"] and row["disease"] and float(row["coverage"]) > 0.1
+    assert (out / "demo_data" / "README_SYNTHETIC.txt").is_file()
+
+
+@pytest.mark.parametrize("generator", ["dcgan", "cvae", "glide"])
+def test_generator_stages_exported_samples_their_manifest_describes(smoke_run, generator):
+    out, _ = smoke_run
+    folder = out / generator / "samples"
+    rows = read_csv(folder / "manifest.csv")
+    assert rows
+    for row in rows:
+        assert (folder / row["image"]).is_file()
+        assert row["generator"] and row["seed"] != ""
+    if generator == "glide":  # the smoke run uses the tiny random model and must say so
+        assert all(row["model_is_random"] == "True" and "RANDOM" in row["checkpoint"] for row in rows)
+
+
+def test_stage_05_compares_every_generator(smoke_run):
+    out, _ = smoke_run
+    names = [r["name"] for r in read_csv(out / "eval" / "comparison.csv")]
+    assert names[0].startswith("real") and len(names) == 4
+    assert any("RANDOM" in n for n in names if n.startswith("glide"))
+    header = (out / "eval" / "comparison.csv").read_text().splitlines()[0]
+    assert "FID" not in header.replace("not FID", "")  # smoke features are never called FID
+
+
+def test_glide_stage_without_weights_is_reported_not_run(smoke_run, tmp_path):
+    """No weights and no download: stage 04 is 'not run', the summary says how to get them, exit 0."""
+    out, _ = smoke_run
+    params = tmp_path / "p.yaml"
+    empty = tmp_path / "no_weights_here"
+    empty.mkdir()
+    params.write_text(
+        f'"04": {{weights: "{empty}", crops_dir: "{out / "crops"}", runs: 1, steps: 1, max_sources: 1}}\n')
+    r = run_cli("--only", "04", "--params", str(params), "--out", str(tmp_path / "o"), cwd=tmp_path,
+                smoke_env=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = (tmp_path / "o" / "summary.md").read_text()
+    assert "| 04 | 04_glide_inpainting.ipynb | not run |" in summary
+    assert "base_inpaint.pt" in summary and "upsample_inpaint.pt" in summary and "--smoke" in summary
