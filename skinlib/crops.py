@@ -444,8 +444,8 @@ def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> P
     SYNTHETIC demo dataset into ``out_dir/demo_data`` (sizes :data:`skinlib.demo.DEMO_DEFAULTS`,
     or :data:`~skinlib.demo.DEMO_SMOKE` when ``smoke``) and crop it with the default parameters
     (notebook 01's defaults). Finished crops are never overwritten, except demo crops made with
-    the other demo size (smoke vs full), which are redone."""
-    from .demo import DEMO_DEFAULTS, DEMO_SMOKE, METADATA, make_demo_dataset
+    the other demo size (smoke vs full) or by another demo renderer version, which are redone."""
+    from .demo import DEMO_DEFAULTS, DEMO_SMOKE, METADATA, RENDERER_VERSION, make_demo_dataset
 
     out_dir = Path(out_dir)
     crops_dir, demo_dir = out_dir / "crops", out_dir / "demo_data"
@@ -456,7 +456,8 @@ def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> P
             return crops_dir                      # crops of the user's own data: keep them
         meta = demo_dir / METADATA
         made = load_json(meta) if meta.is_file() else {}
-        if made.get("complete") and all(made.get("params", {}).get(k) == v for k, v in sizes.items()):
+        wanted = {**sizes, "renderer": RENDERER_VERSION}   # another renderer's demo crops are redone
+        if made.get("complete") and all(made.get("params", {}).get(k) == v for k, v in wanted.items()):
             return crops_dir
     data = make_demo_dataset(demo_dir, **sizes, progress=progress)
     extract_crops(data, crops_dir, progress=progress)

@@ -10,14 +10,18 @@ Every photo carries the PNG text chunks ``Source: skinlib synthetic demo`` and
 ``Comment: SYNTHETIC image ...``. Nothing here comes from a real patient.
 
 Each photo is rendered with vectorised NumPy/SciPy (close-ups at reduced scale, then upsampled;
-smooth fields always at low resolution): skin of a Fitzpatrick
-type I-VI tone with low-frequency pigment variation, pores, fine crease lines, hair; uneven
-lighting (gradient, body curvature, sheen); the disease (maculopapular rash: clusters of small
-red-to-violaceous macules and raised papules of varying density, some confluent into
-patches; urticaria-like wheals; psoriasis-like scaly plaques); then camera effects: slight
-defocus, sensor noise and a JPEG round trip. The mask is the exact set of pixels where a
-lesion was painted at >= half opacity. Output bytes depend only on the arguments (and the
-library versions: zlib, libjpeg).
+smooth fields always at low resolution): skin of a Fitzpatrick type I-VI tone with
+low-frequency pigment and redness mottling, pores, dermatoglyphic crossing lines (a rhomboid
+relief, shaded and glossy between the grooves), occasional fine light or short hairs; uneven
+lighting (gradient, body curvature, an occasional skin fold, specular sheen, room-light
+colour cast); the disease, always soft-edged: maculopapular rash (clusters of small pink-red
+macules with diffuse halos, slightly raised papules, blotchy confluent patches whose borders
+fade out; darker violaceous-brown on dark skin), urticaria-like wheals (pale oedematous
+centre, fading red flare), psoriasis-like salmon plaques with fine silvery scale; then camera
+effects: defocus varying across the frame, sensor noise and a JPEG round trip. Every lesion's
+opacity profile crosses 1/2 on its nominal outline; the mask is exactly the pixels where the
+lesion profile is >= 1/2, so soft borders are thresholded consistently. Output bytes depend
+only on the arguments and :data:`RENDERER_VERSION` (and the library versions: zlib, libjpeg).
 """
 from __future__ import annotations
 
@@ -35,6 +39,8 @@ SOURCE_TAG = "skinlib synthetic demo"
 METADATA = "demo_metadata.json"
 README = "README_SYNTHETIC.txt"
 MANIFEST = "demo_manifest.csv"
+# Bump when the rendering changes: a dataset made by another renderer version is regenerated.
+RENDERER_VERSION = "demo-v2"
 
 # Sizes used by notebook 01 and by skinlib.crops.make_demo_crops (the main job's default data).
 DEMO_DEFAULTS = dict(n_diseases=3, n_patients=6, n_examples=2, n_photos=2, min_side=400, max_side=1600)  # 48 photos
@@ -48,7 +54,7 @@ FITZPATRICK_RGB = np.array([
     [0.80, 0.58, 0.44],
     [0.66, 0.43, 0.30],
     [0.45, 0.28, 0.19],
-    [0.29, 0.17, 0.12],
+    [0.33, 0.21, 0.15],
 ], dtype=np.float32)
 
 
@@ -77,8 +83,9 @@ def make_demo_dataset(root, *, n_diseases: int = DEMO_DEFAULTS["n_diseases"],
     examples per patient and ``n_photos`` photos per example. Both sides of each photo lie in
     ``[min_side, max_side]`` px (the short side 0.6-1.0 of the long one where that range
     allows). Byte-identical for identical arguments. When ``root`` already holds a finished
-    dataset made with the same arguments it is returned untouched; one made with other
-    arguments is replaced (only the files it lists are removed).
+    dataset made with the same arguments (and :data:`RENDERER_VERSION`) it is returned
+    untouched; one made with other arguments or another renderer version is replaced (only
+    the files it lists are removed).
     """
     from tqdm.auto import tqdm
 
@@ -90,7 +97,7 @@ def make_demo_dataset(root, *, n_diseases: int = DEMO_DEFAULTS["n_diseases"],
         raise ValueError(f"need 64 <= min_side <= max_side, got {min_side}, {max_side}")
     root = Path(root)
     params = dict(n_diseases=n_diseases, n_patients=n_patients, n_examples=n_examples, n_photos=n_photos,
-                  min_side=min_side, max_side=max_side, seed=seed)
+                  min_side=min_side, max_side=max_side, seed=seed, renderer=RENDERER_VERSION)
     meta_path = root / METADATA
     if root.is_dir() and not meta_path.is_file() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty and holds no demo dataset ({METADATA} missing): refusing to "
@@ -189,7 +196,7 @@ def _crease_lines(rng, h: int, w: int, period: float, angle: float) -> np.ndarra
     f = max(1.0, period / 4.0)                     # reduction factor: ~4 samples per period
     side = int(np.ceil(np.hypot(h, w) / f)) + 4
     noise = rng.standard_normal((side, side)).astype(np.float32)
-    field = gaussian_filter(noise, sigma=(period / 5.0 / f, period * 0.9 / f), mode="wrap")
+    field = gaussian_filter(noise, sigma=(period / 5.0 / f, period * 1.6 / f), mode="wrap")
     field /= field.std() + 1e-6
     im = Image.fromarray(field, mode="F").rotate(angle, Image.BILINEAR)
     hs, ws = int(np.ceil(h / f)) + 1, int(np.ceil(w / f)) + 1
@@ -201,18 +208,23 @@ def _crease_lines(rng, h: int, w: int, period: float, angle: float) -> np.ndarra
     return lines * fade
 
 
-def _render_blobs(h: int, w: int, blobs: list[tuple], rng, edge: float = 0.25):
-    """Paint irregular elliptical blobs. Each blob is ``(cy, cx, r, aspect, angle, strength,
-    height)``. Returns ``(cover, alpha, height)`` float32 [h, w]: ``cover`` the max opacity
-    shape in [0, 1] (used for the exact mask), ``alpha`` the max of shape * strength, ``height``
-    the max dome height (raised lesions)."""
+def _render_blobs(h: int, w: int, blobs: list[tuple], rng, sharpness: float = 2.0, gamma: float = 0.6,
+                  reach: float = 2.3):
+    """Paint soft irregular elliptical blobs. Each blob is ``(cy, cx, r, aspect, angle, strength,
+    height)``. A blob's profile is ``p = 2 ** -(rho ** sharpness)`` (``rho`` = distance / radius),
+    so ``p = 0.5`` exactly on its nominal outline and it fades out beyond (a diffuse halo;
+    larger ``sharpness`` = better demarcated). Returns ``(cover, alpha, height)`` float32
+    [h, w]: ``cover`` the max profile in [0, 1] (the exact mask is ``cover >= 0.5``), ``alpha``
+    the max of ``p ** gamma * strength`` (the visible colour change), ``height`` the max dome
+    height (raised lesions)."""
     cover = np.zeros((h, w), np.float32)
     alpha = np.zeros((h, w), np.float32)
     height = np.zeros((h, w), np.float32)
+    ln2 = float(np.log(2.0))
     for cy, cx, r, aspect, angle, strength, bump in blobs:
-        reach = r * max(aspect, 1.0 / aspect) * 1.35 + 2
-        y0, y1 = max(0, int(cy - reach)), min(h, int(cy + reach) + 2)
-        x0, x1 = max(0, int(cx - reach)), min(w, int(cx + reach) + 2)
+        ext = r * max(aspect, 1.0 / aspect) * reach * 1.2 + 2
+        y0, y1 = max(0, int(cy - ext)), min(h, int(cy + ext) + 2)
+        x0, x1 = max(0, int(cx - ext)), min(w, int(cx + ext) + 2)
         if y0 >= y1 or x0 >= x1:
             continue
         yy = np.arange(y0, y1, dtype=np.float32)[:, None] - cy
@@ -225,12 +237,12 @@ def _render_blobs(h: int, w: int, blobs: list[tuple], rng, edge: float = 0.25):
         a1, a2 = rng.uniform(0.0, 0.18), rng.uniform(0.0, 0.1)
         rr = r * (1 + a1 * np.sin(3 * theta + p1) + a2 * np.sin(5 * theta + p2))
         rho = np.sqrt(u * u + v * v) / rr
-        shape = _smoothstep(1.0 + edge / 2, 1.0 - edge / 2, rho).astype(np.float32)
+        shape = np.exp(-ln2 * rho ** sharpness).astype(np.float32)
         sl = (slice(y0, y1), slice(x0, x1))
         np.maximum(cover[sl], shape, out=cover[sl])
-        np.maximum(alpha[sl], shape * strength, out=alpha[sl])
+        np.maximum(alpha[sl], shape ** gamma * strength, out=alpha[sl])
         if bump > 0:
-            dome = (bump * np.sqrt(np.clip(1 - rho * rho, 0, 1))).astype(np.float32)
+            dome = (bump * np.exp(-1.4 * rho * rho)).astype(np.float32)
             np.maximum(height[sl], dome, out=height[sl])
     return cover, alpha, height
 
@@ -280,14 +292,16 @@ def _tone_params(rng, tone: int):
     return np.clip(base, 0.05, 0.98).astype(np.float32), darkness
 
 
+
+
 def _lesion_tint(darkness: float, rng, kind: str) -> np.ndarray:
-    """Per-channel multiplier turning skin into lesion colour: red/pink on light skin,
-    violaceous / darker brown on dark skin."""
-    light = {"rash": [0.98, 0.52, 0.58], "wheal": [1.02, 0.70, 0.74], "plaque": [0.98, 0.64, 0.62]}[kind]
-    dark = {"rash": [0.72, 0.52, 0.68], "wheal": [0.86, 0.70, 0.82], "plaque": [0.76, 0.58, 0.68]}[kind]
+    """Per-channel multiplier turning skin into lesion colour: pink-red on light skin (salmon
+    for plaques), darker violaceous / brown on dark skin."""
+    light = {"rash": [0.98, 0.66, 0.70], "wheal": [1.0, 0.78, 0.80], "plaque": [1.0, 0.72, 0.66]}[kind]
+    dark = {"rash": [0.80, 0.66, 0.74], "wheal": [0.88, 0.76, 0.84], "plaque": [0.84, 0.68, 0.70]}[kind]
     t = np.clip((darkness - 0.25) / 0.6, 0, 1)
     tint = (1 - t) * np.array(light) + t * np.array(dark)
-    return (tint * (1 + rng.normal(0, 0.04, 3))).astype(np.float32)
+    return (tint * (1 + rng.normal(0, 0.03, 3))).astype(np.float32)
 
 
 def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: int,
@@ -300,15 +314,15 @@ def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: 
     prng = _rng(seed, 1, patient)                      # patient: skin tone, hair
     tone = skin_type(seed, patient) - 1
     base, darkness = _tone_params(prng, tone)
-    hair_density = float(prng.choice([0.0, 0.3, 1.0, 2.5], p=[0.3, 0.3, 0.25, 0.15]))
-    hair_dark = prng.random() < 0.8 or tone >= 3
+    hair_density = float(prng.choice([0.0, 0.02, 0.05, 0.1], p=[0.5, 0.25, 0.15, 0.1]))
+    hair_dark = prng.random() < 0.3 or tone >= 3
     erng = _rng(seed, 2, patient, example)             # example: body site, severity
     severity = erng.uniform(0.35, 1.0)
     crease_angle = erng.uniform(0, 180)
     rng = _rng(seed, 3, d_idx, patient, example, photo)  # this photo
     h, w = _photo_size(rng, min_side, max_side)
-    zoom = rng.uniform(0.7, 1.5) * min(h, w) / 700.0    # px per "skin unit": bigger for closer shots
-    zoom = float(np.clip(zoom, 0.45, 2.2))
+    zoom = rng.uniform(0.9, 1.9) * min(h, w) / 560.0    # px per "skin unit": bigger for closer shots
+    zoom = float(np.clip(zoom, 0.6, 3.2))
     # Render the scene at reduced scale where features are large (close-ups): about one
     # internal pixel per skin unit; upsample before the camera's noise and JPEG.
     H, W = h, w
@@ -322,48 +336,55 @@ def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: 
     blot = _smooth_noise(rng, h, w, 25 * zoom)
     melanin = np.array([0.8, 1.0, 1.15], np.float32)      # darker spots are browner
     img = base[None, None, :] * (1 + (0.06 * pig + 0.025 * blot)[..., None] * melanin)
-    flush = _smoothstep(-0.5, 1.5, red)[..., None] * rng.uniform(0.02, 0.07)  # patchy redness
-    img *= 1 + flush * np.array([0.4, -0.6, -0.5], np.float32)
-    # --- micro texture: grain, pores, creases
+    flush = _smoothstep(-0.5, 1.5, red)[..., None] * rng.uniform(0.02, 0.08)  # patchy redness
+    img *= 1 + flush * np.array([0.3, -0.6, -0.5], np.float32)
+    # --- micro texture: grain, pores, and relief (dermatoglyphic crossing lines, folds)
     grain = gaussian_filter(rng.standard_normal((h, w), dtype=np.float32), 0.8 * zoom, truncate=3.0)
     grain /= grain.std() + 1e-6
-    tex = 1 + 0.02 * grain
-    n_pores = int(h * w / (70 * zoom * zoom) * rng.uniform(0.3, 1.0))
+    tex = 1 + 0.015 * grain
+    n_pores = int(h * w / (60 * zoom * zoom) * rng.uniform(0.3, 1.0))
     pores = np.zeros((h, w), np.float32)
     pores.ravel()[rng.integers(0, h * w, n_pores)] = rng.uniform(0.5, 1.0, n_pores)
-    pores = gaussian_filter(pores, max(0.6, 0.7 * zoom), truncate=3.0)
+    pores = gaussian_filter(pores, max(0.6, 0.6 * zoom), truncate=3.0)
     pores /= pores.max() + 1e-6
-    tex *= 1 - rng.uniform(0.18, 0.35) * pores
-    crease_strength = rng.uniform(0.03, 0.10)
-    for ang, period in ((crease_angle, 9 * zoom), (crease_angle + rng.uniform(50, 80), 13 * zoom)):
-        tex *= 1 - crease_strength * _crease_lines(rng, h, w, max(3.0, period), ang)
+    tex *= 1 - rng.uniform(0.08, 0.22) * pores
+    crease_strength = rng.uniform(0.03, 0.09)
+    relief = np.zeros((h, w), np.float32)
+    period0 = rng.uniform(8, 16) * zoom
+    for ang, period in ((crease_angle, period0), (crease_angle + rng.uniform(50, 80), period0 * rng.uniform(1.1, 1.6))):
+        lines = _crease_lines(rng, h, w, max(3.0, period), ang)
+        tex *= 1 - crease_strength * lines
+        relief -= lines
     img *= tex[..., None]
 
     # --- disease
     lesion_rng = _rng(seed, 4, d_idx, patient, example, photo)
     cover, alpha, height, tint, n_lesions = _disease_layer(disease, lesion_rng, h, w, zoom, severity, darkness)
     img *= 1 + alpha[..., None] * (tint[None, None, :] - 1)
-    if disease == "psoriasis":   # silvery-white scale on the plaques
-        flakes = _smooth_noise(lesion_rng, h, w, 2 * zoom) + 0.8 * _smooth_noise(lesion_rng, h, w, 12 * zoom)
-        inner = _smoothstep(0.6, 1.0, gaussian_filter_fast(cover, 10 * zoom))
-        scale = _smoothstep(0.8, 2.0, flakes) * inner * lesion_rng.uniform(0.25, 0.5)
-        scale_col = np.array([0.86, 0.84, 0.83], np.float32) * (0.75 + 0.25 * (1 - darkness))
+    if disease == "psoriasis":   # fine silvery scale on the plaques, flaking in patches
+        flakes = 0.6 * _smooth_noise(lesion_rng, h, w, 3 * zoom) + _smooth_noise(lesion_rng, h, w, 16 * zoom)
+        inner = _smoothstep(0.55, 0.95, gaussian_filter_fast(cover, 5 * zoom))
+        cracks = _crease_lines(lesion_rng, h, w, max(3.0, 7 * zoom), lesion_rng.uniform(0, 180))
+        scale = _smoothstep(-0.5, 2.5, flakes) * (1 - 0.6 * cracks) * inner * lesion_rng.uniform(0.2, 0.45) * (1 - 0.5 * darkness)
+        scale = gaussian_filter(scale, 0.9, truncate=3.0)
+        silver = np.array([0.90, 0.88, 0.88], np.float32)
+        scale_col = (1 - darkness) * silver + darkness * (0.35 * silver + 0.9 * base)
         img = img * (1 - scale[..., None]) + scale_col * scale[..., None]
-    # raised lesions: shading from the height map, lit from one side, and a small specular spot
+        height = height + 0.25 * scale
+    # relief shading: lesions (domes) and skin lines, lit from one side, plus specular glints
     light = rng.uniform(0, 2 * np.pi)
-    hs = gaussian_filter(height, max(0.8, 1.0 * zoom), truncate=3.0)
+    hs = gaussian_filter(height + rng.uniform(0.05, 0.15) * relief, max(0.8, 0.8 * zoom), truncate=3.0)
     gy, gx = np.gradient(hs)
     shade = -(gx * float(np.cos(light)) + gy * float(np.sin(light)))
-    img *= np.clip(1 + shade, 0.75, 1.25)[..., None]
-    spec = np.clip(shade - 0.08, 0, None) * _smoothstep(0.3, 0.9, hs / (hs.max() + 1e-6))
-    img += 0.15 * spec[..., None]
+    img *= np.clip(1 + shade, 0.8, 1.2)[..., None]
+    glint = np.clip(shade - 0.03, 0, None)
 
-    # --- hair
-    n_hairs = int(rng.poisson(hair_density * h * w / (160 * zoom) ** 2))
+    # --- hair: occasional fine, light or short hairs
+    n_hairs = int(rng.poisson(hair_density * h * w / (100 * zoom) ** 2))
     if n_hairs:
-        img = _draw_hair(rng, img, n_hairs, zoom, hair_dark, darkness)
+        img = _draw_hair(rng, img, n_hairs, zoom, hair_dark, darkness, base)
 
-    # --- lighting: gradient, body curvature (limb), sheen, vignette
+    # --- lighting: gradient, body curvature (limb), skin fold, sheen, vignette
     yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
     xx = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
     a = rng.uniform(0, 2 * np.pi)
@@ -376,21 +397,32 @@ def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: 
            - curv * np.clip(np.abs(across - off) - 0.3, 0, 0.9) ** 2
            - rng.uniform(0.0, 0.1) * (xx ** 2 + yy ** 2))
     lum += 0.06 * _smooth_noise(rng, h, w, 200 * zoom)
-    lum = np.clip(lum, 0.45, 1.3)
-    sheen = _smoothstep(1.0, 2.4, _smooth_noise(rng, h, w, 90 * zoom)) * rng.uniform(0.0, 0.08) * (1 - 0.6 * darkness)
-    img = img * lum[..., None] + sheen[..., None] * (0.5 + 0.5 * base)
-    wb = 1 + rng.normal(0, 0.025, 3) + np.array([0.01, 0.0, -0.01])   # white balance, slightly warm
-    img *= wb.astype(np.float32)
+    if rng.random() < 0.2:   # a skin fold: dark crease with a lit ridge beside it
+        fa = rng.uniform(0, np.pi)
+        d = (-xx * float(np.sin(fa)) + yy * float(np.cos(fa)) - rng.uniform(-0.7, 0.7)
+             + 0.15 * np.sin(3 * (xx * float(np.cos(fa)) + yy * float(np.sin(fa))) + rng.uniform(0, 6)))
+        fw = rng.uniform(0.05, 0.12)
+        lum -= rng.uniform(0.1, 0.25) * np.exp(-(d / fw) ** 2) - 0.08 * np.exp(-((d - 2.5 * fw) / (2 * fw)) ** 2)
+    lum = np.clip(lum, 0.35, 1.15)
+    gloss = rng.uniform(0.0, 0.12) * (1 - 0.5 * darkness)
+    sheen = _smoothstep(0.3, 2.2, _smooth_noise(rng, h, w, 80 * zoom)) * gloss
+    sheen = sheen * (0.4 + 0.6 * _smoothstep(-0.3, 1.0, 1 + 0.5 * relief)) + glint * (0.5 + 4 * gloss)
+    img = img * lum[..., None] + sheen[..., None] * (0.55 + 0.45 * base)
+    cast = rng.normal(0, 0.025, 3) + rng.choice([np.array([0.02, 0.0, -0.03]), np.array([-0.01, 0.0, 0.015]),
+                                                  np.array([0.01, -0.01, 0.0])])
+    img *= (1 + cast).astype(np.float32)     # white balance / room-light colour cast
+    grey = img.mean(-1, keepdims=True)
+    img = grey + (img - grey) * rng.uniform(0.78, 1.0)   # camera saturation
 
     # --- camera: defocus (varying across the frame), noise, JPEG round trip
-    sigma = rng.uniform(0.5, 1.6) * max(1.0, zoom) * (0.7 if (h, w) != (H, W) else 1.0)
+    sigma = rng.uniform(0.7, 1.8) * (max(1.0, zoom) if (h, w) == (H, W) else 0.8)
     blurred = gaussian_filter(img, (sigma, sigma, 0), truncate=3.0)
     focus = _smoothstep(-0.5, 1.0, _smooth_noise(rng, h, w, 300 * zoom))[..., None]
-    img = blurred + (img - blurred) * (0.6 * focus)
+    img = blurred + (img - blurred) * (0.4 * focus)
     if (h, w) != (H, W):
         img = np.stack([_resize(img[..., c], H, W) for c in range(3)], -1)
         cover = _resize(cover, H, W)
-    noise_lvl = rng.uniform(0.006, 0.022)
+    noise_lvl = rng.uniform(0.005, 0.018)
     img += noise_lvl * rng.standard_normal((H, W, 1), dtype=np.float32)
     chroma = _resize(rng.standard_normal((H // 2 + 1, W // 2 + 1), dtype=np.float32), H, W)
     img[..., 0] += 0.4 * noise_lvl * chroma
@@ -398,37 +430,41 @@ def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: 
     img *= 255
     img += 0.5
     out = np.clip(img, 0, 255, out=img).astype(np.uint8)
-    out = _jpeg_roundtrip(out, int(rng.integers(55, 93)))
+    out = _jpeg_roundtrip(out, int(rng.integers(60, 93)))
     mask = cover >= 0.5
     return out, mask, {"fitzpatrick": tone + 1, "lesions": n_lesions}
 
 
 def _disease_layer(disease, rng, h, w, zoom, severity, darkness):
-    """Lesions of one disease: ``(cover, alpha, height, tint, n_lesions)``."""
+    """Lesions of one disease: ``(cover, alpha, height, tint, n_lesions)``; the exact mask is
+    ``cover >= 0.5`` (every lesion's profile crosses 0.5 on its nominal outline)."""
     gh, gw = max(4, h // 16), max(4, w // 16)
     blobs = []
-    extra_alpha = np.zeros((h, w), np.float32)
-    extra_cover = np.zeros((h, w), np.float32)
+    if disease not in DISEASES:
+        raise ValueError(f"unknown demo disease {disease!r}; choose from {DISEASES}")
     if disease == "maculopapular_rash":
         tint = _lesion_tint(darkness, rng, "rash")
         dens = _cluster_density(rng, gh, gw, int(rng.integers(1, 5)), (0.12, 0.45))
-        mean_r = rng.uniform(2.5, 6.0) * zoom
-        n = int(severity * h * w / (mean_r ** 2) * rng.uniform(0.015, 0.045))
+        mean_r = rng.uniform(3.0, 7.0) * zoom
+        n = int(severity * h * w / (mean_r ** 2) * rng.uniform(0.012, 0.04))
         pts = _sample_points(rng, dens ** 1.5, n, h, w)
-        papule_p = rng.uniform(0.25, 0.7)
+        papule_p = rng.uniform(0.2, 0.6)
         for y, x in pts:
             r = float(np.clip(rng.lognormal(np.log(mean_r), 0.35), 1.5, 6 * mean_r))
-            bump = rng.uniform(0.3, 0.9) * r / 6 if rng.random() < papule_p else 0.0
-            blobs.append((y, x, r, rng.uniform(0.75, 1.3), rng.uniform(0, np.pi), rng.uniform(0.35, 0.9), bump))
-        # confluent patches where clusters are dense
-        conf = _resize(dens, h, w) * (1 + 0.5 * _smooth_noise(rng, h, w, 30 * zoom))
+            bump = rng.uniform(0.2, 0.6) * r / 6 if rng.random() < papule_p else 0.0
+            blobs.append((y, x, r, rng.uniform(0.75, 1.3), rng.uniform(0, np.pi), rng.uniform(0.4, 0.85), bump))
+        cover, alpha, height = _render_blobs(h, w, blobs, rng, sharpness=2.0, gamma=0.7)
+        # diffuse erythema around the macules (mostly below the mask threshold)
+        alpha = np.maximum(alpha, 0.6 * gaussian_filter_fast(alpha, 1.5 * mean_r))
+        # blotchy confluent patches where clusters are dense, their borders fading out
+        dens_full = _resize(dens, h, w)
+        conf = dens_full * (1 + 0.5 * _smooth_noise(rng, h, w, 30 * zoom))
         thr = rng.uniform(0.75, 1.1) - 0.25 * severity
-        patch = _smoothstep(thr, thr + 0.12, conf)
-        mottle = 0.75 + 0.25 * _smooth_noise(rng, h, w, 6 * zoom)
-        extra_cover = patch
-        extra_alpha = patch * np.clip(mottle, 0.4, 1.0) * rng.uniform(0.45, 0.8)
-        # faint perilesional erythema (not part of the mask: below half opacity)
-        extra_alpha = np.maximum(extra_alpha, 0.22 * _smoothstep(0.25, 0.8, _resize(dens, h, w)))
+        patch = _smoothstep(thr - 0.3, thr + 0.3, conf)
+        mottle = np.clip(0.75 + 0.25 * _smooth_noise(rng, h, w, 8 * zoom), 0.4, 1.0)
+        cover = np.maximum(cover, patch)
+        alpha = np.maximum(alpha, patch * mottle * rng.uniform(0.4, 0.7))
+        alpha = np.maximum(alpha, 0.18 * _smoothstep(0.2, 0.8, dens_full))   # faint background flush
     elif disease == "urticaria":
         tint = _lesion_tint(darkness, rng, "wheal")
         dens = _cluster_density(rng, gh, gw, int(rng.integers(1, 4)), (0.2, 0.5))
@@ -438,8 +474,13 @@ def _disease_layer(disease, rng, h, w, zoom, severity, darkness):
             for _ in range(int(rng.integers(1, 4))):   # polycyclic: a few overlapping lobes
                 jy, jx = rng.normal(0, 0.6 * r0, 2)
                 blobs.append((y + jy, x + jx, r0 * rng.uniform(0.6, 1.0), rng.uniform(0.7, 1.4),
-                              rng.uniform(0, np.pi), rng.uniform(0.5, 0.85), 0.12 * r0 / 6))
-    elif disease == "psoriasis":
+                              rng.uniform(0, np.pi), rng.uniform(0.5, 0.85), 0.1 * r0 / 6))
+        cover, alpha, height = _render_blobs(h, w, blobs, rng, sharpness=4.0, gamma=0.5)
+        # oedematous pale centre, red flare fading out around the wheal
+        centre = _smoothstep(0.75, 1.0, gaussian_filter_fast(cover, 6 * zoom))
+        alpha = alpha * (1 - 0.4 * centre)
+        alpha = np.maximum(alpha, 0.45 * gaussian_filter_fast(alpha, 8 * zoom))
+    else:  # psoriasis
         tint = _lesion_tint(darkness, rng, "plaque")
         dens = _cluster_density(rng, gh, gw, int(rng.integers(1, 3)), (0.25, 0.5))
         n = int(rng.integers(2, 5) * (0.5 + severity))
@@ -448,22 +489,13 @@ def _disease_layer(disease, rng, h, w, zoom, severity, darkness):
             for _ in range(int(rng.integers(2, 5))):
                 jy, jx = rng.normal(0, 0.45 * r0, 2)
                 blobs.append((y + jy, x + jx, r0 * rng.uniform(0.5, 0.9), rng.uniform(0.7, 1.5),
-                              rng.uniform(0, np.pi), rng.uniform(0.55, 0.9), 0.05 * r0 / 6))
+                              rng.uniform(0, np.pi), rng.uniform(0.6, 0.9), 0.05 * r0 / 6))
         # satellite small papules
         for y, x in _sample_points(rng, dens, int(rng.integers(5, 30)), h, w):
             r = rng.uniform(3, 8) * zoom
-            blobs.append((y, x, r, 1.0, 0.0, rng.uniform(0.6, 0.9), 0.4 * r / 6))
-    else:
-        raise ValueError(f"unknown demo disease {disease!r}; choose from {DISEASES}")
-    cover, alpha, height = _render_blobs(h, w, blobs, rng, edge=0.6 if disease == "maculopapular_rash" else 0.12)
-    if disease == "maculopapular_rash":   # soft, slightly fuzzy macule borders
-        soft = 0.3 * mean_r
-        cover, alpha = gaussian_filter_fast(cover, soft), gaussian_filter_fast(alpha, soft)
-    if disease == "urticaria":   # pale centre, red flare at the rim
-        rim = _smoothstep(0.25, 0.75, cover) * (1 - 0.45 * _smoothstep(0.85, 1.0, gaussian_filter_fast(cover, 6 * zoom)))
-        alpha = np.maximum(alpha * (0.55 + 0.45 * rim), 0.25 * _smoothstep(0.0, 0.3, gaussian_filter_fast(cover, 8 * zoom)))
-    cover = np.maximum(cover, extra_cover)
-    alpha = np.maximum(alpha, extra_alpha)
+            blobs.append((y, x, r, 1.0, 0.0, rng.uniform(0.55, 0.85), 0.3 * r / 6))
+        cover, alpha, height = _render_blobs(h, w, blobs, rng, sharpness=5.0, gamma=0.5, reach=1.8)
+        alpha = np.maximum(alpha, 0.35 * gaussian_filter_fast(alpha, 4 * zoom))   # inflamed rim
     return cover, alpha, height, tint, len(blobs)
 
 
@@ -479,8 +511,10 @@ def gaussian_filter_fast(field: np.ndarray, sigma: float) -> np.ndarray:
     return _resize(gaussian_filter(small, sigma / f), h, w)
 
 
-def _draw_hair(rng, img: np.ndarray, n: int, zoom: float, dark: bool, darkness: float) -> np.ndarray:
-    """Draw ``n`` thin curved hairs onto a float [H,W,3] image (alpha-blended, slightly blurred)."""
+def _draw_hair(rng, img: np.ndarray, n: int, zoom: float, dark: bool, darkness: float,
+               base: np.ndarray) -> np.ndarray:
+    """Draw ``n`` fine, mostly short hairs onto a float [H,W,3] image (alpha-blended, blurred):
+    light vellus hairs on light skin, darker ones on dark skin or for some patients."""
     from PIL import Image, ImageDraw
     from scipy.ndimage import gaussian_filter
 
@@ -490,7 +524,7 @@ def _draw_hair(rng, img: np.ndarray, n: int, zoom: float, dark: bool, darkness: 
     main_dir = rng.uniform(0, np.pi)
     for _ in range(n):
         y, x = rng.uniform(0, h), rng.uniform(0, w)
-        length = rng.uniform(25, 140) * zoom
+        length = rng.uniform(8, 70) * zoom
         ang = main_dir + rng.normal(0, 0.35)
         bend = rng.normal(0, 0.012) / max(zoom, 0.3)
         steps = max(4, int(length / 4))
@@ -500,10 +534,9 @@ def _draw_hair(rng, img: np.ndarray, n: int, zoom: float, dark: bool, darkness: 
             x += np.cos(ang) * length / steps
             y += np.sin(ang) * length / steps
             ang += bend * length / steps
-        width = max(1, int(round(rng.uniform(0.8, 2.0) * zoom)))
-        draw.line(pts, fill=int(rng.uniform(120, 255)), width=width)
-    a = gaussian_filter(np.asarray(layer, np.float32) / 255.0, 0.6) * 0.6
-    colour = np.array([0.10, 0.07, 0.05] if dark else [0.55, 0.42, 0.30], np.float32) * (0.6 + 0.4 * (1 - darkness))
+        draw.line(pts, fill=int(rng.uniform(90, 220)), width=1)
+    a = gaussian_filter(np.asarray(layer, np.float32) / 255.0, 0.5) * (0.45 if dark else 0.35)
+    colour = base * (0.35 if dark else 1.25) + (0.0 if dark else 0.08)
     return img * (1 - a[..., None]) + colour * a[..., None]
 
 

@@ -80,6 +80,17 @@ def test_existing_dataset_is_reused_or_replaced(tmp_path):
     assert len(find_pairs(root)[0]) == 1
 
 
+def test_dataset_of_another_renderer_version_is_regenerated(tmp_path, monkeypatch):
+    small = dict(n_diseases=1, n_patients=1, n_examples=1, n_photos=1, min_side=80, max_side=96)
+    root = demo.make_demo_dataset(tmp_path / "d", **small, progress=False)
+    photo = root / "maculopapular_rash/persona1/example1/example1_1.png"
+    mtime = photo.stat().st_mtime_ns
+    monkeypatch.setattr(demo, "RENDERER_VERSION", "demo-older")
+    demo.make_demo_dataset(root, **small, progress=False)
+    assert photo.stat().st_mtime_ns != mtime
+    assert load_json(root / demo.METADATA)["params"]["renderer"] == "demo-older"
+
+
 def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     small = dict(n_diseases=1, n_patients=2, n_examples=1, n_photos=1, min_side=80, max_side=96)
     real = demo.render_photo
@@ -117,6 +128,24 @@ def test_lesions_are_redder_than_skin_on_every_skin_type():
             assert rg[mask].mean() > rg[~mask].mean() * 1.03, (disease, patient)
     assert seen == {1, 2, 3, 4, 5, 6}
     assert [demo.skin_type(0, p) for p in range(1, 7)] == [1, 5, 3, 6, 2, 4]
+
+
+def test_lesion_edges_are_soft_and_the_mask_is_their_consistent_threshold():
+    """No hard-edged stickers: the colour change fades out across the mask border (a thin ring
+    just outside the mask is redder than skin far away, but less red than the lesions), on
+    every skin type and disease."""
+    from scipy.ndimage import binary_dilation
+
+    for disease in demo.DISEASES:
+        for patient in range(1, 7):
+            img, mask, _ = demo.render_photo(disease, seed=0, patient=patient, example=1, photo=1,
+                                             min_side=200, max_side=260)
+            rg = img[..., 0].astype(float) / (img[..., 1].astype(float) + 1)
+            near = binary_dilation(mask, iterations=3) & ~mask
+            far = ~binary_dilation(mask, iterations=12)
+            assert near.sum() > 100 and far.sum() > 1000, (disease, patient)
+            inside, ring, skin = rg[mask].mean(), rg[near].mean(), rg[far].mean()
+            assert inside > ring > skin * 1.01, (disease, patient, inside, ring, skin)
 
 
 def test_refuses_to_write_into_a_folder_that_is_not_a_demo_dataset(tmp_path):
