@@ -1,0 +1,111 @@
+"""Figures of a training run (notebooks 02 and 03): loss curves, image grids, epoch-grid browser.
+
+All functions draw with matplotlib and return the figure (the caller calls ``plt.show()``).
+Images are float tensors [N, 3, H, W] in [-1, 1].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .train import GRIDS, read_losses
+
+_NOT_PLOTTED = ("step", "epoch", "lr")
+
+
+def plot_losses(run_dir, columns: Optional[Sequence[str]] = None, smooth: int = 20):
+    """One panel per logged quantity of ``run_dir/losses.csv`` against the step: the raw values
+    (faint) and a moving average over ``smooth`` steps; a log y-axis for a positive quantity
+    whose maximum exceeds 100 x its median (a transient spike)."""
+    import matplotlib.pyplot as plt
+
+    rows = read_losses(run_dir)
+    if not rows:
+        raise ValueError(f"{Path(run_dir) / 'losses.csv'} has no rows yet: train first.")
+    columns = list(columns or [k for k in rows[0] if k not in _NOT_PLOTTED])
+    steps = np.array([r["step"] for r in rows])
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
+    for ax, name in zip(axes[0], columns):
+        values = np.array([r[name] for r in rows])
+        ax.plot(steps, values, alpha=0.3, lw=0.8)
+        k = max(1, min(smooth, len(values) // 5 or 1))
+        if k > 1:
+            avg = np.convolve(values, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], avg, lw=1.5, label=f"mean of {k} steps")
+            ax.legend(fontsize=8)
+        positive = values[np.isfinite(values)]
+        if positive.size and positive.min() > 0 and positive.max() > 100 * np.median(positive):
+            ax.set_yscale("log")  # a transient spike would flatten the rest of the curve
+            name += " (log scale)"
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
+
+
+def show_images(images: torch.Tensor, nrow: int = 8, title: str = "", row_labels=None,
+                scale: float = 1.2):
+    """Show images [N, 3, H, W] in [-1, 1] as one grid; ``row_labels`` names each row."""
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    images = images.detach().float().cpu().clamp(-1, 1)
+    grid = make_grid((images + 1) / 2, nrow=nrow, padding=2, pad_value=1.0)
+    rows = int(np.ceil(len(images) / nrow))
+    fig, ax = plt.subplots(figsize=(scale * nrow + (1.5 if row_labels else 0), scale * rows + 0.4))
+    ax.imshow(grid.permute(1, 2, 0).numpy())
+    ax.set_title(title)
+    ax.set_xticks([])
+    if row_labels:
+        h = images.shape[2] + 2
+        ax.set_yticks([2 + h * i + h / 2 for i in range(len(row_labels))], list(row_labels))
+    else:
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def epoch_grids(run_dir) -> list:
+    """Paths of the per-epoch fixed-noise grids of a run, in epoch order."""
+    return sorted((Path(run_dir) / GRIDS).glob("epoch_*.png"))
+
+
+def show_epoch_grids(run_dir, n: int = 3):
+    """The fixed-noise grids of the first, middle and last epochs side by side (``n`` of them)."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    paths = epoch_grids(run_dir)
+    if not paths:
+        raise FileNotFoundError(f"No epoch grids in {Path(run_dir) / GRIDS}: no epoch has finished.")
+    pick = sorted({paths[int(round(i))] for i in np.linspace(0, len(paths) - 1, min(n, len(paths)))})
+    fig, axes = plt.subplots(1, len(pick), figsize=(5 * len(pick), 5), squeeze=False)
+    for ax, path in zip(axes[0], pick):
+        with Image.open(path) as im:
+            ax.imshow(np.asarray(im.convert("RGB")))
+        ax.set_title(path.stem.replace("_", " "))
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def epoch_grid_browser(run_dir):
+    """An ipywidgets slider over the per-epoch fixed-noise grids (returns the widget)."""
+    import ipywidgets as widgets
+
+    paths = epoch_grids(run_dir)
+    if not paths:
+        raise FileNotFoundError(f"No epoch grids in {Path(run_dir) / GRIDS}: no epoch has finished.")
+    image = widgets.Image(value=paths[-1].read_bytes(), format="png", width=512)
+    label = widgets.Label(paths[-1].stem.replace("_", " "))
+    slider = widgets.IntSlider(value=len(paths), min=1, max=len(paths), description="grid")
+
+    def on_change(change):
+        image.value = paths[change["new"] - 1].read_bytes()
+        label.value = paths[change["new"] - 1].stem.replace("_", " ")
+
+    slider.observe(on_change, names="value")
+    return widgets.VBox([widgets.HBox([slider, label]), image])
