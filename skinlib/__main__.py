@@ -17,7 +17,6 @@ stage keys ("01" ... "05") to per-notebook overrides::
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import subprocess
 import sys

@@ -23,14 +23,6 @@ make_crops, make_generated, make_inpainted = _b.make_crops, _b.make_generated, _
 TINY = dict(image_size=32, steps=30, batch_size=16, val_every=10, width=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------
 # splits
 # ----------------------------------------------------------------------------------------

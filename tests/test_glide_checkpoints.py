@@ -6,43 +6,24 @@ fixture configuration and the "downloads" are served from files written here.
 from __future__ import annotations
 
 import io
-import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from skinlib.glide import checkpoints, configs, random_model
 from skinlib.glide.checkpoints import CheckpointInvalidError, CheckpointUnavailableError
-
-
-def _parity_dir() -> Path:
-    root = os.environ.get("SKINLIB_SHARED_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "glide-parity"
-
-
-PARITY = _parity_dir()
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "spec.md").is_file(),
-    reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; "
-    "set SKINLIB_SHARED_DIR to the folder that holds glide-parity/); needed here for the tokenizer vocab",
-)
+from _shared import needs_parity
 
 
 @pytest.fixture(autouse=True)
 def tiny_registry(monkeypatch):
     """Registry entries with the real names/files/URLs but the tiny fixture configs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     for name, opts in (("base-inpaint", configs.FIXTURE_TINY_BASE),
                        ("upsample-inpaint", configs.FIXTURE_TINY_UPSAMPLE)):
         real = configs.CHECKPOINTS[name]
         monkeypatch.setitem(configs.CHECKPOINTS, name, configs.CheckpointInfo(name, real.file, opts, 0))
     monkeypatch.delenv(checkpoints.ENV_CACHE, raising=False)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

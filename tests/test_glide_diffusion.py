@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,30 +10,9 @@ import torch
 from skinlib.glide.diffusion import (
     GaussianDiffusion, PerItemNoise, RecordedNoise, betas_for_schedule, space_timesteps,
 )
+from _shared import PARITY, needs_parity
 
 
-def _parity_dir() -> Path:
-    root = os.environ.get("SKINLIB_SHARED_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "glide-parity"
-
-
-PARITY = _parity_dir()
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "spec.md").is_file(),
-    reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; "
-    "set SKINLIB_SHARED_DIR to the folder that holds glide-parity/)",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads
-    slow them down 10x; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
 ARRAYS = ["betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_recip_alphas_cumprod",
           "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",

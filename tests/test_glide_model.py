@@ -3,37 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from skinlib.glide import build_model, configs, random_model
+from _shared import PARITY, needs_parity
 
 
-def _parity_dir() -> Path:
-    root = os.environ.get("SKINLIB_SHARED_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "glide-parity"
-
-
-PARITY = _parity_dir()
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "spec.md").is_file(),
-    reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; "
-    "set SKINLIB_SHARED_DIR to the folder that holds glide-parity/)",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine OpenMP threads
-    slow them down 10x; restore the setting afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 TINY = {"tiny_base_inpaint": configs.FIXTURE_TINY_BASE, "tiny_upsample_inpaint": configs.FIXTURE_TINY_UPSAMPLE}
 
 

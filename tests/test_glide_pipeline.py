@@ -3,36 +3,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-from pathlib import Path
 
 import pytest
 import torch
 
 from skinlib.glide import GlideInpainter, configs, load_tokenizer, random_model
 from skinlib.glide.pipeline import encode_prompts
-
-
-def _parity_dir() -> Path:
-    root = os.environ.get("SKINLIB_SHARED_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "glide-parity"
-
-
-PARITY = _parity_dir()
-pytestmark = pytest.mark.skipif(
-    not (PARITY / "spec.md").is_file(),
-    reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; set SKINLIB_SHARED_DIR "
-    "to the folder that holds glide-parity/); the pipeline needs their GPT-2 vocabulary offline",
-)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from _shared import PARITY, needs_parity
+pytestmark = needs_parity  # the pipeline needs the GPT-2 vocabulary of the fixtures offline
 
 
 @pytest.fixture(scope="module")

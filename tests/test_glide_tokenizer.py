@@ -3,28 +3,13 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from skinlib.glide import CheckpointUnavailableError, load_tokenizer
 from skinlib.glide import tokenizer as tok_mod
-
-
-def _parity_dir() -> Path:
-    root = os.environ.get("SKINLIB_SHARED_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared"
-    return base / "glide-parity"
-
-
-PARITY = _parity_dir()
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "spec.md").is_file(),
-    reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; "
-    "set SKINLIB_SHARED_DIR to the folder that holds glide-parity/)",
-)
+from _shared import PARITY, needs_parity
 
 
 @pytest.fixture(scope="module")

@@ -23,14 +23,6 @@ from skinlib.io import read_csv, save_png, write_csv
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)        # the machines running the suite are shared: tiny nets gain nothing from threads
-    yield
-    torch.set_num_threads(n)
-
-
 # ----------------------------------------------------------------------------------------
 # folder builders (also used by test_downstream.py)
 # ----------------------------------------------------------------------------------------

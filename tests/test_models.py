@@ -9,15 +9,6 @@ TINY_GAN = dict(generator_channels=4, discriminator_channels=4, max_channels=16,
 TINY_VAE = dict(base_channels=4, max_channels=16, latent_dim=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("size", [64, 128, 256])
 @pytest.mark.parametrize("upsample", ["transposed", "nearest_conv"])
 def test_dcgan_shapes(size, upsample):

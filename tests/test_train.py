@@ -17,15 +17,6 @@ TINY_VAE = dict(base_channels=4, max_channels=16, latent_dim=4)
 QUIET = dict(progress=False, grid_size=4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_crops(folder: Path, n: int = 16, size: int = 64, classes=("measles", "rubella"),
                seed: int = 0) -> Path:
     """A learnable toy crops folder: per class a flat colour plus a dark disc at a random place."""
