@@ -29,7 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from skinlib import generate, viz  # noqa: E402
-from skinlib.data import list_crop_rows  # noqa: E402
+from skinlib.data import crops_are_synthetic, list_crop_rows  # noqa: E402
 from skinlib.io import atomic_write_bytes, atomic_write_text, load_json, read_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -55,7 +55,7 @@ def run_provenance(run: Path) -> str:
 def crops_figure(run: Path, out: Path, n: int) -> str:
     crops = run / "crops"
     rows = list_crop_rows(crops)[:n]
-    synthetic = generate.crops_are_synthetic(crops)
+    synthetic = crops_are_synthetic(crops)
     images = [crops / r["image"] for r in rows]
     masks = [crops / (r.get("mask") or f"{Path(r['image']).stem}_mask.png") for r in rows]
     masks = masks if all(m.is_file() for m in masks) else None
@@ -80,7 +80,7 @@ def glide_figures(run: Path, out: Path) -> dict[str, str]:
     if not rows:
         raise FileNotFoundError(f"{samples} holds no variants (notebook 04 not run, e.g. no GLIDE weights)")
     settings = glide_settings(samples)
-    synthetic = generate.crops_are_synthetic(crops)
+    synthetic = crops_are_synthetic(crops)
     src = "SYNTHETIC demo crops" if synthetic else "crops"
     captions = {}
     save_figure(generate.plot_variants_grid(samples, crops, n_sources=5, max_runs=5),
@@ -108,7 +108,7 @@ def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
     if not rows:
         raise FileNotFoundError(f"{folder} holds no samples (notebook {notebook} not run)")
     rows = rows[:32]
-    synthetic = generate.crops_are_synthetic(run / "crops")
+    synthetic = crops_are_synthetic(run / "crops")
     ckpt = rows[0].get("checkpoint", "")
     text = f"{name.upper()} samples (notebook {notebook}), trained on {'SYNTHETIC demo ' if synthetic else ''}crops"
     fig = viz.show_grid([folder / r["image"] for r in rows], nrow=8, text=text, synthetic=synthetic)

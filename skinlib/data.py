@@ -444,3 +444,15 @@ class CropDataset(Dataset):
         else:
             mask = torch.zeros(1, h, w)
         return image.clamp(-1, 1), mask, torch.tensor(self.label(i), dtype=torch.long)
+
+
+def crops_are_synthetic(crops_dir) -> bool:
+    """True when a crops folder was cut from the SYNTHETIC demo dataset (its ``summary.json``,
+    written by :mod:`skinlib.crops`, says so); figures then say "SYNTHETIC demo data"."""
+    from .io import load_json
+
+    path = Path(crops_dir) / "summary.json"
+    try:
+        return bool(load_json(path).get("synthetic")) if path.is_file() else False
+    except (ValueError, OSError, AttributeError):
+        return False

@@ -40,6 +40,7 @@ import torch
 
 from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting,
                       MaskSampler, from_uint8, item_seed, make_sampler, save_steps_gif)
+from .data import crops_are_synthetic
 from .io import load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
@@ -464,15 +465,6 @@ def _read_l(path) -> np.ndarray:
 
     with Image.open(path) as im:
         return np.asarray(im.convert("L"))
-
-
-def crops_are_synthetic(crops_dir) -> bool:
-    """True when the crops were cut from the SYNTHETIC demo dataset (notebook 01's summary.json)."""
-    path = Path(crops_dir) / "summary.json"
-    try:
-        return bool(load_json(path).get("synthetic")) if path.is_file() else False
-    except (ValueError, OSError):
-        return False
 
 
 def _figure_title(text: str, rows: Sequence[dict], crops_dir) -> str:

@@ -773,20 +773,6 @@ def sample_grid_figure(sets: Mapping[str, torch.Tensor], *, n: int = 8, seed: in
 GENERATOR_NOTEBOOKS = {"dcgan": ("02", "dcgan"), "cvae": ("03", "cvae"), "glide": ("04", "glide")}
 
 
-def is_synthetic_crops(crops_dir) -> bool:
-    """True when a crops folder was cut from the SYNTHETIC demo dataset (its ``summary.json``,
-    written by :mod:`skinlib.crops`, says so); figures then say "SYNTHETIC demo data"."""
-    path = Path(crops_dir) / "summary.json"
-    if not path.is_file():
-        return False
-    from .io import load_json
-
-    try:
-        return bool(load_json(path).get("synthetic"))
-    except (ValueError, OSError, AttributeError):
-        return False
-
-
 def _has_images(folder: Path) -> bool:
     return folder.is_dir() and ((folder / "manifest.csv").is_file() or any(folder.glob("*.png")))
 

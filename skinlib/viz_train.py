@@ -12,14 +12,17 @@ import numpy as np
 import torch
 
 from .train import GRIDS, read_losses
+from .viz import title
 
 _NOT_PLOTTED = ("step", "epoch", "lr")
 
 
-def plot_losses(run_dir, columns: Optional[Sequence[str]] = None, smooth: int = 20):
+def plot_losses(run_dir, columns: Optional[Sequence[str]] = None, smooth: int = 20,
+                synthetic: bool = False):
     """One panel per logged quantity of ``run_dir/losses.csv`` against the step: the raw values
     (faint) and a moving average over ``smooth`` steps; a log y-axis for a positive quantity
-    whose maximum exceeds 100 x its median (a transient spike)."""
+    whose maximum exceeds 100 x its median (a transient spike). ``synthetic``: the crops are the
+    SYNTHETIC demo data, and the figure title says so."""
     import matplotlib.pyplot as plt
 
     rows = read_losses(run_dir)
@@ -42,13 +45,15 @@ def plot_losses(run_dir, columns: Optional[Sequence[str]] = None, smooth: int = 
             name += " (log scale)"
         ax.set_title(name)
         ax.set_xlabel("step")
+    fig.suptitle(title(f"training losses ({Path(run_dir).name})", synthetic))
     fig.tight_layout()
     return fig
 
 
-def show_images(images: torch.Tensor, nrow: int = 8, title: str = "", row_labels=None,
-                scale: float = 1.2):
-    """Show images [N, 3, H, W] in [-1, 1] as one grid; ``row_labels`` names each row."""
+def show_images(images: torch.Tensor, nrow: int = 8, text: str = "", row_labels=None,
+                scale: float = 1.2, synthetic: bool = False):
+    """Show images [N, 3, H, W] in [-1, 1] as one grid titled ``text`` (prefixed "SYNTHETIC demo
+    data" when ``synthetic``); ``row_labels`` names each row."""
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
@@ -57,7 +62,7 @@ def show_images(images: torch.Tensor, nrow: int = 8, title: str = "", row_labels
     rows = int(np.ceil(len(images) / nrow))
     fig, ax = plt.subplots(figsize=(scale * nrow + (1.5 if row_labels else 0), scale * rows + 0.4))
     ax.imshow(grid.permute(1, 2, 0).numpy())
-    ax.set_title(title)
+    ax.set_title(title(text, synthetic))
     ax.set_xticks([])
     if row_labels:
         h = images.shape[2] + 2
@@ -73,7 +78,7 @@ def epoch_grids(run_dir) -> list:
     return sorted((Path(run_dir) / GRIDS).glob("epoch_*.png"))
 
 
-def show_epoch_grids(run_dir, n: int = 3):
+def show_epoch_grids(run_dir, n: int = 3, synthetic: bool = False):
     """The fixed-noise grids of the first, middle and last epochs side by side (``n`` of them)."""
     import matplotlib.pyplot as plt
     from PIL import Image
@@ -88,6 +93,7 @@ def show_epoch_grids(run_dir, n: int = 3):
             ax.imshow(np.asarray(im.convert("RGB")))
         ax.set_title(path.stem.replace("_", " "))
         ax.axis("off")
+    fig.suptitle(title("samples from fixed noise", synthetic))
     fig.tight_layout()
     return fig
 
