@@ -151,9 +151,32 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def merge_earlier_stages(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stage records of this call plus, for stages it did not run, those of an earlier call into
+    the same run folder (``--only`` re-runs), marked with the time that call finished."""
+    from .io import load_json
+
+    earlier_path = out / "run.json"
+    try:
+        earlier = load_json(earlier_path) if earlier_path.is_file() else {}
+    except ValueError:
+        earlier = {}
+    mine = {r["stage"]: r for r in results}
+    merged = []
+    for stage in STAGES:
+        if stage.key in mine:
+            merged.append(mine[stage.key])
+            continue
+        old = next((r for r in earlier.get("stages", []) if r.get("stage") == stage.key), None)
+        if old is not None:
+            merged.append({**old, "earlier_run": old.get("earlier_run") or earlier.get("finished", "earlier")})
+    return merged
+
+
 def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     import torch
 
+    results = merge_earlier_stages(out, results)
     save_json(out / "run.json", {
         "command": sys.argv, "data": args.data or "synthetic demo dataset", "smoke": args.smoke,
         "params_file": args.params, "git_commit": _git_commit(), "python": platform.python_version(),
@@ -165,6 +188,8 @@ def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, A
              "| stage | notebook | status | seconds | note |", "|---|---|---|---|---|"]
     for r in results:
         note = (r.get("reason") or "").replace("|", "/").replace("\n", " ")
+        if r.get("earlier_run"):
+            note = f"(from the run that finished {r['earlier_run']}) {note}".strip()
         lines.append(f"| {r['stage']} | {r['notebook']} | {r['status']} | {r.get('seconds', '')} | {note} |")
     for r in results:
         if r.get("how_to_fix"):

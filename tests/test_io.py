@@ -36,3 +36,12 @@ def test_save_torch_is_loadable_with_weights_only(tmp_path):
     io.save_torch(tmp_path / "c.pt", {"w": torch.ones(2), "step": 3})
     obj = torch.load(tmp_path / "c.pt", weights_only=True)
     assert obj["step"] == 3 and torch.equal(obj["w"], torch.ones(2))
+
+
+def test_atomic_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    io.atomic_write_text(tmp_path / "p.txt", "x")
+    assert (tmp_path / "p.txt").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -149,3 +149,13 @@ def test_glide_stage_without_weights_is_reported_not_run(smoke_run, tmp_path):
     summary = (tmp_path / "o" / "summary.md").read_text()
     assert "| 04 | 04_glide_inpainting.ipynb | not run |" in summary
     assert "base_inpaint.pt" in summary and "upsample_inpaint.pt" in summary and "--smoke" in summary
+
+
+def test_rerunning_some_stages_keeps_the_record_of_the_others(smoke_run):
+    out, _ = smoke_run
+    r = run_cli("--smoke", "--only", "05", "--out", str(out), cwd=out.parent)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    stages = json.loads((out / "run.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == [s.key for s in STAGES]
+    assert "earlier_run" not in stages[-1] and all("earlier_run" in s for s in stages[:-1])
+    assert "(from the run that finished" in (out / "summary.md").read_text()
