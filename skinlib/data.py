@@ -396,6 +396,35 @@ def list_crop_rows(crops_dir) -> list[dict[str, str]]:
     return rows
 
 
+def load_crop(crops_dir, row: dict, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """One crop of a folder in the crop format, by its manifest ``row``.
+
+    Returns ``(image, mask, has_mask)``: image float32 [3, S, S] in [-1, 1] (bicubic resize to
+    ``image_size`` when given); mask float32 [1, S, S] in {0, 1}, 1 = ill skin (nearest resize;
+    all zeros when the crop has no ``_mask.png``)."""
+    from PIL import Image
+
+    crops_dir = Path(crops_dir)
+    with Image.open(crops_dir / row["image"]) as im:
+        im = im.convert("RGB")
+        if image_size is not None and im.size != (image_size, image_size):
+            im = im.resize((image_size, image_size), Image.BICUBIC)
+        arr = np.asarray(im, dtype=np.float32)
+    image = torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+    mask_path = crops_dir / (row.get("mask") or f"{Path(row['image']).stem}_mask.png")
+    h, w = image.shape[1:]
+    has_mask = mask_path.is_file()
+    if has_mask:
+        with Image.open(mask_path) as m:
+            m = m.convert("L")
+            if m.size != (w, h):
+                m = m.resize((w, h), Image.NEAREST)
+            mask = torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
+    else:
+        mask = torch.zeros(1, h, w)
+    return image.clamp(-1, 1).contiguous(), mask, has_mask
+
+
 class CropDataset(Dataset):
     """Crops of a folder in the crop format above.
 
@@ -422,28 +451,8 @@ class CropDataset(Dataset):
         return self.classes.index(name) if name in self.classes else 0
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
-        row = self.rows[i]
-        path = self.root / row["image"]
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if self.image_size is not None and im.size != (self.image_size, self.image_size):
-                im = im.resize((self.image_size, self.image_size), Image.BICUBIC)
-            arr = np.asarray(im, dtype=np.float32)
-        image = torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
-        mask_name = row.get("mask") or f"{Path(row['image']).stem}_mask.png"
-        mask_path = self.root / mask_name
-        h, w = image.shape[1:]
-        if mask_path.is_file():
-            with Image.open(mask_path) as m:
-                m = m.convert("L")
-                if m.size != (w, h):
-                    m = m.resize((w, h), Image.NEAREST)
-                mask = torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
-        else:
-            mask = torch.zeros(1, h, w)
-        return image.clamp(-1, 1), mask, torch.tensor(self.label(i), dtype=torch.long)
+        image, mask, _ = load_crop(self.root, self.rows[i], self.image_size)
+        return image, mask, torch.tensor(self.label(i), dtype=torch.long)
 
 
 def crops_are_synthetic(crops_dir) -> bool:

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting,
-                      MaskSampler, from_uint8, item_seed, make_sampler, save_steps_gif)
-from .data import crops_are_synthetic
+                      MaskSampler, item_seed, make_sampler, save_steps_gif)
+from .data import crops_are_synthetic, load_crop
 from .io import load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
@@ -183,29 +183,6 @@ class _Progress:
 # ----------------------------------------------------------------------------------------
 # sources
 # ----------------------------------------------------------------------------------------
-def _load_source(crops_dir: Path, row: dict) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(image float [3,256,256] in [-1,1], ill mask float [1,256,256] 1 = ill, has_mask)."""
-    from PIL import Image
-
-    path = crops_dir / row["image"]
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-            im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
-        image = from_uint8(np.asarray(im, dtype=np.uint8))
-    mask_path = crops_dir / (row.get("mask") or f"{Path(row['image']).stem}_mask.png")
-    has_mask = mask_path.is_file()
-    if has_mask:
-        with Image.open(mask_path) as m:
-            m = m.convert("L")
-            if m.size != (IMAGE_SIZE, IMAGE_SIZE):
-                m = m.resize((IMAGE_SIZE, IMAGE_SIZE), Image.NEAREST)
-            mask = torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
-    else:
-        mask = torch.zeros(1, IMAGE_SIZE, IMAGE_SIZE)
-    return image, mask, has_mask
-
-
 def _source_rows(crops_dir: Path, max_sources: int | None) -> list[dict]:
     from .data import list_crop_rows
 
@@ -409,7 +386,7 @@ def _prepare_source(crops_dir: Path, row: dict, index: int, sampler: MaskSampler
     """Load one source; on bad input record a skip (history/skip_NNNNNN.json) and return None."""
     reason = None
     try:
-        image, mask, has_mask = _load_source(crops_dir, row)
+        image, mask, has_mask = load_crop(crops_dir, row, IMAGE_SIZE)
         reason = sampler.unusable_reason(mask[0].numpy() > 0.5)
     except (OSError, ValueError, KeyError) as e:
         reason = f"cannot read {crops_dir / row.get('image', '?')} or its mask: {e}"
