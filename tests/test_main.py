@@ -159,3 +159,13 @@ def test_rerunning_some_stages_keeps_the_record_of_the_others(smoke_run):
     assert [s["stage"] for s in stages] == [s.key for s in STAGES]
     assert "earlier_run" not in stages[-1] and all("earlier_run" in s for s in stages[:-1])
     assert "(from the run that finished" in (out / "summary.md").read_text()
+
+
+def test_a_failing_stage_is_reported_and_its_dependants_skipped(tmp_path):
+    empty = tmp_path / "empty_dataset"
+    empty.mkdir()
+    r = run_cli("--smoke", "--data", str(empty), "--only", "01", "02", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 1
+    stages = {s["stage"]: s for s in json.loads((tmp_path / "o" / "run.json").read_text())["stages"]}
+    assert stages["01"]["status"] == "failed" and "No usable photo/mask pair" in stages["01"]["reason"]
+    assert stages["02"]["status"] == "skipped" and "01" in stages["02"]["reason"]
