@@ -34,7 +34,9 @@ GLIDE_HELP = (
     "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/upsample_inpaint.pt, put both in "
     "one folder and re-run with `--only 04 05 --params p.yaml` where p.yaml says "
     "`\"04\": {weights: /that/folder}` (or place them in the cache folder the error names). "
-    "`--smoke` uses the tiny RANDOM-weight model instead (pipeline check only).")
+    "`--smoke` uses the tiny RANDOM-weight model instead (pipeline check only). If the message "
+    "above names the GPT-2 vocabulary (encoder.json / vocab.bpe) instead, put those two files in "
+    "the folder it names: every GLIDE model, tiny-random included, needs them.")
 
 
 def load_params(path: str | None) -> dict[str, Any]:
@@ -52,6 +54,18 @@ def load_params(path: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise SystemExit(f"--params: {p} must hold a mapping (name: value), not {type(data).__name__}.")
     return data
+
+
+def check_common_params(params: dict[str, Any], notebooks: list[Path]) -> None:
+    """Top-level YAML keys must be a parameter of at least one notebook that will run (typos)."""
+    import papermill
+
+    stage_keys = {s.key for s in STAGES} | {int(s.key) for s in STAGES}
+    declared = set().union(*(papermill.inspect_notebook(str(nb)) for nb in notebooks))
+    unknown = sorted(str(k) for k in params if k not in stage_keys and k not in declared)
+    if unknown:
+        raise SystemExit(f"--params: no notebook of this run has parameter(s) {unknown}; "
+                         f"they accept: {sorted(declared)}.")
 
 
 def stage_parameters(stage: Stage, nb_path: Path, params: dict[str, Any], *, out: Path,
@@ -91,8 +105,6 @@ def _git_commit() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
     nb_dir = Path(args.notebooks) if args.notebooks else notebooks_dir()
@@ -108,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     for s in stages:
         if not (nb_dir / s.notebook).is_file():
             raise SystemExit(f"Notebook {nb_dir / s.notebook} is missing; check --notebooks.")
+    check_common_params(params, [nb_dir / s.notebook for s in stages])
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     print(f"Run folder: {out}")
     print(f"Data: {Path(args.data).resolve() if args.data else 'SYNTHETIC demo dataset (generated)'}"
@@ -116,6 +129,20 @@ def run(args: argparse.Namespace) -> int:
     results: list[dict[str, Any]] = []
     status: dict[str, str] = {}
     bar = tqdm(stages, desc="main job", unit="notebook")
+    try:
+        _run_stages(bar, nb_dir, out, args, params, status, results)
+    finally:   # also on Ctrl-C: the summary says what ran
+        write_summary(out, args, results)
+    failed = [r for r in results if r["status"] in {"failed", "skipped"}]
+    return 1 if failed else 0
+
+
+def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: dict[str, Any],
+                status: dict[str, str], results: list[dict[str, Any]]) -> None:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+    from tqdm.auto import tqdm
+
     for stage in bar:
         bar.set_postfix_str(f"{stage.key} {stage.title}")
         record: dict[str, Any] = {"stage": stage.key, "notebook": stage.notebook, "title": stage.title}
@@ -135,20 +162,18 @@ def run(args: argparse.Namespace) -> int:
                 record.update(status="ok")
             except PapermillExecutionError as e:
                 if e.ename == "CheckpointUnavailableError":
-                    record.update(status="not run", reason=f"GLIDE weights unavailable: {e.evalue}",
+                    record.update(status="not run", reason=f"GLIDE files unavailable: {e.evalue}",
                                   how_to_fix=GLIDE_HELP)
                 else:
                     record.update(status="failed", reason=f"{e.ename}: {e.evalue}")
+            except Exception as e:  # noqa: BLE001 - e.g. the kernel died (out of memory): record, go on
+                record.update(status="failed", reason=f"{type(e).__name__}: {e}")
             record["seconds"] = round(time.time() - t0, 1)
             record["executed_notebook"] = str(output_nb)
         status[stage.key] = record["status"]
         results.append(record)
         tqdm.write(f"[{stage.key}] {stage.title}: {record['status']}"
                    + (f" - {record['reason']}" if record.get("reason") else ""))
-
-    write_summary(out, args, results)
-    failed = [r for r in results if r["status"] in {"failed", "skipped"}]
-    return 1 if failed else 0
 
 
 def merge_earlier_stages(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:

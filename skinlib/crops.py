@@ -459,6 +459,12 @@ def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> P
         wanted = {**sizes, "renderer": RENDERER_VERSION}   # another renderer's demo crops are redone
         if made.get("complete") and all(made.get("params", {}).get(k) == v for k, v in wanted.items()):
             return crops_dir
+    unfinished = crops_dir.is_dir() and any(crops_dir.glob("[0-9]*.png"))
+    if unfinished and not (demo_dir / METADATA).is_file():
+        raise ValueError(
+            f"{crops_dir} holds unfinished crops of other data (no manifest.csv, no demo dataset "
+            f"beside it): they are not replaced by demo crops. Fix: finish them by re-running "
+            f"notebook 01 with the same data_dir, or pass crops_dir / another out_dir.")
     data = make_demo_dataset(demo_dir, **sizes, progress=progress)
     extract_crops(data, crops_dir, progress=progress)
     return crops_dir

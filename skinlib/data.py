@@ -465,3 +465,15 @@ def crops_are_synthetic(crops_dir) -> bool:
         return bool(load_json(path).get("synthetic")) if path.is_file() else False
     except (ValueError, OSError, AttributeError):
         return False
+
+
+def crops_content_sha256(crops_dir, rows) -> str:
+    """SHA-256 over the names and bytes of the crops ``rows`` of ``crops_dir``: identifies the
+    crops themselves (crop names repeat across folders, their content does not)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(row["image"].encode() + b"\0")
+        h.update(hashlib.sha256((Path(crops_dir) / row["image"]).read_bytes()).digest())
+    return h.hexdigest()

@@ -94,6 +94,9 @@ def export_samples(checkpoint, out_dir, n: int, seed: int = 0, *, disease: Optio
     out_dir.mkdir(parents=True, exist_ok=True)
     names = [f"{i:06d}.png" for i in range(n)]
     _remove_stale(out_dir, set(names))
+    # Withdraw the old manifest before any image changes: an interrupted export must not look
+    # like a finished one, nor describe images of another checkpoint.
+    (out_dir / "manifest.csv").unlink(missing_ok=True)
     digest = sha256_file(checkpoint)
     rows = []
     for start in tqdm(range(0, n, batch_size), desc=f"export {model.name}", disable=not progress):

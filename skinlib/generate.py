@@ -27,7 +27,6 @@ with ``source_index % N == K``; each shard can run on its own machine / GPU (SLU
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -40,7 +39,7 @@ import torch
 
 from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting,
                       MaskSampler, item_seed, make_sampler, save_steps_gif)
-from .data import crops_are_synthetic, load_crop
+from .data import crops_are_synthetic, crops_content_sha256, load_crop
 from .io import load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
@@ -289,7 +288,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     mine = shard_batches(plan_batches(len(rows), runs, batch_size), shard_index, num_shards)
     settings = {"generator": GENERATOR, "crops_dir": str(crops_dir), "runs": runs, "seed": seed,
                 "n_sources": len(rows), "max_sources": max_sources, "image_size": IMAGE_SIZE,
-                "sources_sha256": hashlib.sha256("\n".join(r["image"] for r in rows).encode()).hexdigest(),
+                "sources_sha256": crops_content_sha256(crops_dir, rows),
                 "gifs": gifs, "batch_size": batch_size, "model_is_random": is_random,
                 "model": _comparable(identity), **algo.settings()}
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .data import crops_content_sha256
 from .io import read_csv, save_json, save_torch, write_csv
 from .models import build_model, check_image_size
 
@@ -196,9 +197,11 @@ def check_crops(dataset, image_size: int) -> None:
 
 
 def _data_id(dataset) -> dict:
-    rows = getattr(dataset, "rows", None)
-    names = [r["image"] for r in rows] if rows is not None else [str(len(dataset))]
-    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    rows, root = getattr(dataset, "rows", None), getattr(dataset, "root", None)
+    if rows is not None and root is not None:   # a crops folder: identify the crops by content
+        digest = crops_content_sha256(root, rows)[:16]
+    else:
+        digest = hashlib.sha256(str(len(dataset)).encode()).hexdigest()[:16]
     return {"n_images": len(dataset), "images_sha": digest,
             "classes": list(getattr(dataset, "classes", ["unknown"]))}
 
@@ -378,8 +381,8 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
                     raise NonFiniteLossError(
                         f"{model.name}: {k} became {v} at step {s} (epoch {e}). Lower the "
                         f"learning rate (lr={cfg.lr:g}, e.g. lr={cfg.lr / 4:g})"
-                        f"{', or set amp=False' if amp else ''}, and restart, or resume from "
-                        f"the last good checkpoint {ckpt_path} with a new run_dir.")
+                        f"{', or set amp=False' if amp else ''}, and start a fresh run (a new run_dir, "
+                        f"or resume=False); the last good checkpoint stays at {ckpt_path}.")
             rows.append({"step": s, "epoch": e, "lr": lr_now, **dict(zip(names, vals))})
         pending.clear()
         bar.set_postfix({k: f"{v:.3g}" for k, v in list(rows[-1].items())[3:]}, refresh=False)

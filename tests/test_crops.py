@@ -349,3 +349,15 @@ def test_notebook_parameters_are_the_library_defaults():
     for k, v in defaults.items():
         assert params[k] == v, k
     assert params["data_dir"] == "" and params["out_dir"] == "runs/demo" and params["smoke"] is False
+
+
+def test_demo_crops_never_replace_unfinished_crops_of_other_data(tmp_path):
+    """An interrupted crop run of the user's data (crops, no manifest yet) is not overwritten."""
+    from skinlib.crops import make_demo_crops
+    from skinlib.io import save_png
+
+    crops = tmp_path / "crops"
+    save_png(crops / "000000.png", np.zeros((256, 256, 3), np.uint8))
+    with pytest.raises(ValueError, match="unfinished crops of other data"):
+        make_demo_crops(tmp_path, smoke=True, progress=False)
+    assert (crops / "000000.png").is_file()

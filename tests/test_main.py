@@ -66,6 +66,9 @@ def test_bad_arguments_give_clear_errors(tmp_path):
     bad.write_text('"02": {no_such_parameter: 3}\n')
     r = run_cli("--params", str(bad), "--only", "02", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode != 0 and "no_such_parameter" in r.stderr and "accepts" in r.stderr
+    bad.write_text("sed: 3\n")   # a typo of `seed` at the top level
+    r = run_cli("--params", str(bad), "--only", "02", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode != 0 and "'sed'" in r.stderr and "accept" in r.stderr
     bad.write_text("a: [unclosed\n")
     r = run_cli("--params", str(bad), "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode != 0 and "not valid YAML" in r.stderr

@@ -208,7 +208,7 @@ def test_bad_inputs_name_the_fix(crops, tmp_path):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_export_writes_what_the_manifest_says(crops, tmp_path):
+def test_export_writes_what_the_manifest_says(crops, tmp_path, monkeypatch):
     torch.manual_seed(0)
     result = train(CVAE(64, num_classes=2, **TINY_VAE), crops, tmp_path / "run", GAN_CFG,
                    epochs=1, lr=1e-3)
@@ -231,6 +231,14 @@ def test_export_writes_what_the_manifest_says(crops, tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == ["000000.png", "000001.png"]
     with pytest.raises(ValueError, match="not generated images"):
         export_samples(result.checkpoint, crops, n=2, progress=False)
+    # an interrupted re-export never leaves the old manifest describing the new images
+    def interrupted(path, arr):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("skinlib.export.save_png", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_samples(result.checkpoint, out, n=2, seed=4, progress=False)
+    assert not (out / "manifest.csv").exists()
     with pytest.raises(ValueError, match="not one of the model's classes"):
         export_samples(result.checkpoint, out, n=2, disease="scabies", progress=False)
 
