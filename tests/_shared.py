@@ -19,3 +19,17 @@ needs_parity = pytest.mark.skipif(
     reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; "
     "set SKINLIB_SHARED_DIR to the folder that holds glide-parity/)",
 )
+
+
+def interrupted_on_call(func, n: int):
+    """``func`` wrapped so that its ``n``-th call raises KeyboardInterrupt (a simulated Ctrl-C)."""
+    calls = 0
+
+    def wrapper(*args, **kw):
+        nonlocal calls
+        calls += 1
+        if calls == n:
+            raise KeyboardInterrupt("simulated interruption")
+        return func(*args, **kw)
+
+    return wrapper

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from _images import blob_mask, bomb_png, png_raw, save, skin_photo, truncated
+from _shared import interrupted_on_call
 from skinlib import crops
 from skinlib.data import CropDataset
 from skinlib.io import read_csv, sha256_file
@@ -265,20 +266,12 @@ def test_rerun_is_byte_identical_and_resume_after_interruption(tmp_path, monkeyp
     assert _tree(tmp_path / "b") == reference                       # fresh run elsewhere: same bytes
 
     real = crops._process_source
-    calls = {"n": 0}
-
-    def interrupted(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated interruption")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(crops, "_process_source", interrupted)
+    monkeypatch.setattr(crops, "_process_source", interrupted_on_call(real, 3))
     with pytest.raises(KeyboardInterrupt):
         crops.extract_crops(data, tmp_path / "c", **SMALL, progress=False)
     assert not (tmp_path / "c" / "manifest.csv").exists()
     # interrupting a re-run that changes a finished folder also withdraws its manifest
-    calls["n"] = 0
+    monkeypatch.setattr(crops, "_process_source", interrupted_on_call(real, 3))
     with pytest.raises(KeyboardInterrupt):
         crops.extract_crops(data, tmp_path / "b", **{**SMALL, "stride": 32}, progress=False)
     assert not (tmp_path / "b" / "manifest.csv").exists()

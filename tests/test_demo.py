@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from _shared import interrupted_on_call
 from skinlib import demo
 from skinlib.data import find_pairs, load_pair
 from skinlib.io import load_json, read_csv, sha256_file
@@ -94,15 +95,7 @@ def test_dataset_of_another_renderer_version_is_regenerated(tmp_path, monkeypatc
 def test_interrupted_generation_is_redone(tmp_path, monkeypatch):
     small = dict(n_diseases=1, n_patients=2, n_examples=1, n_photos=1, min_side=80, max_side=96)
     real = demo.render_photo
-    calls = {"n": 0}
-
-    def interrupted(*args, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt("simulated")
-        return real(*args, **kw)
-
-    monkeypatch.setattr(demo, "render_photo", interrupted)
+    monkeypatch.setattr(demo, "render_photo", interrupted_on_call(real, 2))
     with pytest.raises(KeyboardInterrupt):
         demo.make_demo_dataset(tmp_path / "d", **small, progress=False)
     assert load_json(tmp_path / "d" / demo.METADATA)["complete"] is False
