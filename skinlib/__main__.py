@@ -56,13 +56,18 @@ def load_params(path: str | None) -> dict[str, Any]:
     return data
 
 
+def is_stage_section(name: Any) -> bool:
+    """True for a params-YAML key naming a stage ("02", or 2 as YAML reads an unquoted 02)."""
+    key = f"{name:02d}" if isinstance(name, int) else str(name)
+    return key in {s.key for s in STAGES}
+
+
 def check_common_params(params: dict[str, Any], notebooks: list[Path]) -> None:
     """Top-level YAML keys must be a parameter of at least one notebook that will run (typos)."""
     import papermill
 
-    stage_keys = {s.key for s in STAGES} | {int(s.key) for s in STAGES}
     declared = set().union(*(papermill.inspect_notebook(str(nb)) for nb in notebooks))
-    unknown = sorted(str(k) for k in params if k not in stage_keys and k not in declared)
+    unknown = sorted(str(k) for k in params if not is_stage_section(k) and k not in declared)
     if unknown:
         raise SystemExit(f"--params: no notebook of this run has parameter(s) {unknown}; "
                          f"they accept: {sorted(declared)}.")
@@ -77,12 +82,8 @@ def stage_parameters(stage: Stage, nb_path: Path, params: dict[str, Any], *, out
     chosen: dict[str, Any] = {"out_dir": str(out), "smoke": smoke}
     if data and "data_dir" in declared:
         chosen["data_dir"] = str(Path(data).resolve())
-    stage_keys = {s.key for s in STAGES}
     for name, value in params.items():
-        key = f"{name:02d}" if isinstance(name, int) else str(name)
-        if key in stage_keys or name in stage_keys:
-            continue
-        if name in declared:
+        if not is_stage_section(name) and name in declared:
             chosen[name] = value
     section = params.get(stage.key, params.get(int(stage.key), {})) or {}
     if not isinstance(section, dict):
