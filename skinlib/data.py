@@ -371,12 +371,16 @@ def encode_png(array: np.ndarray, *, compress_level: int = 1, text: dict[str, st
 
 # --------------------------------------------------------------------------- crop dataset
 
-def list_crop_rows(crops_dir) -> list[dict[str, str]]:
+SPLITS = ("train", "test")   # the patient-level split of notebook 01 (manifest column ``split``)
+
+
+def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
     """Rows describing the crops of a folder: its ``manifest.csv`` or, without one, every
     ``*.png`` that is not a ``*_mask.png`` / ``*_mask2.png`` / ``*_edit.png`` (with empty metadata).
 
-    Raises FileNotFoundError / ValueError with the folder name and the fix when the folder is
-    missing or holds no crops.
+    ``split`` ("train" / "test"): only the crops of that side of notebook 01's patient split
+    (the manifest's ``split`` column). Raises FileNotFoundError / ValueError with the folder name
+    and the fix when the folder is missing, holds no crops, or has no split column when one is asked.
     """
     crops_dir = Path(crops_dir)
     if not crops_dir.is_dir():
@@ -393,6 +397,18 @@ def list_crop_rows(crops_dir) -> list[dict[str, str]]:
         raise ValueError(
             f"Crops folder {crops_dir} holds no crops (no rows in {MANIFEST} and no *.png): "
             f"check the path or re-run the cropping notebook.")
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        if "split" not in rows[0]:
+            raise ValueError(
+                f"{crops_dir / MANIFEST} has no 'split' column (crops made before the patient split existed, "
+                f"or a folder without a manifest). Fix: re-run notebook 01 (`python -m skinlib run --only 01`) "
+                f"so every patient is assigned to train or test, or pass split=None to use every crop.")
+        rows = [r for r in rows if r["split"] == split]
+        if not rows:
+            raise ValueError(f"Crops folder {crops_dir} holds no crop of the {split!r} split: "
+                             f"re-run notebook 01 with another test share / split seed.")
     return rows
 
 
@@ -433,12 +449,15 @@ class CropDataset(Dataset):
     ``label`` int64 index of the row's disease in ``self.classes`` (0 when unknown).
     ``image_size`` resizes (bicubic, antialiased; nearest for masks), e.g. 64 or 128;
     ``None`` keeps the stored size. ``classes`` fixes the label order (default: sorted
-    diseases found in the manifest).
+    diseases found in the manifest). ``split`` ("train" / "test" / None): only the crops of that
+    side of notebook 01's patient split (see :func:`list_crop_rows`).
     """
 
-    def __init__(self, crops_dir, image_size: int | None = None, classes: Sequence[str] | None = None):
+    def __init__(self, crops_dir, image_size: int | None = None, classes: Sequence[str] | None = None,
+                 split: str | None = None):
         self.root = Path(crops_dir)
-        self.rows = list_crop_rows(self.root)
+        self.split = split
+        self.rows = list_crop_rows(self.root, split)
         found = sorted({r.get("disease", "") or "unknown" for r in self.rows})
         self.classes = list(classes) if classes is not None else found
         self.image_size = image_size
