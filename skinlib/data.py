@@ -412,32 +412,65 @@ def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
     return rows
 
 
-def load_crop(crops_dir, row: dict, image_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+def load_crop(crops_dir, row: dict, image_size: int | None = None, *,
+              resize: bool = True) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """One crop of a folder in the crop format, by its manifest ``row``.
 
-    Returns ``(image, mask, has_mask)``: image float32 [3, S, S] in [-1, 1] (bicubic resize to
-    ``image_size`` when given); mask float32 [1, S, S] in {0, 1}, 1 = ill skin (nearest resize;
-    all zeros when the crop has no ``_mask.png``)."""
+    Returns ``(image, mask, has_mask)``: image float32 [3, S, S] in [-1, 1]; mask float32
+    [1, S, S] in {0, 1}, 1 = ill skin. The mask is the file the row's ``mask`` column names;
+    when the row names none (no column, or empty), the companion ``<stem>_mask.png`` if it
+    exists, else no mask is expected: all zeros and ``has_mask`` False (e.g. generated folders).
+
+    ``image_size``: when the crop is not ``image_size`` x ``image_size``, ``resize=True`` resizes
+    it (bicubic; mask nearest), e.g. to train at 64 px; ``resize=False`` refuses it, for callers
+    that need the crop's exact pixels (GLIDE generation keeps them byte-identical outside its
+    edits). Raises :class:`BadInputError` naming the file and the fix when the crop or a mask it
+    names is missing or unreadable, when the mask's size differs from the crop's, or when a crop
+    has the wrong size and ``resize`` is False.
+    """
     from PIL import Image
 
     crops_dir = Path(crops_dir)
-    with Image.open(crops_dir / row["image"]) as im:
-        im = im.convert("RGB")
-        if image_size is not None and im.size != (image_size, image_size):
-            im = im.resize((image_size, image_size), Image.BICUBIC)
-        arr = np.asarray(im, dtype=np.float32)
-    image = torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
-    mask_path = crops_dir / (row.get("mask") or f"{Path(row['image']).stem}_mask.png")
-    h, w = image.shape[1:]
-    has_mask = mask_path.is_file()
+    image_path = crops_dir / row["image"]
+    im = open_image(image_path)
+    try:
+        if image_size is not None and im.size != (image_size, image_size) and not resize:
+            raise BadInputError(
+                image_path, f"crop is {im.size[0]}x{im.size[1]} px, expected {image_size}x{image_size} "
+                            f"(it is not resized, so that its pixels are kept exactly).",
+                f"re-make the crops at {image_size} px (notebook 01, window={image_size}), or resize "
+                f"the crop and its mask yourself")
+        rgb = im.convert("RGB")
+    finally:
+        im.close()
+    w, h = rgb.size
+    named = (row.get("mask") or "").strip()
+    mask_path = crops_dir / (named or f"{Path(row['image']).stem}_mask.png")
+    has_mask = bool(named) or mask_path.is_file()
     if has_mask:
-        with Image.open(mask_path) as m:
-            m = m.convert("L")
+        if named and not mask_path.is_file():
+            raise BadInputError(
+                mask_path, f"the manifest names this mask for crop {row['image']}, but the file does not exist.",
+                f"restore the mask, or re-make the crops (notebook 01); if the crop has no mask, "
+                f"empty its 'mask' field in {crops_dir / MANIFEST}")
+        m = open_image(mask_path)
+        try:
             if m.size != (w, h):
-                m = m.resize((w, h), Image.NEAREST)
-            mask = torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
+                raise BadInputError(
+                    mask_path, f"mask is {m.size[0]}x{m.size[1]} px but its crop {row['image']} is {w}x{h}.",
+                    "re-make the crops (notebook 01) so that every mask has its crop's size")
+            grey = m.convert("L")
+        finally:
+            m.close()
+    if image_size is not None and (w, h) != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.BICUBIC)
+        if has_mask:
+            grey = grey.resize((image_size, image_size), Image.NEAREST)
+    image = torch.from_numpy(np.asarray(rgb, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    if has_mask:
+        mask = torch.from_numpy((np.asarray(grey) > 127).astype(np.float32))[None]
     else:
-        mask = torch.zeros(1, h, w)
+        mask = torch.zeros(1, *image.shape[1:])
     return image.clamp(-1, 1).contiguous(), mask, has_mask
 
 

@@ -39,7 +39,7 @@ import torch
 
 from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting,
                       MaskSampler, item_seed, make_sampler, save_steps_gif)
-from .data import crops_are_synthetic, crops_content_sha256, load_crop
+from .data import BadInputError, crops_are_synthetic, crops_content_sha256, load_crop
 from .io import load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
@@ -385,8 +385,10 @@ def _prepare_source(crops_dir: Path, row: dict, index: int, sampler: MaskSampler
     """Load one source; on bad input record a skip (history/skip_NNNNNN.json) and return None."""
     reason = None
     try:
-        image, mask, has_mask = load_crop(crops_dir, row, IMAGE_SIZE)
+        image, mask, has_mask = load_crop(crops_dir, row, IMAGE_SIZE, resize=False)
         reason = sampler.unusable_reason(mask[0].numpy() > 0.5)
+    except BadInputError as e:          # names the file and the fix
+        reason = str(e)
     except (OSError, ValueError, KeyError) as e:
         reason = f"cannot read {crops_dir / row.get('image', '?')} or its mask: {e}"
     if reason:

@@ -232,3 +232,56 @@ def test_folder_without_manifest_lists_only_images_not_their_companion_masks(tmp
     for name in ("000000.png", "000000_mask.png", "000000_mask2.png", "000000_edit.png", "000001.png"):
         save_png(tmp_path / name, img)
     assert [r["image"] for r in list_crop_rows(tmp_path)] == ["000000.png", "000001.png"]
+
+
+def test_load_crop_mask_named_by_the_manifest_must_exist_and_be_readable(tmp_path):
+    from skinlib.data import load_crop
+    from skinlib.io import save_png
+
+    save_png(tmp_path / "000000.png", skin_photo(32, 32))
+    mask = blob_mask(32, 32, 16, 16, 6)
+    save_png(tmp_path / "000000_mask.png", mask.astype(np.uint8) * 255)
+    row = {"image": "000000.png", "mask": "000000_mask.png"}
+    image, m, has_mask = load_crop(tmp_path, row)
+    assert has_mask and image.shape == (3, 32, 32) and torch.equal(m[0].bool(), torch.from_numpy(mask))
+    # the manifest names a mask that is not there: an error naming it, never an empty mask
+    (tmp_path / "000000_mask.png").unlink()
+    with pytest.raises(BadInputError, match=r"000000_mask\.png.*does not exist.*Fix:"):
+        load_crop(tmp_path, row)
+    # ... or that cannot be read
+    (tmp_path / "000000_mask.png").write_bytes(b"not a png")
+    with pytest.raises(BadInputError, match=r"000000_mask\.png.*not a readable image"):
+        load_crop(tmp_path, row)
+    # ... or whose size is not the crop's (it was resized silently before)
+    save_png(tmp_path / "000000_mask.png", np.zeros((16, 16), np.uint8))
+    with pytest.raises(BadInputError, match=r"000000_mask\.png: mask is 16x16 px but its crop 000000\.png is 32x32"):
+        load_crop(tmp_path, row)
+    # no mask expected (empty field, no companion file, e.g. generated folders): all zeros
+    (tmp_path / "000000_mask.png").unlink()
+    for no_mask in ({"image": "000000.png", "mask": ""}, {"image": "000000.png"}):
+        _, m, has_mask = load_crop(tmp_path, no_mask)
+        assert not has_mask and m.shape == (1, 32, 32) and m.sum() == 0
+    with pytest.raises(BadInputError, match=r"000001\.png.*file not found"):
+        load_crop(tmp_path, {"image": "000001.png"})
+
+
+def test_load_crop_resizes_only_when_asked(tmp_path):
+    from PIL import Image as PILImage
+
+    from skinlib.data import load_crop
+    from skinlib.io import save_png
+
+    photo = skin_photo(40, 40)
+    save_png(tmp_path / "a.png", photo)
+    save_png(tmp_path / "a_mask.png", blob_mask(40, 40, 20, 20, 8).astype(np.uint8) * 255)
+    row = {"image": "a.png", "mask": "a_mask.png"}
+    # GLIDE generation needs the exact pixels: a crop of another size is refused, with the fix
+    with pytest.raises(BadInputError, match=r"a\.png: crop is 40x40 px, expected 32x32.*Fix: re-make the crops"):
+        load_crop(tmp_path, row, 32, resize=False)
+    image, _, _ = load_crop(tmp_path, row, 40, resize=False)            # right size: exact pixels
+    assert torch.equal(torch.round((image + 1) * 127.5).to(torch.uint8).permute(1, 2, 0), torch.from_numpy(photo))
+    # training at another size asks for the resize
+    image, mask, _ = load_crop(tmp_path, row, 32)
+    assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
+    expected = np.asarray(PILImage.fromarray(photo).resize((32, 32), PILImage.BICUBIC), dtype=np.float32) / 127.5 - 1
+    torch.testing.assert_close(image, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6, rtol=0)

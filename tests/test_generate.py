@@ -156,6 +156,20 @@ def test_bad_source_is_a_recorded_skip(tmp_path):
     assert len(read_csv(out / "manifest.csv")) == 3
 
 
+def test_missing_mask_or_wrong_size_crop_is_a_recorded_skip_not_a_maskless_source(tmp_path):
+    crops = make_crops(tmp_path / "crops", n=3)
+    (crops / "000000_mask.png").unlink()           # the manifest still names it
+    Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(crops / "000002.png")   # not 256 px
+    out = tmp_path / "out"
+    summary = generate_variants(crops, out, inpainter=FakeInpainter(), sampler="squares",
+                                **{**SETTINGS, "runs": 1})
+    assert summary["made"] == 1 and summary["skipped_sources"] == 2
+    reasons = {s["source_crop"]: s["reason"] for s in read_csv(out / "skipped.csv")}
+    assert "000000_mask.png" in reasons["000000.png"] and "does not exist" in reasons["000000.png"]
+    assert "200x200 px, expected 256x256" in reasons["000002.png"]
+    assert [r["image"] for r in read_csv(out / "manifest.csv")] == ["000001.png"]
+
+
 def test_crops_without_masks_and_partial_merge(tmp_path):
     crops = make_crops(tmp_path / "crops", n=2, masks=False)
     out = tmp_path / "out"
