@@ -20,9 +20,13 @@ turns every crop of a crops folder into ``runs`` variants with
 
 ``NNNNNN = source_index * runs + run`` (source_index = row of the crops manifest). The variant's
 randomness comes only from ``item_seed(seed, source file name, run)``, so the same settings give
-the same bytes whatever the sharding, batching or interruptions. Shard K of N takes the sources
-with ``source_index % N == K``; each shard can run on its own machine / GPU (SLURM job array,
-``torchrun``), all writing into the same folder: see :func:`main` and the README.
+the same bytes whatever the sharding or interruptions. Sharding follows the engine calls'
+batches (see :func:`plan_batches`), so that a variant is always computed in the same batch: the
+sources are cut into consecutive groups of ``per = max(1, batch_size // runs)`` sources, and shard K
+of N takes the sources of groups ``g`` with ``g % N == K``, i.e. the sources with
+``(source_index // per) % N == K`` (6 sources, runs 5, batch size 10: groups {0, 1}, {2, 3}, {4, 5};
+shard 0 of 2 takes sources 0, 1, 4, 5). Each shard can run on its own machine / GPU (SLURM job
+array, ``torchrun``), all writing into the same folder: see :func:`main` and the README.
 """
 from __future__ import annotations
 
@@ -80,8 +84,10 @@ def plan_batches(n_sources: int, runs: int, batch_size: int) -> list[list[tuple[
 
 def shard_batches(batches: list[list[tuple[int, int]]], shard_index: int = 0,
                   num_shards: int = 1) -> list[list[tuple[int, int]]]:
-    """Batches of shard ``shard_index`` of ``num_shards``: shards split by source index (the
-    sources of batch-group g go to shard g % num_shards; all runs of a source stay together)."""
+    """Batches of shard ``shard_index`` of ``num_shards``: the g-th group of consecutive sources
+    that share batches (``batch_size // runs`` sources, or one source when its runs fill several
+    batches) goes to shard ``g % num_shards``; all runs of a source stay together. Equivalently,
+    shard K takes the sources with ``(source_index // max(1, batch_size // runs)) % num_shards == K``."""
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise ValueError(f"shard_index must be in [0, num_shards); got {shard_index} of {num_shards}")
     group_of = {}

@@ -194,6 +194,17 @@ def test_shard_helpers(monkeypatch):
     for n_shards in (1, 2, 3, 4):
         items = sorted(it for k in range(n_shards) for bt in shard_batches(b, k, n_shards) for it in bt)
         assert items == [(i, r) for i in range(3) for r in range(5)]
+    # the documented rule (module docstring): shard K takes the sources with
+    # (source_index // max(1, batch_size // runs)) % num_shards == K
+    b = plan_batches(6, 5, 10)
+    assert sorted({i for bt in shard_batches(b, 0, 2) for i, _ in bt}) == [0, 1, 4, 5]
+    for n_src, runs, bs, n_shards in [(6, 5, 10, 2), (7, 2, 5, 3), (5, 3, 3, 2), (9, 1, 4, 4), (4, 5, 2, 3),
+                                      (11, 2, 9, 2), (3, 4, 4, 5)]:
+        batches = plan_batches(n_src, runs, bs)
+        per = max(1, bs // runs)
+        for k in range(n_shards):
+            got = {i for bt in shard_batches(batches, k, n_shards) for i, _ in bt}
+            assert got == {i for i in range(n_src) if (i // per) % n_shards == k}, (n_src, runs, bs, n_shards, k)
     with pytest.raises(ValueError):
         shard_batches(b, 2, 2)
     with pytest.raises(ValueError):
