@@ -602,7 +602,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--upsample-temp", type=float, default=0.997)
     p.add_argument("--sampler", default="squares",
-                   help="squares | squares-ill | squares-healthy")
+                   help="squares | squares-ill | squares-healthy | user (with --user-masks)")
+    p.add_argument("--user-masks", nargs="+", default=None, metavar="PNG",
+                   help="--sampler user: one L-mode PNG (255 = re-synthesise) used at every step, "
+                        "or one PNG per step")
     p.add_argument("--zoom", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=10)
@@ -616,6 +619,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.user_masks and a.sampler not in ("user", "user-mask"):
+        p.error(f"--user-masks is only used with --sampler user (got --sampler {a.sampler})")
+    try:
+        sampler = make_sampler(a.sampler, user_masks=a.user_masks)
+        sampler.check_steps(a.steps)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
     from .glide.pipeline import GlideInpainter
@@ -628,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
                                                upsample_respacing=a.upsample_respacing)
     summary = generate_variants(
         a.crops, a.out, inpainter=inpainter, runs=a.runs, steps=a.steps, prompt=a.prompt,
-        guidance=a.guidance, upsample_temp=a.upsample_temp, sampler=a.sampler, zoom=a.zoom,
+        guidance=a.guidance, upsample_temp=a.upsample_temp, sampler=sampler, zoom=a.zoom,
         seed=a.seed, shard_index=a.shard_index, num_shards=a.num_shards,
         batch_size=a.batch_size, max_sources=a.max_sources, gifs=a.gifs,
         progress=not a.no_progress)

@@ -223,7 +223,18 @@ class UserMask(MaskSampler):
         self.masks = out
 
     def describe(self) -> str:
-        return f"user-mask({len(self.masks)} mask{'s' if len(self.masks) > 1 else ''})"
+        """Count and sha256 of the masks as used (after resizing): a resumed job with other
+        masks has another description, so it is refused instead of mixing outputs."""
+        return f"user-mask({len(self.masks)} mask{'s' if len(self.masks) > 1 else ''}, sha256 {self.sha256()[:16]})"
+
+    def sha256(self) -> str:
+        """SHA-256 over the masks' shapes and bits, in step order."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for m in self.masks:
+            h.update(repr(m.shape).encode() + np.packbits(m).tobytes())
+        return h.hexdigest()
 
     def check_steps(self, steps: int) -> None:
         if len(self.masks) not in (1, steps):
@@ -246,7 +257,8 @@ def make_sampler(name: str = "squares", *, side: float = 15 / 64, user_masks=Non
         return RandomSquares(side, where="healthy", min_overlap=min_overlap)
     if name in ("user", "user-mask"):
         if user_masks is None:
-            raise ValueError("sampler 'user' needs user_masks (a PNG path, list of paths or array)")
+            raise ValueError("sampler 'user' needs user_masks (a PNG path, list of paths or array; "
+                             "command line: --user-masks PNG [PNG ...])")
         return UserMask(user_masks)
     raise ValueError(f"unknown sampler {name!r}: use 'squares', 'squares-ill', "
                      f"'squares-healthy' or 'user'")

@@ -139,6 +139,21 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert read_csv(tmp_path / "out" / "manifest.csv")[0]["prompt"] == "psoriasis"
 
 
+def test_resume_with_other_user_masks_is_refused(tmp_path):
+    from skinlib.inpaint import UserMask
+
+    crops = make_crops(tmp_path / "crops", n=1)
+    m = np.zeros((256, 256), np.uint8)
+    m[64:128, 64:128] = 255
+    Image.fromarray(m).save(tmp_path / "m.png")
+    generate_variants(crops, tmp_path / "out", inpainter=FakeInpainter(),
+                      sampler=UserMask(tmp_path / "m.png"), **{**SETTINGS, "runs": 1})
+    Image.fromarray(np.roll(m, 64, axis=0)).save(tmp_path / "m.png")     # same file, other mask
+    with pytest.raises(ValueError, match="other settings.*sampler"):
+        generate_variants(crops, tmp_path / "out", inpainter=FakeInpainter(),
+                          sampler=UserMask(tmp_path / "m.png"), **{**SETTINGS, "runs": 1})
+
+
 def test_bad_source_is_a_recorded_skip(tmp_path):
     crops = make_crops(tmp_path / "crops", n=3)
     (crops / "000001.png").write_bytes(b"not a png")
@@ -274,3 +289,34 @@ def test_command_line_takes_its_shard_from_torchrun(tmp_path, monkeypatch, tiny_
     done = sorted(p.name for p in (tmp_path / "out" / "history").glob("[0-9]*.json"))
     assert done == ["000001.json"]                      # rank 1 of 2: the second source only
     assert len(read_csv(tmp_path / "out" / "manifest.shard-1-of-2.csv")) == 1
+
+
+def test_command_line_user_masks(tmp_path, tiny_engine, capsys):
+    from skinlib.generate import main
+
+    crops = make_crops(tmp_path / "crops", n=1)
+    m = np.zeros((256, 256), np.uint8)
+    m[64:124, 132:192] = 255                       # a 60 px square on the 4 px grid
+    Image.fromarray(m).save(tmp_path / "m.png")
+    args = ["--crops", str(crops), "--out", str(tmp_path / "out"), "--weights", "tiny-random",
+            "--runs", "1", "--steps", "2", "--batch-size", "1", "--base-respacing", "2",
+            "--upsample-respacing", "2", "--device", "cpu", "--threads", "1", "--no-progress",
+            "--shard-index", "0", "--num-shards", "1"]
+    threads = torch.get_num_threads()
+    try:
+        assert main(args + ["--sampler", "user", "--user-masks", str(tmp_path / "m.png")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    row = read_csv(tmp_path / "out" / "manifest.csv")[0]
+    assert row["sampler"].startswith("user-mask(1 mask, sha256 ")
+    assert [h["box"] for h in json.loads(row["history"])] == [[64, 132, 124, 192]] * 2
+    edit = np.asarray(Image.open(tmp_path / "out" / row["edit"])) > 127
+    np.testing.assert_array_equal(edit, m > 0)
+    for bad, match in ((["--sampler", "user"], "--user-masks"),
+                       (["--user-masks", str(tmp_path / "m.png")], "only used with --sampler user"),
+                       (["--sampler", "user", "--user-masks", str(tmp_path / "nope.png")], "nope.png"),
+                       (["--sampler", "user", "--user-masks"] + [str(tmp_path / "m.png")] * 3, "one per step")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            main(args + bad)
+        assert match in capsys.readouterr().err

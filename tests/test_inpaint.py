@@ -167,6 +167,22 @@ def test_user_mask_sampler(tmp_path):
         make_sampler("circles")
 
 
+def test_user_mask_description_identifies_the_masks_content(tmp_path):
+    m = np.zeros((256, 256), np.uint8)
+    m[40:80, 120:160] = 255
+    Image.fromarray(m).save(tmp_path / "a.png")
+    desc = UserMask(tmp_path / "a.png").describe()
+    assert desc.startswith("user-mask(1 mask, sha256 ") and len(desc.split("sha256 ")[1]) == 16 + 1
+    assert UserMask(m > 0).describe() == desc                          # same content, array or file
+    assert UserMask([tmp_path / "a.png"]).describe() == desc
+    moved = np.roll(m, 4, axis=1)
+    Image.fromarray(moved).save(tmp_path / "a.png")                    # same file name, other mask
+    assert UserMask(tmp_path / "a.png").describe() != desc
+    assert UserMask(np.stack([m > 0, moved > 0])).describe() != UserMask(np.stack([moved > 0, m > 0])).describe()
+    with pytest.raises(ValueError, match="--user-masks"):
+        make_sampler("user")
+
+
 # ---------------------------------------------------------------- the algorithm
 def test_algorithm_edits_only_the_regions_and_records_them():
     engine = FakeInpainter()
