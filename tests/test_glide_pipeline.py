@@ -9,14 +9,12 @@ import torch
 
 from skinlib.glide import GlideInpainter, configs, load_tokenizer, random_model
 from skinlib.glide.pipeline import encode_prompts
-from _shared import PARITY, needs_parity
-pytestmark = needs_parity  # the pipeline needs the GPT-2 vocabulary of the fixtures offline
 
 
 @pytest.fixture(scope="module")
 def small_pipe():
     """Fixture-sized random models (16 px base, 32 px upsampler): fast pipeline logic tests."""
-    tok = load_tokenizer(PARITY / "vocab", download=False)
+    tok = load_tokenizer()  # the packaged vocabulary
     return GlideInpainter(random_model(configs.FIXTURE_TINY_BASE, 5), random_model(configs.FIXTURE_TINY_UPSAMPLE, 6),
                           tok, base_respacing="3", upsample_respacing="2", is_random=True,
                           identity={"weights": "test-random"})

@@ -7,14 +7,14 @@ import shutil
 
 import pytest
 
-from skinlib.glide import CheckpointUnavailableError, load_tokenizer
+from skinlib.glide import load_tokenizer
 from skinlib.glide import tokenizer as tok_mod
 from _shared import PARITY, needs_parity
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer(PARITY / "vocab", download=False)
+    return load_tokenizer(PARITY / "vocab")
 
 
 @pytest.fixture(scope="module")
@@ -61,65 +61,77 @@ def test_fixture_tokens_of_the_sampling_prompt(tokenizer):
 
 
 @needs_parity
-def test_uncompressed_files_in_cache_folder_work(tmp_path):
+def test_uncompressed_files_in_a_folder_work(tmp_path):
     for name in ("encoder.json", "vocab.bpe"):
         with gzip.open(PARITY / "vocab" / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
-    tok = load_tokenizer(cache_dir=tmp_path, download=False)
+    tok = load_tokenizer(tmp_path)
     assert tok.source == str(tmp_path)
     assert tok.encode("hello world") == [31373, 995]
 
 
-def test_missing_vocab_offline_names_files_urls_and_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("SKINLIB_SHARED_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(CheckpointUnavailableError) as info:
-        load_tokenizer(tmp_path / "empty", download=False)
-    msg = str(info.value)
-    assert "encoder.json" in msg and "vocab.bpe" in msg and str(tmp_path / "empty") in msg
-    assert tok_mod.VOCAB_FILES["encoder.json"][0] in msg
-
-
-def test_download_when_offline_gives_clear_error(tmp_path, monkeypatch):
-    from skinlib.glide import checkpoints
-
-    def offline(url, timeout=60.0):
-        raise OSError("network is unreachable")
-
-    monkeypatch.setattr(checkpoints, "_urlopen", offline)
-    monkeypatch.setenv("SKINLIB_SHARED_DIR", str(tmp_path / "nowhere"))
-    with pytest.raises(CheckpointUnavailableError) as info:
-        load_tokenizer(cache_dir=tmp_path / "cache")
-    assert "encoder.json" in str(info.value) and str(tmp_path / "cache") in str(info.value)
-    assert not any((tmp_path / "cache").glob("*"))  # no partial files left behind
-
-
-@needs_parity
-def test_download_into_cache_verifies_hash(tmp_path, monkeypatch):
-    """Simulated download (served from the fixture files) lands in the cache and is used."""
-    import io
+def test_packaged_vocab_reads_nothing_outside_the_package(monkeypatch):
+    """Default tokenizer: from skinlib/glide/vocab only - no ../shared, no cache, no network."""
+    import builtins
+    from pathlib import Path
 
     from skinlib.glide import checkpoints
 
-    served = []
+    package = Path(tok_mod.__file__).resolve().parent
+    opened = []
+    real_open = builtins.open
 
-    class Response(io.BytesIO):
-        headers: dict = {}
+    def watched_open(file, *a, **kw):
+        opened.append(Path(file).resolve() if isinstance(file, (str, Path)) else file)
+        return real_open(file, *a, **kw)
 
-    def fake_urlopen(url, timeout=60.0):
-        name = url.rsplit("/", 1)[1]
-        served.append(name)
-        return Response(gzip.open(PARITY / "vocab" / f"{name}.gz", "rb").read())
+    def no_network(*a, **kw):
+        raise AssertionError("the tokenizer must not download")
 
-    monkeypatch.setattr(checkpoints, "_urlopen", fake_urlopen)
-    monkeypatch.setenv("SKINLIB_SHARED_DIR", str(tmp_path / "nowhere"))
-    tok = load_tokenizer(cache_dir=tmp_path / "cache")
-    assert sorted(served) == ["encoder.json", "vocab.bpe"]
+    monkeypatch.setattr(builtins, "open", watched_open)
+    monkeypatch.setattr(Path, "read_bytes", lambda self: (opened.append(self.resolve()),
+                                                          real_open(self, "rb").read())[1])
+    monkeypatch.setattr(checkpoints, "_urlopen", no_network)
+    monkeypatch.setenv("SKINLIB_SHARED_DIR", "/nonexistent-shared")
+    monkeypatch.setenv("SKINLIB_GLIDE_CACHE", "/nonexistent-cache")
+    tok_mod._load_cached.cache_clear()
+    tok = load_tokenizer()
     assert tok.encode("Hello world") == [31373, 995]
-    assert (tmp_path / "cache" / "vocab.bpe").is_file()
+    read = [p for p in opened if isinstance(p, Path) and "gpt2" not in str(p)]
+    assert read and all(package in p.parents for p in read), read
+    assert "packaged" in tok.source
+
+
+def test_packaged_vocab_is_checked(monkeypatch, tmp_path):
+    import gzip as gz
+
+    fake = tmp_path / "vocab"
+    fake.mkdir()
+    for name in ("encoder.json", "vocab.bpe"):
+        (fake / f"{name}.gz").write_bytes(gz.compress(b"{}"))
+
+    class FakeFiles:
+        def joinpath(self, name):
+            return fake if name == "vocab" else None
+
+    monkeypatch.setattr(tok_mod.resources, "files", lambda pkg: FakeFiles())
+    tok_mod._load_cached.cache_clear()
+    try:
+        with pytest.raises(tok_mod.VocabularyError, match="reinstall"):
+            load_tokenizer()
+    finally:
+        tok_mod._load_cached.cache_clear()
+
+
+def test_missing_vocab_names_files_and_folder(tmp_path):
+    with pytest.raises(tok_mod.VocabularyError) as info:
+        load_tokenizer(tmp_path / "empty")
+    msg = str(info.value)
+    assert "encoder.json" in msg and str(tmp_path / "empty") in msg
 
 
 def test_corrupt_vocab_file_is_rejected(tmp_path):
     (tmp_path / "encoder.json").write_text("{}")
     (tmp_path / "vocab.bpe").write_text("#version: 0.2\n")
     with pytest.raises(ValueError, match="sha256 mismatch"):
-        load_tokenizer(tmp_path, download=False)
+        load_tokenizer(tmp_path)

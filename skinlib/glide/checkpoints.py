@@ -279,3 +279,93 @@ def load_model(name: str, *, folder=None, cache_dir=None, download: bool = True,
     state, info = fetch_state_dict(name, folder=folder, cache_dir=cache_dir, download=download,
                                    progress=progress)
     return model_from_state_dict(checkpoint_info(name).options, state, device=device, dtype=dtype), info
+
+
+# ----------------------------------------------------------------------------- trained weights folders
+WEIGHTS_FORMAT = "skinlib-glide-weights-v1"
+OPTIONS_FILE = "glide_options.json"
+SMALL_LABEL = "small GLIDE-architecture model trained on this run's crops — not OpenAI's GLIDE"
+FOLDER_KEYS = {"base": "base-inpaint", "upsampler": "upsample-inpaint"}
+
+
+def read_weights_json(folder) -> dict:
+    """``folder/glide_options.json`` (models' options and provenance); {} when absent."""
+    path = Path(folder) / OPTIONS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = skio.load_json(path)
+    except (ValueError, OSError) as exc:
+        raise CheckpointInvalidError(f"{path} is not readable JSON ({exc}): re-run the training "
+                                                 f"export, or delete the folder.") from exc
+    if not isinstance(meta, dict) or meta.get("format") != WEIGHTS_FORMAT or not isinstance(meta.get("models"), dict):
+        raise CheckpointInvalidError(f"{path} is not a skinlib GLIDE weights description "
+                                                 f"({WEIGHTS_FORMAT!r} with a 'models' table).")
+    return meta
+
+
+def weights_label(entries: dict) -> tuple[str, str]:
+    """(kind, human label) of a weights folder's model entries: "small-from-scratch",
+    "fine-tuned-from-official", "official" or "mixed"."""
+    kinds = set()
+    for e in entries.values():
+        if e.get("official"):
+            kinds.add("official")
+        elif e.get("init") == "official":
+            kinds.add("fine-tuned-from-official")
+        else:
+            kinds.add(f"{e.get('config', '?')}-from-scratch")
+    if kinds == {"small-from-scratch"}:
+        return "small-from-scratch", SMALL_LABEL
+    if len(kinds) == 1:
+        kind = kinds.pop()
+    else:
+        kind = "mixed"
+    parts = []
+    for name, e in sorted(entries.items()):
+        if e.get("official"):
+            parts.append(f"{name}: OpenAI's official weights")
+        elif e.get("init") == "official":
+            parts.append(f"{name}: OpenAI's GLIDE fine-tuned for {e.get('steps')} steps on crops "
+                         f"{str(e.get('data_sha256'))[:12]} (split {e.get('trained_on_split')})")
+        else:
+            parts.append(f"{name}: {e.get('config')} GLIDE-architecture model trained from scratch for "
+                         f"{e.get('steps')} steps on this run's crops — not OpenAI's GLIDE")
+    return kind, "; ".join(parts)
+
+
+
+def load_folder_model(folder, key: str, entry: Mapping[str, Any], *, cache_dir=None, download: bool = True,
+                      device=None, dtype: torch.dtype = torch.float32,
+                      progress: bool = True) -> tuple[GlideUNet, dict[str, Any]]:
+    """Model ``key`` ("base" / "upsampler") of a weights folder written by
+    :mod:`skinlib.glide.finetune`: ``entry`` is its row of ``glide_options.json``. The file is
+    checked against the recorded sha256 and strictly against the recorded options (same
+    validation as the released checkpoints); ``{"official": true}`` loads OpenAI's model."""
+    from .configs import complete_options
+
+    folder = Path(folder)
+    name = FOLDER_KEYS[key]
+    if entry.get("official"):
+        return load_model(name, cache_dir=cache_dir, download=download, device=device, dtype=dtype,
+                          progress=progress)
+    fix = (f"Re-run the training (python -m skinlib.glide.finetune --out {folder} ...) or restore the "
+           f"folder's files together: {OPTIONS_FILE} describes them.")
+    try:
+        options = complete_options(entry["options"])
+        path = folder / entry["file"]
+        expected = str(entry["sha256"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointInvalidError(f"{folder / OPTIONS_FILE}: the {key} entry is incomplete or has "
+                                     f"unknown options ({e}). {fix}") from e
+    if not path.is_file():
+        raise CheckpointUnavailableError(f"{path} is missing ({folder / OPTIONS_FILE} lists it). {fix}")
+    digest = skio.sha256_file(path)
+    if digest != expected:
+        raise CheckpointInvalidError(f"{path} has sha256 {digest[:12]}..., but {OPTIONS_FILE} recorded "
+                                     f"{expected[:12]}...: the file was changed or damaged. {fix}")
+    state = read_state_dict(path, options, fix)
+    model = model_from_state_dict(options, state, device=device, dtype=dtype)
+    info = {"name": name, "file": entry["file"], "path": str(path), "sha256": digest,
+            **{k: v for k, v in entry.items() if k not in ("options", "file", "sha256")}}
+    return model, info

@@ -9,6 +9,8 @@ An option dict has the keys of the original's ``model_and_diffusion_defaults()``
   **random weights**, shaped to run the real 64 px -> 256 px pipeline fast on a CPU (attention
   only at the coarsest resolutions; the fixture configs would put attention on 128x128 maps
   there).
+* ``SMALL_BASE`` / ``SMALL_UPSAMPLE``: the small GLIDE-architecture models that
+  :mod:`skinlib.glide.finetune` trains from scratch on a CPU (``TRAIN_CONFIGS["small"]``).
 """
 from __future__ import annotations
 
@@ -57,6 +59,28 @@ TINY_RANDOM_UPSAMPLE: dict[str, Any] = dict(
     attention_resolutions="16,8", text_ctx=128, xf_width=32, noise_schedule="linear",
     super_res=True,
 )
+#: Small GLIDE-architecture models sized to be trained from scratch on a CPU in minutes (notebook
+#: 04 without official weights). Same layers and state-dict grammar as the released models, at
+#: the minimum width (32 channels: GroupNorm's 32 groups), one res-block per level, attention
+#: at the 16 and 8 px levels, a 2-layer 32-wide text transformer with a 32-token context.
+SMALL_BASE: dict[str, Any] = dict(
+    _TINY_COMMON, image_size=64, num_res_blocks=1, channel_mult="1,2,2,2",
+    attention_resolutions="16,8", text_ctx=32, xf_width=32, noise_schedule="squaredcos_cap_v2",
+    super_res=False,
+)
+SMALL_UPSAMPLE: dict[str, Any] = dict(
+    _TINY_COMMON, image_size=256, num_res_blocks=1, channel_mult="1,1,2,2,2,2",
+    attention_resolutions="16,8", text_ctx=32, xf_width=32, noise_schedule="linear",
+    super_res=True,
+)
+
+#: Named model configs for training: name -> (base options, upsampler options).
+TRAIN_CONFIGS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "official": (BASE_INPAINT, UPSAMPLE_INPAINT),
+    "small": (SMALL_BASE, SMALL_UPSAMPLE),
+    "tiny": (TINY_RANDOM_BASE, TINY_RANDOM_UPSAMPLE),
+    "fixture-tiny": (FIXTURE_TINY_BASE, FIXTURE_TINY_UPSAMPLE),
+}
 
 CHECKPOINT_BASE_URL = "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/"
 

@@ -166,9 +166,12 @@ class GlideInpainter:
 
     @property
     def name(self) -> str:
-        """Short label for logs and figure titles (says RANDOM for tiny-random)."""
+        """Short label for logs and figure titles (says RANDOM for tiny-random; names trained
+        weights by what they are, e.g. the small model trained on the run's crops)."""
         w = self.identity.get("weights", "?")
-        return f"GLIDE {w} (RANDOM WEIGHTS)" if self.is_random else f"GLIDE {w}"
+        if self.is_random:
+            return f"GLIDE {w} (RANDOM WEIGHTS)"
+        return f"GLIDE: {self.identity['weights_label']}" if "weights_label" in self.identity else f"GLIDE {w}"
 
     def __repr__(self) -> str:
         return f"GlideInpainter({self.name}, device={self.device}, dtype={self.dtype})"
@@ -179,13 +182,15 @@ class GlideInpainter:
                         seed: int = 0, download: bool = True, progress: bool = True) -> "GlideInpainter":
         """weights: "official" (OpenAI base_inpaint.pt + upsample_inpaint.pt from the cache,
         downloaded when missing; offline -> CheckpointUnavailableError), a local folder holding
-        those two files, or "tiny-random" (tiny configs with random weights seeded by ``seed``,
+        those two files, a weights folder written by :mod:`skinlib.glide.finetune` (its
+        ``glide_options.json`` gives each model's options; strict key/shape and sha256 checks,
+        corrupt or mismatched -> CheckpointInvalidError), or "tiny-random" (tiny configs with random weights seeded by ``seed``,
         for tests/smoke; never a fallback). device: default cuda > mps > cpu; dtype: default
         float16 on CUDA, else float32 (bfloat16 is an option on CPUs with bf16 support)."""
         device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-        tokenizer = load_tokenizer(cache_dir=cache_dir, download=download)
+        tokenizer = load_tokenizer()
         if weights == "tiny-random":
             base = random_model(configs.TINY_RANDOM_BASE, seed)
             up = random_model(configs.TINY_RANDOM_UPSAMPLE, seed + 1000)
@@ -200,16 +205,46 @@ class GlideInpainter:
         folder = None if weights == "official" else weights
         if folder is not None and not str(folder).strip():
             raise ValueError("weights must be 'official', 'tiny-random' or a folder path")
+        meta = checkpoints.read_weights_json(folder) if folder is not None else {}
+        if meta:
+            return cls._from_trained_folder(folder, meta, device=device, dtype=dtype, cache_dir=cache_dir,
+                                            download=download, progress=progress, tokenizer=tokenizer,
+                                            base_respacing=base_respacing, upsample_respacing=upsample_respacing)
         models, infos = [], {}
         for key, name in (("base", "base-inpaint"), ("upsampler", "upsample-inpaint")):
             model, info = checkpoints.load_model(name, folder=folder, cache_dir=cache_dir, download=download,
                                                  device=device, dtype=dtype, progress=progress)
             models.append(_prepare(model, dtype))
             infos[key] = info
-        identity = {"weights": "official" if folder is None else str(folder), **infos}
+        identity = {"weights": "official" if folder is None else str(folder), "weights_kind": "official",
+                    "weights_label": "OpenAI's GLIDE (official weights)", **infos}
         log.info("GLIDE weights: %s (%s sha256 %s, %s sha256 %s)", identity["weights"],
                  infos["base"]["file"], infos["base"]["sha256"][:12],
                  infos["upsampler"]["file"], infos["upsampler"]["sha256"][:12])
+        return cls(models[0], models[1], tokenizer, base_respacing=base_respacing,
+                   upsample_respacing=upsample_respacing, is_random=False, identity=identity)
+
+    @classmethod
+    def _from_trained_folder(cls, folder, meta: dict, *, device, dtype, cache_dir, download, progress,
+                             tokenizer, base_respacing: str, upsample_respacing: str) -> "GlideInpainter":
+        """A weights folder written by :mod:`skinlib.glide.finetune` (``glide_options.json``)."""
+        entries = meta["models"]
+        missing = [k for k in ("base", "upsampler") if k not in entries]
+        if missing:
+            raise checkpoints.CheckpointUnavailableError(
+                f"{folder} holds no {' and no '.join(missing)} model ({checkpoints.OPTIONS_FILE} lists "
+                f"{sorted(entries)}): train it with python -m skinlib.glide.finetune --out {folder} --kind "
+                f"{missing[0]}, or record that OpenAI's is used (finetune.mark_official)")
+        models, infos = [], {}
+        for key in ("base", "upsampler"):
+            model, info = checkpoints.load_folder_model(folder, key, entries[key], cache_dir=cache_dir,
+                                                        download=download, device=device, dtype=dtype,
+                                                        progress=progress)
+            models.append(_prepare(model, dtype))
+            infos[key] = info
+        kind, label = checkpoints.weights_label(entries)
+        identity = {"weights": str(folder), "weights_kind": kind, "weights_label": label, **infos}
+        log.info("GLIDE weights: %s (%s)", folder, label)
         return cls(models[0], models[1], tokenizer, base_respacing=base_respacing,
                    upsample_respacing=upsample_respacing, is_random=False, identity=identity)
 

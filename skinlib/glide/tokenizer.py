@@ -1,18 +1,12 @@
 """GLIDE's tokenizer: GPT-2 byte-level BPE via tiktoken, lower-cased, right-padded (spec section 4).
 
 tiktoken's built-in ``gpt2`` encoding downloads its two vocabulary files at run time, so we
-build the same ``tiktoken.Encoding`` from local copies with tiktoken's own loader
-(``tiktoken.load.data_gym_to_mergeable_bpe_ranks``) and its gpt2 split pattern. The files
-(``encoder.json``, ``vocab.bpe``; gzipped ``.gz`` copies are accepted too) are looked up in
-
-1. ``vocab_dir`` if given (nothing else is tried),
-2. the GLIDE cache folder (``SKINLIB_GLIDE_CACHE`` or the user cache dir, see
-   :func:`skinlib.glide.checkpoints.default_cache_dir`),
-3. the parity-fixture folder ``../shared/glide-parity/vocab`` (or ``$SKINLIB_SHARED_DIR``)
-   when present,
-
-and otherwise downloaded into the cache folder from OpenAI's public URLs. Every file is
-checked against the sha256 pinned by tiktoken for the gpt2 encoding before use.
+build the same ``tiktoken.Encoding`` from the copies shipped inside this package
+(``skinlib/glide/vocab/encoder.json.gz`` and ``vocab.bpe.gz``: GPT-2's files, MIT-licensed, as
+the original GLIDE package ships them) with tiktoken's own loader
+(``tiktoken.load.data_gym_to_mergeable_bpe_ranks``) and its gpt2 split pattern. Nothing is
+downloaded and nothing outside the package is read, unless ``vocab_dir`` names another folder
+(uncompressed or ``.gz`` files). Every file is checked against its sha256 before use.
 """
 from __future__ import annotations
 
@@ -24,6 +18,7 @@ import logging
 import os
 import tempfile
 import threading
+from importlib import resources
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,65 +28,62 @@ from .configs import END_TOKEN, N_VOCAB
 
 log = logging.getLogger(__name__)
 
+#: name -> sha256 of the uncompressed file (as pinned by tiktoken_ext.openai_public for gpt2)
 VOCAB_FILES = {
-    # name: (public URL, sha256 of the uncompressed file, as pinned by tiktoken_ext.openai_public)
-    "encoder.json": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json",
-        "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
-    ),
-    "vocab.bpe": (
-        "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
-        "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
-    ),
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+}
+#: sha256 of the gzip files shipped in ``skinlib/glide/vocab/``
+PACKAGED_GZ = {
+    "encoder.json": "4debc1cf25180021b07744bc9f4488d53c7bf112c8ce5de8097c6a7518f4ec7c",
+    "vocab.bpe": "ce239dd5a898827423fee00e3f7ab37de7900f247f2ba360753d860e8a46524d",
 }
 _ENV_LOCK = threading.Lock()
 
 
-def _shared_vocab_dir() -> Path:
-    root = os.environ.get("SKINLIB_SHARED_DIR")
-    base = Path(root) if root else Path(__file__).resolve().parents[3] / "shared"
-    return base / "glide-parity" / "vocab"
+class VocabularyError(RuntimeError):
+    """The GPT-2 vocabulary files are missing or are not the expected files."""
 
 
-def _read_verified(folder: Path, name: str) -> Optional[bytes]:
-    """Uncompressed bytes of ``folder/name`` (or ``name.gz``) if present; error if corrupt."""
-    _, sha = VOCAB_FILES[name]
-    for path, opener in ((folder / name, open), (folder / f"{name}.gz", gzip.open)):
-        if path.is_file():
-            with opener(path, "rb") as f:
-                data = f.read()
-            if hashlib.sha256(data).hexdigest() != sha:
-                raise ValueError(
-                    f"{path} is not the GPT-2 {name} (sha256 mismatch); delete it so it can be "
-                    f"downloaded again from {VOCAB_FILES[name][0]}"
-                )
-            return data
-    return None
+def _packaged_bytes() -> dict[str, bytes]:
+    """Uncompressed bytes of the vocabulary shipped in the package (sha256-checked)."""
+    folder = resources.files(__package__).joinpath("vocab")
+    out = {}
+    for name, sha in VOCAB_FILES.items():
+        res = folder.joinpath(f"{name}.gz")
+        fix = ("the skinlib installation is incomplete or damaged: reinstall it "
+               "(pip install --force-reinstall skinlib, or from the repository)")
+        try:
+            packed = res.read_bytes()
+        except (FileNotFoundError, OSError) as e:
+            raise VocabularyError(f"packaged GPT-2 vocabulary {res} is missing ({e}); {fix}") from e
+        if hashlib.sha256(packed).hexdigest() != PACKAGED_GZ[name]:
+            raise VocabularyError(f"packaged GPT-2 vocabulary {res} has the wrong sha256; {fix}")
+        data = gzip.decompress(packed)
+        if hashlib.sha256(data).hexdigest() != sha:  # cannot happen if the gz hash matched
+            raise VocabularyError(f"packaged GPT-2 vocabulary {res} decompresses to the wrong file; {fix}")
+        out[name] = data
+    return out
 
 
-def _vocab_bytes(vocab_dir=None, cache_dir=None, download: bool = True) -> tuple[dict[str, bytes], str]:
-    from . import checkpoints
-
-    if vocab_dir is not None:
-        folders = [Path(vocab_dir)]
-    else:
-        folders = [checkpoints.resolve_cache_dir(cache_dir), _shared_vocab_dir()]
-    for folder in folders:
-        found = {name: _read_verified(folder, name) for name in VOCAB_FILES}
-        if all(v is not None for v in found.values()):
-            return found, str(folder)  # type: ignore[return-value]
-    if vocab_dir is not None or not download:
-        where = folders[0]
-        raise checkpoints.CheckpointUnavailableError(
-            "GPT-2 vocabulary files not found: put "
-            + " and ".join(f"{n} (from {u})" for n, (u, _) in VOCAB_FILES.items())
-            + f" into {where}"
-        )
-    cache = folders[0]
-    for name, (url, sha) in VOCAB_FILES.items():
-        if _read_verified(cache, name) is None:
-            checkpoints.download_file(url, cache / name, expected_sha256=sha, what="GPT-2 vocabulary")
-    return {name: _read_verified(cache, name) for name in VOCAB_FILES}, str(cache)  # type: ignore[misc]
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    """Uncompressed bytes of ``folder/name`` (or ``name.gz``) for both files; clear errors."""
+    out = {}
+    for name, sha in VOCAB_FILES.items():
+        for path, opener in ((folder / name, open), (folder / f"{name}.gz", gzip.open)):
+            if path.is_file():
+                with opener(path, "rb") as f:
+                    data = f.read()
+                if hashlib.sha256(data).hexdigest() != sha:
+                    raise ValueError(f"{path} is not the GPT-2 {name} (sha256 mismatch); replace it "
+                                     f"with the file shipped in skinlib/glide/vocab/ (gunzipped)")
+                out[name] = data
+                break
+        else:
+            raise VocabularyError(
+                f"GPT-2 vocabulary file {name} (or {name}.gz) not found in {folder}: pass a folder "
+                f"holding encoder.json and vocab.bpe, or vocab_dir=None for the packaged copies")
+    return out
 
 
 @contextlib.contextmanager
@@ -140,12 +132,15 @@ class GlideTokenizer:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_cached(vocab_dir: Optional[str], cache_dir: Optional[str], download: bool) -> GlideTokenizer:
+def _load_cached(vocab_dir: Optional[str]) -> GlideTokenizer:
     import tiktoken
     from tiktoken.load import data_gym_to_mergeable_bpe_ranks
     from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
-    files, source = _vocab_bytes(vocab_dir, cache_dir, download)
+    if vocab_dir is None:
+        files, source = _packaged_bytes(), "skinlib/glide/vocab (packaged)"
+    else:
+        files, source = _folder_bytes(Path(vocab_dir)), vocab_dir
     with tempfile.TemporaryDirectory(prefix="skinlib-gpt2-") as tmp, _tiktoken_cache_disabled():
         paths = {}
         for name, data in files.items():
@@ -154,7 +149,7 @@ def _load_cached(vocab_dir: Optional[str], cache_dir: Optional[str], download: b
                 f.write(data)
         ranks = data_gym_to_mergeable_bpe_ranks(
             vocab_bpe_file=paths["vocab.bpe"], encoder_json_file=paths["encoder.json"],
-            vocab_bpe_hash=VOCAB_FILES["vocab.bpe"][1], encoder_json_hash=VOCAB_FILES["encoder.json"][1],
+            vocab_bpe_hash=VOCAB_FILES["vocab.bpe"], encoder_json_hash=VOCAB_FILES["encoder.json"],
         )
     encoding = tiktoken.Encoding(
         name="gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
@@ -164,12 +159,8 @@ def _load_cached(vocab_dir: Optional[str], cache_dir: Optional[str], download: b
     return GlideTokenizer(encoding, source)
 
 
-def load_tokenizer(vocab_dir=None, *, cache_dir=None, download: bool = True) -> GlideTokenizer:
-    """The GLIDE tokenizer from local vocabulary files (see module docstring for the search
-    order); downloads them into the cache when missing and ``download`` is true. Offline
-    without the files: :class:`~skinlib.glide.checkpoints.CheckpointUnavailableError`."""
-    return _load_cached(
-        None if vocab_dir is None else str(vocab_dir),
-        None if cache_dir is None else str(cache_dir),
-        bool(download),
-    )
+def load_tokenizer(vocab_dir=None) -> GlideTokenizer:
+    """The GLIDE tokenizer from the vocabulary shipped in the package (default) or from
+    ``vocab_dir`` (a folder with ``encoder.json``/``vocab.bpe``, plain or ``.gz``). Never
+    downloads. Missing/corrupt files: :class:`VocabularyError` / ValueError naming the file."""
+    return _load_cached(None if vocab_dir is None else str(vocab_dir))
