@@ -14,10 +14,16 @@ For each photo/mask pair (see :mod:`skinlib.data`):
    healthy pixels of the crop; each region is painted with the centre of its largest cluster
    (its dominant colour). The original ran k-means on every pixel; here a fixed-seed sample
    of ``kmeans_samples`` pixels per region is clustered (``kmeans_samples=None``: all pixels).
+6. (ours, for the evaluation's rash-vs-healthy task) the **healthy bucket**: windows of the
+   same photos with coverage <= ``healthy_max_coverage``, thinned by the same NMS (lowest
+   coverage first), of which a seeded random ``healthy_per_photo`` are kept (default: as many
+   as the photo's kept ill-skin crops, at least one); low-contrast ones are counted, not kept.
+   Same patients as the ill-skin crops, so a classifier cannot tell the classes by patient.
 
 Output folder (the crop format of :mod:`skinlib.data`)::
 
     NNNNNN.png  NNNNNN_mask.png  NNNNNN_mask2.png  manifest.csv   kept crops
+    healthy/NNNNNN*.png + manifest.csv                              healthy-skin windows (step 6)
     low_contrast/NNNNNN*.png + manifest.csv                         the low-contrast bucket
     sources.csv    every photo found: status, counts, notes
     skipped.csv    every file or folder not used, with the reason
@@ -42,8 +48,9 @@ import numpy as np
 from .data import MANIFEST, MASK_THRESHOLD, MAX_PIXELS, BadInputError, PhotoPair, encode_png, find_pairs, load_pair
 from .io import atomic_write_bytes, load_json, save_json, write_csv
 
-METHOD_VERSION = "crops-v1"   # bump when the method changes: invalidates resume markers
+METHOD_VERSION = "crops-v2"   # bump when the method changes: invalidates resume markers
 LOW_CONTRAST_DIR = "low_contrast"
+HEALTHY_DIR = "healthy"
 PROGRESS_DIR = ".progress"
 _CROP_FILE = re.compile(r"^\d{6}(_mask|_mask2)?\.png$")
 
@@ -51,7 +58,8 @@ MANIFEST_FIELDS = ["image", "mask", "mask2", "source", "mask_source", "disease",
                    "x0", "y0", "x1", "y1", "coverage", "contrast", "ill_colour", "healthy_colour",
                    "photo_width", "photo_height"]
 SOURCE_FIELDS = ["source", "mask_source", "disease", "patient", "example", "status", "width", "height",
-                 "windows", "candidates", "crops", "low_contrast", "first_crop", "reason"]
+                 "windows", "candidates", "crops", "low_contrast", "healthy", "healthy_low_contrast",
+                 "first_crop", "reason"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,8 @@ class CropParams:
     seed: int = 0                         # sampling and k-means seed
     mask_threshold: float = MASK_THRESHOLD  # ill where mask > this of full scale
     max_pixels: int = MAX_PIXELS          # refuse larger images (decompression bombs)
+    healthy_max_coverage: float | None = 0.01   # healthy bucket: windows with ill fraction <= this (None: no bucket)
+    healthy_per_photo: int | None = None  # healthy windows kept per photo (None: as many as its ill-skin crops, >= 1)
 
     def __post_init__(self):
         if self.window < 1 or self.stride < 1:
@@ -81,6 +91,11 @@ class CropParams:
             raise ValueError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
         if self.kmeans_k < 1:
             raise ValueError(f"kmeans_k must be >= 1, got {self.kmeans_k}")
+        if self.healthy_max_coverage is not None and not 0 <= self.healthy_max_coverage < self.min_coverage:
+            raise ValueError(f"healthy_max_coverage must be in [0, min_coverage={self.min_coverage}), "
+                             f"got {self.healthy_max_coverage}")
+        if self.healthy_per_photo is not None and self.healthy_per_photo < 0:
+            raise ValueError(f"healthy_per_photo must be >= 0 or None, got {self.healthy_per_photo}")
 
     def key(self) -> str:
         """Hash of the parameters and method version (resume markers are valid only for it)."""
@@ -166,6 +181,22 @@ def select_windows(mask: np.ndarray, *, window: int = 256, stride: int = 32, min
     keep = cand[nms(boxes[cand], cov[cand], nms_iou)] if len(cand) else cand
     keep = keep[np.lexsort((boxes[keep, 0], boxes[keep, 1]))]
     return boxes[keep], cov[keep], {"windows": len(boxes), "candidates": len(cand)}
+
+
+def select_healthy_windows(mask: np.ndarray, n: int, *, window: int = 256, stride: int = 32,
+                           max_coverage: float = 0.01, nms_iou: float = 0.4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Step 6 for one mask (bool [H,W], True = ill): up to ``n`` windows with coverage <=
+    ``max_coverage`` after NMS (lowest coverage first, ties top-left first), a seeded random
+    choice among them; ``(boxes [K,4], coverage [K])`` sorted top-to-bottom, left-to-right."""
+    boxes, cov = window_coverage(mask, window, stride)
+    cand = np.nonzero(cov <= max_coverage)[0]
+    if not len(cand) or n <= 0:
+        return boxes[:0], cov[:0]
+    kept = cand[nms(boxes[cand], -cov[cand], nms_iou)]
+    if len(kept) > n:
+        kept = kept[np.sort(np.random.default_rng(seed).choice(len(kept), size=n, replace=False))]
+    kept = kept[np.lexsort((boxes[kept, 0], boxes[kept, 1]))]
+    return boxes[kept], cov[kept]
 
 
 def contrast_ratio(crop: np.ndarray, lower_percentile: float = 1.0, upper_percentile: float = 99.0) -> float:
@@ -277,25 +308,26 @@ def write_crop_files(folder: Path, index: int, image: np.ndarray, mask: np.ndarr
     return {"image": f"{name}.png", "mask": f"{name}_mask.png", "mask2": f"{name}_mask2.png"}
 
 
-def _process_source(pair: PhotoPair, params: CropParams, out_dir: Path, first: int, low_first: int) -> dict:
-    """Crop one photo into ``out_dir`` starting at crop numbers ``first`` / ``low_first``;
-    return its marker (rows written, counts, notes, or the skip reason)."""
+def _process_source(pair: PhotoPair, params: CropParams, out_dir: Path, first: int, low_first: int,
+                    healthy_first: int = 0) -> dict:
+    """Crop one photo into ``out_dir`` starting at crop numbers ``first`` / ``low_first`` /
+    ``healthy_first``; return its marker (rows written, counts, notes, or the skip reason)."""
     base = {"source": pair.source, "mask_source": pair.mask_source, "disease": pair.disease,
             "patient": pair.patient, "example": pair.example}
     try:
         photo, mask, notes = load_pair(pair, threshold=params.mask_threshold, max_pixels=params.max_pixels)
     except BadInputError as e:
         return {**base, "status": "skipped", "skip_file": _relative(e.path, pair.root),
-                "reason": e.reason + (f" Fix: {e.fix}" if e.fix else ""), "rows": [], "low_rows": [], "notes": []}
+                "reason": e.reason + (f" Fix: {e.fix}" if e.fix else ""), "rows": [], "low_rows": [], "healthy_rows": [], "notes": []}
     except MemoryError:
         return {**base, "status": "skipped", "skip_file": pair.source,
-                "reason": "not enough memory to load this photo. Fix: downscale it", "rows": [], "low_rows": [], "notes": []}
+                "reason": "not enough memory to load this photo. Fix: downscale it", "rows": [], "low_rows": [], "healthy_rows": [], "notes": []}
     h, w = mask.shape
     if h < params.window or w < params.window:
         return {**base, "status": "skipped", "skip_file": pair.source, "width": w, "height": h,
                 "reason": f"photo is {w}x{h}, smaller than the {params.window}-px window: no crop possible. "
                           f"Fix: use a larger photo or a smaller window",
-                "rows": [], "low_rows": [], "notes": notes}
+                "rows": [], "low_rows": [], "healthy_rows": [], "notes": notes}
     crops, counts = crops_of_photo(photo, mask, params)
     rows, low_rows = [], []
     for crop in crops:
@@ -310,8 +342,30 @@ def _process_source(pair: PhotoPair, params: CropParams, out_dir: Path, first: i
                        "coverage": f"{crop.coverage:.6f}", "contrast": f"{crop.contrast:.6f}",
                        "ill_colour": _hex(crop.ill_colour), "healthy_colour": _hex(crop.healthy_colour),
                        "photo_width": w, "photo_height": h})
+    healthy_rows, healthy_low = [], 0
+    if params.healthy_max_coverage is not None:
+        n = params.healthy_per_photo if params.healthy_per_photo is not None else max(1, len(rows))
+        seed = [params.seed, int(hashlib.sha256(pair.source.encode()).hexdigest()[:8], 16)]
+        boxes, cov = select_healthy_windows(mask, n, window=params.window, stride=params.stride,
+                                            max_coverage=params.healthy_max_coverage, nms_iou=params.nms_iou,
+                                            seed=seed)
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1):
+            for box, c in zip(boxes.tolist(), cov.tolist()):
+                crop = _crop(photo, mask, box, c, params)
+                if crop.low_contrast:
+                    healthy_low += 1
+                    continue
+                files = write_crop_files(out_dir / HEALTHY_DIR, healthy_first + len(healthy_rows), crop.image,
+                                         crop.mask, crop.mask2)
+                x0, y0, x1, y1 = crop.box
+                healthy_rows.append({**files, **base, "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                                     "coverage": f"{crop.coverage:.6f}", "contrast": f"{crop.contrast:.6f}",
+                                     "ill_colour": _hex(crop.ill_colour), "healthy_colour": _hex(crop.healthy_colour),
+                                     "photo_width": w, "photo_height": h})
     return {**base, "status": "ok", "width": w, "height": h, **counts, "rows": rows, "low_rows": low_rows,
-            "notes": notes, "reason": ""}
+            "healthy_rows": healthy_rows, "healthy_low_contrast": healthy_low, "notes": notes, "reason": ""}
 
 
 def _relative(path: str, root: Path) -> str:
@@ -325,6 +379,7 @@ def extract_crops(data_dir, out_dir, *, window: int = 256, stride: int = 32, min
                   nms_iou: float = 0.4, low_contrast_fraction: float = 0.05, kmeans_k: int = 5,
                   kmeans_samples: int | None = 4096, kmeans_n_init: int = 1, seed: int = 0,
                   mask_threshold: float = MASK_THRESHOLD, max_pixels: int = MAX_PIXELS,
+                  healthy_max_coverage: float | None = 0.01, healthy_per_photo: int | None = None,
                   progress: bool = True) -> dict:
     """Crop every photo of ``data_dir`` (layout of ``data_README.md``) into ``out_dir``.
 
@@ -340,7 +395,8 @@ def extract_crops(data_dir, out_dir, *, window: int = 256, stride: int = 32, min
     params = CropParams(window=window, stride=stride, min_coverage=min_coverage, nms_iou=nms_iou,
                         low_contrast_fraction=low_contrast_fraction, kmeans_k=kmeans_k,
                         kmeans_samples=kmeans_samples, kmeans_n_init=kmeans_n_init, seed=seed,
-                        mask_threshold=mask_threshold, max_pixels=max_pixels)
+                        mask_threshold=mask_threshold, max_pixels=max_pixels,
+                        healthy_max_coverage=healthy_max_coverage, healthy_per_photo=healthy_per_photo)
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if data_dir.resolve() in out_dir.resolve().parents or data_dir.resolve() == out_dir.resolve():
         raise ValueError(f"Output folder {out_dir} is inside the dataset folder {data_dir}: its crops would be "
@@ -355,8 +411,9 @@ def extract_crops(data_dir, out_dir, *, window: int = 256, stride: int = 32, min
                          f"<disease>/<patient>/<example>/<name>.png with <name>_mask.png beside it "
                          f"(see data_README.md); the full list is in {out_dir / 'skipped.csv'}.")
     (out_dir / LOW_CONTRAST_DIR).mkdir(exist_ok=True)
+    (out_dir / HEALTHY_DIR).mkdir(exist_ok=True)
     key = params.key()
-    markers, first, low_first = [], 0, 0
+    markers, first, low_first, healthy_first = [], 0, 0, 0
     resumed, changed = 0, False
     for pair in tqdm(pairs, desc="cropping photos", unit="photo", disable=not progress):
         marker_path = _marker_path(out_dir, pair.source)
@@ -364,24 +421,26 @@ def extract_crops(data_dir, out_dir, *, window: int = 256, stride: int = 32, min
         marker = load_json(marker_path) if marker_path.is_file() else None
         if (marker and marker.get("key") == key and marker.get("fingerprint") == fp
                 and marker.get("first") == first and marker.get("low_first") == low_first
-                and _files_present(out_dir, marker)):
+                and marker.get("healthy_first") == healthy_first and _files_present(out_dir, marker)):
             resumed += 1
         else:
             if not changed:   # the folder is being changed: it is no longer a finished crop folder
                 changed = True
-                for name in (MANIFEST, "summary.json", f"{LOW_CONTRAST_DIR}/{MANIFEST}"):
+                for name in (MANIFEST, "summary.json", f"{LOW_CONTRAST_DIR}/{MANIFEST}", f"{HEALTHY_DIR}/{MANIFEST}"):
                     (out_dir / name).unlink(missing_ok=True)
-            marker = _process_source(pair, params, out_dir, first, low_first)
-            marker.update(key=key, fingerprint=fp, first=first, low_first=low_first)
+            marker = _process_source(pair, params, out_dir, first, low_first, healthy_first)
+            marker.update(key=key, fingerprint=fp, first=first, low_first=low_first, healthy_first=healthy_first)
             save_json(marker_path, marker)
         markers.append(marker)
         first += len(marker["rows"])
         low_first += len(marker["low_rows"])
+        healthy_first += len(marker["healthy_rows"])
     return _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed)
 
 
 def _files_present(out_dir: Path, marker: dict) -> bool:
-    for folder, rows in ((out_dir, marker["rows"]), (out_dir / LOW_CONTRAST_DIR, marker["low_rows"])):
+    for folder, rows in ((out_dir, marker["rows"]), (out_dir / LOW_CONTRAST_DIR, marker["low_rows"]),
+                         (out_dir / HEALTHY_DIR, marker["healthy_rows"])):
         for r in rows:
             if not all((folder / r[k]).is_file() for k in ("image", "mask", "mask2")):
                 return False
@@ -393,6 +452,7 @@ def _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed) -> di
 
     rows = [r for m in markers for r in m["rows"]]
     low_rows = [r for m in markers for r in m["low_rows"]]
+    healthy_rows = [r for m in markers for r in m["healthy_rows"]]
     source_rows, note_rows = [], []
     for m in markers:
         if m["status"] == "skipped":
@@ -404,13 +464,15 @@ def _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed) -> di
                             "width": m.get("width", ""), "height": m.get("height", ""),
                             "windows": m.get("windows", 0), "candidates": m.get("candidates", 0),
                             "crops": len(m["rows"]), "low_contrast": len(m["low_rows"]),
+                            "healthy": len(m["healthy_rows"]), "healthy_low_contrast": m.get("healthy_low_contrast", 0),
                             "first_crop": m["first"] if m["rows"] else "", "reason": m.get("reason", "")})
     write_csv(out_dir / LOW_CONTRAST_DIR / MANIFEST, low_rows, MANIFEST_FIELDS)
+    write_csv(out_dir / HEALTHY_DIR / MANIFEST, healthy_rows, MANIFEST_FIELDS)
     write_csv(out_dir / "sources.csv", source_rows, SOURCE_FIELDS)
     write_csv(out_dir / "skipped.csv", skip_rows, ["file", "reason"])
     write_csv(out_dir / "notes.csv", note_rows, ["file", "note"])
     # remove crop files and markers left by earlier runs that the manifests no longer list
-    for folder, listed in ((out_dir, rows), (out_dir / LOW_CONTRAST_DIR, low_rows)):
+    for folder, listed in ((out_dir, rows), (out_dir / LOW_CONTRAST_DIR, low_rows), (out_dir / HEALTHY_DIR, healthy_rows)):
         keep = {r[k] for r in listed for k in ("image", "mask", "mask2")}
         for p in folder.iterdir():
             if _CROP_FILE.match(p.name) and p.name not in keep:
@@ -428,7 +490,8 @@ def _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed) -> di
         "photos_skipped": sum(m["status"] == "skipped" for m in markers),
         "photos_without_crops": sum(m["status"] == "ok" and not m["rows"] and not m["low_rows"] for m in markers),
         "skipped_entries": len(skip_rows), "notes": len(note_rows),
-        "crops": len(rows), "low_contrast": len(low_rows), "crops_per_disease": dict(sorted(per_disease.items())),
+        "crops": len(rows), "low_contrast": len(low_rows), "healthy": len(healthy_rows),
+        "healthy_low_contrast": sum(m.get("healthy_low_contrast", 0) for m in markers), "crops_per_disease": dict(sorted(per_disease.items())),
         "patients": len({(r["disease"], r["patient"]) for r in rows}),
         "params": asdict(params), "method": METHOD_VERSION,
     }
@@ -442,10 +505,12 @@ def _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed) -> di
 def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> Path:
     """Return ``out_dir/crops``, first making it when it holds no finished crops: generate the
     SYNTHETIC demo dataset into ``out_dir/demo_data`` (sizes :data:`skinlib.demo.DEMO_DEFAULTS`,
-    or :data:`~skinlib.demo.DEMO_SMOKE` when ``smoke``) and crop it with the default parameters
-    (notebook 01's defaults). Finished crops are never overwritten, except demo crops made with
-    the other demo size (smoke vs full) or by another demo renderer version, which are redone."""
+    or :data:`~skinlib.demo.DEMO_SMOKE` when ``smoke``), crop it and split its patients with the
+    default parameters (notebook 01's defaults). Finished crops are never overwritten, except demo
+    crops made with the other demo size (smoke vs full), by another demo renderer version or
+    another cropping method version, which are redone."""
     from .demo import DEMO_DEFAULTS, DEMO_SMOKE, METADATA, RENDERER_VERSION, make_demo_dataset
+    from .split import SPLIT_FILE, write_split
 
     out_dir = Path(out_dir)
     crops_dir, demo_dir = out_dir / "crops", out_dir / "demo_data"
@@ -457,7 +522,11 @@ def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> P
         meta = demo_dir / METADATA
         made = load_json(meta) if meta.is_file() else {}
         wanted = {**sizes, "renderer": RENDERER_VERSION}   # another renderer's demo crops are redone
-        if made.get("complete") and all(made.get("params", {}).get(k) == v for k, v in wanted.items()):
+        same_method = load_json(crops_dir / "summary.json").get("method") == METHOD_VERSION
+        if (made.get("complete") and same_method
+                and all(made.get("params", {}).get(k) == v for k, v in wanted.items())):
+            if not (crops_dir / SPLIT_FILE).is_file():
+                write_split(crops_dir)
             return crops_dir
     unfinished = crops_dir.is_dir() and any(crops_dir.glob("[0-9]*.png"))
     if unfinished and not (demo_dir / METADATA).is_file():
@@ -467,6 +536,7 @@ def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> P
             f"notebook 01 with the same data_dir, or pass crops_dir / another out_dir.")
     data = make_demo_dataset(demo_dir, **sizes, progress=progress)
     extract_crops(data, crops_dir, progress=progress)
+    write_split(crops_dir)
     return crops_dir
 
 
@@ -486,6 +556,10 @@ def format_report(out_dir, max_rows: int = 20) -> str:
     parts.append(f"Low-contrast crops (in {LOW_CONTRAST_DIR}/, not used for training): {len(low)}")
     parts += [f"  {r['image']} from {r['source']} at ({r['x0']}, {r['y0']}), contrast {float(r['contrast']):.3f}"
               for r in low[:max_rows]]
+    healthy = read_report(out_dir / HEALTHY_DIR, "manifest")
+    n_low_healthy = sum(int(r.get("healthy_low_contrast") or 0) for r in read_report(out_dir, "sources"))
+    parts.append(f"Healthy-skin windows (in {HEALTHY_DIR}/, negatives of the evaluation): {len(healthy)}"
+                 + (f"; {n_low_healthy} low-contrast healthy windows not kept" if n_low_healthy else ""))
     empty = [r for r in read_report(out_dir, "sources") if r["status"] == "ok" and r["crops"] == "0"
              and r["low_contrast"] == "0"]
     parts.append(f"Photos with no window above the coverage threshold: {len(empty)}")

@@ -43,9 +43,11 @@ MANIFEST = "demo_manifest.csv"
 RENDERER_VERSION = "demo-v2"
 
 # Sizes used by notebook 01 and by skinlib.crops.make_demo_crops (the main job's default data).
-DEMO_DEFAULTS = dict(n_diseases=3, n_patients=6, n_examples=2, n_photos=2, min_side=400, max_side=1600)  # 48 photos
-# Smoke mode: six small photos, generated and cropped in a few seconds.
-DEMO_SMOKE = dict(n_diseases=2, n_patients=2, n_examples=1, n_photos=2, min_side=384, max_side=560)  # 6 photos
+# One disease (maculopapular rash), as the study's data; enough patients that a patient-level
+# split leaves 6 test patients and a data-efficiency curve down to a quarter of the train patients.
+DEMO_DEFAULTS = dict(n_diseases=1, n_patients=24, n_examples=1, n_photos=2, min_side=400, max_side=1400)  # 48 photos
+# Smoke mode: eight small photos of four patients (2 train, 2 test), made in a few seconds.
+DEMO_SMOKE = dict(n_diseases=1, n_patients=4, n_examples=1, n_photos=2, min_side=384, max_side=560)  # 8 photos
 
 # Fitzpatrick I..VI base skin colours (sRGB, 0..1), as photographed under mixed indoor light.
 FITZPATRICK_RGB = np.array([
