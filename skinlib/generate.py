@@ -127,6 +127,11 @@ def _identity(inpainter) -> dict:
     return dict(ident) if isinstance(ident, dict) else {"engine": type(inpainter).__name__}
 
 
+def _on_cpu(inpainter) -> bool:
+    """Whether the engine computes on the CPU (engines without a ``device`` are taken as CPU)."""
+    return str(getattr(inpainter, "device", "cpu")).startswith("cpu")
+
+
 def _comparable(identity: dict) -> dict:
     """The identity without where it runs (a CPU shard and a GPU shard may share a folder)."""
     return {k: v for k, v in identity.items() if "device" not in k.lower()}
@@ -296,13 +301,18 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                 "n_sources": len(rows), "max_sources": max_sources, "image_size": IMAGE_SIZE,
                 "sources_sha256": crops_content_sha256(crops_dir, rows),
                 "gifs": gifs, "batch_size": batch_size, "model_is_random": is_random,
-                "model": _comparable(identity), **algo.settings()}
+                "model": _comparable(identity), **algo.settings(),
+                # on CPU torch's thread count changes the engine's last bits, which 8-bit rounding
+                # and the following steps can turn into different pixels (see the README)
+                "cpu_threads": torch.get_num_threads() if _on_cpu(inpainter) else None}
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir / "generation.json"
     if settings_path.is_file():
         old = json.loads(json.dumps(load_json(settings_path), default=str))
         new = json.loads(json.dumps(settings, default=str))
-        diff = sorted(k for k in set(old) | set(new) if k != "crops_dir" and old.get(k) != new.get(k))
+        diff = sorted(k for k in set(old) | set(new) if k != "crops_dir" and old.get(k) != new.get(k)
+                      # threads matter between CPU runs; a CPU and a GPU shard may share a folder
+                      and not (k == "cpu_threads" and None in (old.get(k), new.get(k))))
         if diff and restart_if_changed:
             log(f"{out_dir} holds variants made with other settings ({', '.join(diff)}): "
                 f"deleting them and starting over (restart_if_changed=True).")
@@ -314,7 +324,11 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                 f"{', '.join(diff)}; see {settings_path}). Use a new out_dir, or delete the folder "
                 f"to start over. Resuming and sharding need exactly the same settings, batch_size "
                 f"included (it fixes which variants share an engine call, and batched arithmetic "
-                f"can differ in the last bits).")
+                f"can differ in the last bits)"
+                + (f", and on CPU the same number of torch threads: this run uses {new.get('cpu_threads')}, "
+                   f"the folder's variants were made with {old.get('cpu_threads')} (pass --threads "
+                   f"{old.get('cpu_threads')}; notebook 04: threads = {old.get('cpu_threads')})"
+                   if "cpu_threads" in diff else "") + ".")
     else:
         save_json(settings_path, settings)
 
@@ -616,7 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shard-index", type=int, default=env_shard)
     p.add_argument("--num-shards", type=int, default=env_shards)
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default); every CPU shard and resume "
+                        "of one output folder needs the same number (it changes the bytes)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     if a.user_masks and a.sampler not in ("user", "user-mask"):

@@ -243,33 +243,68 @@ def tiny_engine():
     pipeline = pytest.importorskip("skinlib.glide.pipeline")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)          # tiny convolutions on a shared CPU: threads only add overhead
-    yield pipeline.GlideInpainter.from_pretrained("tiny-random", device="cpu", base_respacing="2",
-                                                  upsample_respacing="2")
+    # one diffusion step per stage: these tests are about the bookkeeping around the engine
+    yield pipeline.GlideInpainter.from_pretrained("tiny-random", device="cpu", base_respacing="1",
+                                                  upsample_respacing="1")
     torch.set_num_threads(threads)
 
 
-def test_tiny_random_engine_end_to_end(tmp_path, tiny_engine):
+def test_tiny_random_engine_two_shards_equal_one_shard_batched(tmp_path, tiny_engine):
+    """The real engine (tiny random weights), batches of 4 mixing two sources, 2 runs, 2 steps:
+    shard 0 + shard 1 give the one-shard run's bytes."""
     assert tiny_engine.is_random
-    crops = make_crops(tmp_path / "crops", n=2)
+    crops = make_crops(tmp_path / "crops", n=3)
     one, two = tmp_path / "one", tmp_path / "two"
-    s = dict(runs=1, steps=1, seed=3, batch_size=1, progress=False, log=lambda *_: None)
-    generate_variants(crops, one, inpainter=tiny_engine, **s)
-    generate_variants(crops, two, inpainter=tiny_engine, shard_index=1, num_shards=2, **s)
+    s = dict(runs=2, steps=2, seed=3, batch_size=4, progress=False, log=lambda *_: None)
+    calls = []
+    original = tiny_engine.inpaint
+
+    def counting(images, *args, **kw):
+        calls.append(images.shape[0])
+        return original(images, *args, **kw)
+
+    tiny_engine.inpaint = counting
+    try:
+        generate_variants(crops, one, inpainter=tiny_engine, **s)
+        generate_variants(crops, two, inpainter=tiny_engine, shard_index=1, num_shards=2, **s)
+        shard1 = folder_bytes(two)
+        generate_variants(crops, two, inpainter=tiny_engine, shard_index=0, num_shards=2, **s)
+    finally:
+        del tiny_engine.inpaint
+    assert calls == [4, 4, 2, 2] + [2, 2] + [4, 4]     # batches: sources {0, 1} and {2}, per step
     rows = read_csv(one / "manifest.csv")
-    assert len(rows) == 2 and all(r["checkpoint"] == RANDOM_LABEL for r in rows)
+    assert len(rows) == 6 and all(r["checkpoint"] == RANDOM_LABEL for r in rows)
     model = json.loads(rows[0]["model"])
-    assert model["base_respacing"] == "2" and model["upsample_respacing"] == "2"
+    assert model["base_respacing"] == "1" and model["upsample_respacing"] == "1"
     for r in rows:
         src = np.asarray(Image.open(crops / r["source_crop"]).convert("RGB"))
         img = np.asarray(Image.open(one / r["image"]))
         edit = np.asarray(Image.open(one / r["edit"])) > 127
         np.testing.assert_array_equal(img[~edit], src[~edit])
         assert (img[edit] != src[edit]).mean() > 0.5
-    # shard 1 of 2 alone gives the same bytes as the one-shard run for its source
-    a, b = folder_bytes(one), folder_bytes(two)
-    shard_files = [k for k in b if k not in ("generation.json", "manifest.csv")]
-    assert "000001.png" in shard_files and "000000.png" not in shard_files
-    assert [k for k in shard_files if a[k] != b[k]] == []
+    # shard 1 alone: exactly the one-shard run's files for source 2 (runs 0, 1 = 000004, 000005)
+    a = folder_bytes(one)
+    assert sorted(k for k in shard1 if k.endswith(".png") and "/" not in k) == [
+        "000004.png", "000004_edit.png", "000004_mask.png", "000005.png", "000005_edit.png", "000005_mask.png"]
+    assert [k for k in shard1 if k not in ("generation.json", "manifest.csv") and a[k] != shard1[k]] == []
+    # both shards: the whole folder, byte for byte
+    b = folder_bytes(two)
+    assert sorted(a) == sorted(b) and len(a) > 30
+    assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_resume_with_another_cpu_thread_count_is_refused(tmp_path):
+    crops = make_crops(tmp_path / "crops", n=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        generate_variants(crops, tmp_path / "out", inpainter=FakeInpainter(), **{**SETTINGS, "runs": 1})
+        assert json.loads((tmp_path / "out" / "generation.json").read_text())["cpu_threads"] == 1
+        torch.set_num_threads(2)
+        with pytest.raises(ValueError, match=r"cpu_threads.*this run uses 2.*made with 1 \(pass --threads 1"):
+            generate_variants(crops, tmp_path / "out", inpainter=FakeInpainter(), **{**SETTINGS, "runs": 2})
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_command_line_takes_its_shard_from_torchrun(tmp_path, monkeypatch, tiny_engine):
