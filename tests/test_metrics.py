@@ -535,6 +535,28 @@ def test_image_metrics_protocol_reference_is_test_and_n_is_shared(tmp_path):
         M.load_folder_images(make_generated(tmp_path / "nosplit", n=3, size=16), split="train")
 
 
+def test_image_metrics_resample_test_patients_not_images(tmp_path):
+    """Crops of one patient are correlated: the interval must be wider when the reference's crops
+    are grouped by patient than when every crop is treated as independent (same images)."""
+    train = M.load_folder_images(make_crops(tmp_path / "train", n_patients=8, per_patient=4, size=32, seed=0),
+                                 verbose=False)
+    imgs = M.load_folder_images(make_crops(tmp_path / "test", n_patients=8, per_patient=1, size=32, seed=1),
+                                verbose=False).images
+    test_imgs = imgs.repeat_interleave(4, dim=0)          # 8 test patients x 4 identical crops
+    grouped = M.FolderImages("test", tmp_path, test_imgs, [{"patient": f"t{i // 4}"} for i in range(32)])
+    single = M.FolderImages("test", tmp_path, test_imgs, [{} for _ in range(32)])
+    width = {}
+    for name, test in (("grouped", grouped), ("single", single)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", M.SmallSampleWarning)
+            row = M.image_metrics(train, test, {}, extractor=M.RandomConvFeatures(), n=32, n_boot=200,
+                                  progress=False)[0]
+        iv = row["KD (random-conv features, not KID)"]
+        width[name] = iv["high"] - iv["low"]
+        assert row["n_reference_patients"] == (8 if name == "grouped" else 32)
+    assert width["grouped"] > 1.3 * width["single"], width
+
+
 def test_generator_folders_report_missing_and_reject_bad_paths(tmp_path):
     make_generated(tmp_path / "dcgan" / "samples", n=3, size=16)
     avail, status = M.generator_folders(tmp_path, {"dcgan": "", "cvae": "", "glide": ""})
