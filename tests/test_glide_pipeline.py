@@ -58,14 +58,40 @@ def test_known_pixels_kept_exactly_and_hole_filled(small_pipe):
     assert torch.equal(everything, images)
 
 
+def test_engine_itself_keeps_known_pixels_without_the_final_where(caplog):
+    """The guarantee the algorithm relies on, without any safety net: the upsampler's last
+    sample (seen by the callback, before ``inpaint`` re-imposes the known pixels with
+    ``torch.where``) already equals the input at every known pixel, exactly: known pixels are
+    imposed on every x0 prediction, and the last step's posterior mean is 1.0 * x0 + 0.0 * x_t.
+    Tiny random weights at the real sizes (64 px base, 256 px upsampler), two diffusion steps each."""
+    pipe = GlideInpainter.from_pretrained("tiny-random", device="cpu", base_respacing="2",
+                                          upsample_respacing="2", seed=1)
+    g = torch.Generator().manual_seed(3)
+    images = torch.round(torch.rand(2, 3, 256, 256, generator=g) * 255) / 127.5 - 1     # 8-bit levels
+    keep = torch.ones(2, 1, 256, 256)
+    keep[0, :, 64:124, 100:160] = 0                 # a study square on the 4 px grid
+    keep[1, :, 10:31, 3:250] = 0                    # a band not on the grid
+    last = {}
+    with caplog.at_level(logging.ERROR):
+        out = pipe.inpaint(images, keep, "an image of measles on dark skin", [7, 8],
+                           upsample_callback=lambda k, d: last.update(d))
+    raw = last["sample"]
+    known = keep.expand_as(images) == 1
+    assert torch.equal(raw[known], images[known])
+    assert torch.equal(out[~known], raw.clamp(-1, 1)[~known])      # raw is what inpaint returns
+    assert float((raw - images)[~known].abs().mean()) > 0.1          # the hole is re-synthesised
+
+
 def test_same_seed_same_result_different_seed_different(small_pipe):
     images, keep = _inputs(2)
     a = small_pipe.inpaint(images, keep, "a red rash", [11, 12])
     b = small_pipe.inpaint(images, keep, "a red rash", [11, 12])
     c = small_pipe.inpaint(images, keep, "a red rash", [11, 99])
     assert torch.equal(a, b)
-    assert torch.equal(a[0], c[0]) or float((a[0] - c[0]).abs().max()) < 1e-4
-    assert float((a[1] - c[1]).abs().max()) > 0.1
+    # item 0 keeps its seed and its place in a batch of the same size: batch rows are computed
+    # independently (per-row convolutions, norms, attention, noise), so exactly the same result
+    assert torch.equal(a[0], c[0])
+    assert _changed_8bit_fraction(a[1:], c[1:], keep[1:]) > 0.5
 
 
 def test_item_result_does_not_depend_on_batch_mates(small_pipe):
@@ -76,12 +102,22 @@ def test_item_result_does_not_depend_on_batch_mates(small_pipe):
     assert float((batch[1] - alone[0]).abs().max()) < 1e-3
 
 
+def _changed_8bit_fraction(a: torch.Tensor, b: torch.Tensor, keep: torch.Tensor) -> float:
+    """Fraction of the hole's channel values whose 8-bit level differs between a and b."""
+    def level(x):
+        return torch.round((x.clamp(-1, 1) + 1) * 127.5)
+
+    hole = keep.expand_as(a) == 0
+    return float((level(a) != level(b))[hole].float().mean())
+
+
 def test_guidance_scale_and_prompt_matter(small_pipe):
     images, keep = _inputs(1)
     a = small_pipe.inpaint(images, keep, "a red rash", [4], guidance_scale=5.0)
     b = small_pipe.inpaint(images, keep, "a red rash", [4], guidance_scale=1.0)
     c = small_pipe.inpaint(images, keep, "a blue lake", [4], guidance_scale=5.0)
-    assert float((a - b).abs().max()) > 1e-3 and float((a - c).abs().max()) > 1e-3
+    # each setting changes the saved (8-bit) image over a good part of the hole, not in the last bits
+    assert _changed_8bit_fraction(a, b, keep) > 0.1 and _changed_8bit_fraction(a, c, keep) > 0.1
 
 
 def test_text_encoded_once_per_distinct_prompt(small_pipe):
