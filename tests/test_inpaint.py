@@ -47,7 +47,8 @@ class FakeInpainter:
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt("simulated interruption")
         self.calls.append({"n": n, "seeds": list(seeds), "prompts": prompts,
-                           "guidance": guidance_scale, "temp": upsample_temp})
+                           "guidance": guidance_scale, "temp": upsample_temp,
+                           "keep": keep_mask.clone()})
         fills = []
         for s in seeds:
             g = torch.Generator().manual_seed(int(s))
@@ -245,8 +246,23 @@ def test_zoomed_window_pastes_back_only_the_region():
             wy, wx, side = h["window"]
             assert wy <= y0 and y1 <= wy + side and wx <= x0 and x1 <= wx + side
         np.testing.assert_array_equal(r.edited, union)
-    # the engine saw the zoomed window: a 60 px square became a >= 2x larger hole
-    assert engine.calls and all(c["n"] == 2 for c in engine.calls)
+    # the engine saw the zoomed window: the 60 px square, mapped into the window scaled to 256 px,
+    # became a hole twice as large at the matching place (to the 4 px grid)
+    assert len(engine.calls) == 3 and all(c["n"] == 2 for c in engine.calls)
+    for s, call in enumerate(engine.calls):
+        for i, r in enumerate(res):
+            hole = (call["keep"][i, 0] == 0).numpy()
+            ys, xs = np.nonzero(hole)
+            hy0, hx0, hy1, hx1 = ys.min(), xs.min(), ys.max() + 1, xs.max() + 1
+            assert hole.sum() == (hy1 - hy0) * (hx1 - hx0)                   # one solid rectangle
+            y0, x0, y1, x1 = r.history[s]["box"]
+            wy, wx, side = r.history[s]["window"]
+            assert side == 128                                               # 256 / zoom 2
+            scale = 256 / side
+            for got, want in ((hy0, (y0 - wy) * scale), (hx0, (x0 - wx) * scale),
+                              (hy1, (y1 - wy) * scale), (hx1, (x1 - wx) * scale)):
+                assert abs(got - want) < 4, (s, i, got, want)
+            assert hy1 - hy0 >= 2 * (y1 - y0) - 4 and hx1 - hx0 >= 2 * (x1 - x0) - 4
 
 
 def test_algorithm_rejects_bad_input():
