@@ -59,17 +59,40 @@ def test_study_options_change_the_generator():
     assert model.noisy_labels
 
 
-def test_noisy_labels_change_discriminator_loss():
+def test_noisy_labels_are_drawn_from_the_study_ranges(monkeypatch):
+    """Discriminator targets: real 1 and fake 0; with noisy_labels, uniform in [0.7, 1] and [0, 0.3]."""
+    import torch.nn.functional as F
+
+    targets = []
+    original = F.binary_cross_entropy_with_logits
+
+    def recording(logits, target, *args, **kw):
+        targets.append(target.detach().clone())
+        return original(logits, target, *args, **kw)
+
+    monkeypatch.setattr(F, "binary_cross_entropy_with_logits", recording)
     torch.manual_seed(0)
     model = DCGAN(64, **TINY_GAN)
-    x = torch.rand(8, 3, 64, 64) * 2 - 1
-    losses = []
-    for noisy in (False, True, True):
+    x = torch.rand(256, 3, 64, 64) * 2 - 1
+    for noisy in (False, True):
         model.noisy_labels = noisy
-        torch.manual_seed(2 + len(losses) // 2)  # runs 0 and 1 share the noise, run 2 does not
-        loss, _ = model.loss("discriminator", x, torch.zeros(8, dtype=torch.long), {})
-        losses.append(loss.item())
-    assert losses[0] != losses[1] != losses[2]
+        targets.clear()
+        model.loss("discriminator", x, torch.zeros(256, dtype=torch.long), {})
+        real, fake = targets
+        assert real.shape == fake.shape == (256,)
+        if not noisy:
+            assert torch.equal(real, torch.ones(256)) and torch.equal(fake, torch.zeros(256))
+            continue
+        assert 0.7 <= float(real.min()) and float(real.max()) <= 1.0
+        assert 0.0 <= float(fake.min()) and float(fake.max()) <= 0.3
+        # spread over the whole range (uniform: 256 draws leave no gap wider than ~0.03)
+        assert float(real.min()) < 0.72 and float(real.max()) > 0.98 and len(real.unique()) == 256
+        assert float(fake.min()) < 0.02 and float(fake.max()) > 0.28
+        assert abs(float(real.mean()) - 0.85) < 0.03 and abs(float(fake.mean()) - 0.15) < 0.03
+    # the generator's target stays 1 (the labels are noisy for the discriminator only)
+    targets.clear()
+    model.loss("generator", x, torch.zeros(256, dtype=torch.long), {"fake": model.generate(model.sample_noise(256))})
+    assert torch.equal(targets[0], torch.ones(256))
 
 
 @pytest.mark.parametrize("bad, match", [(100, "power of two"), (32, "not supported"),
