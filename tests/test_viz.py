@@ -52,7 +52,21 @@ def test_crop_browser_builds_a_widget(tmp_path):
         save_png(tmp_path / f"{i:06d}_mask.png", np.eye(8, dtype=np.uint8) * 255)
         rows.append({"image": f"{i:06d}.png", "mask": f"{i:06d}_mask.png", "disease": "d", "patient": "p"})
     write_csv(tmp_path / "manifest.csv", rows)
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
     box = viz.crop_browser(tmp_path, synthetic=True)
     slider = box.children[0]
     assert slider.max == 1
-    slider.value = 1                                              # re-renders without error
+
+    def shown():
+        fig = plt.figure(plt.get_fignums()[-1])                  # the browser's latest figure
+        return fig, [ax.get_title() for ax in fig.axes], fig.axes[0].images[0].get_array()
+
+    fig, titles, pixels = shown()
+    assert titles == ["000000.png", "ill skin (mask)"] and (np.asarray(pixels) == 0).all()
+    slider.value = 1                                              # re-renders with crop 1
+    fig, titles, pixels = shown()
+    assert titles == ["000001.png", "ill skin (mask)"] and (np.asarray(pixels) == 50).all()
+    assert fig._suptitle.get_text().startswith("SYNTHETIC demo data") and "patient=p" in fig._suptitle.get_text()
+    plt.close("all")
