@@ -96,7 +96,12 @@ def test_dominant_colour_and_two_colour_mask():
     pixels = np.random.default_rng(0).permutation(pixels)
     assert crops.dominant_colour(pixels, k=5) == tuple(a.tolist())
     assert crops.dominant_colour(pixels[:0]) is None
-    assert crops.dominant_colour(pixels[:3], k=5) is not None           # fewer pixels than k
+    # fewer pixels than k: k shrinks to n; the repeated colour is the largest cluster, and with
+    # n distinct pixels every one is its own cluster, so the answer is one of them exactly
+    for few in ([a, a, b], [b, a, a], [a, b, a]):
+        assert crops.dominant_colour(np.array(few), k=5) == tuple(a.tolist())
+    c = np.array([1, 2, 3], np.uint8)
+    assert crops.dominant_colour(np.array([a, b, c]), k=5) in {tuple(p.tolist()) for p in (a, b, c)}
     img = np.random.default_rng(1).integers(0, 256, (40, 50, 3), dtype=np.uint8)
     m = np.random.default_rng(2).random((40, 50)) < 0.6
     n = int(m.sum())
