@@ -131,13 +131,28 @@ def test_precomputed_text_equals_tokens_path():
 
 
 @needs_parity
-def test_bfloat16_output_stays_close_to_fixture():
-    model = _tiny("tiny_upsample_inpaint").set_channels_last(True).set_compute_dtype(torch.bfloat16)
+def test_bfloat16_error_is_the_rounding_error_of_its_precision():
+    """The tolerance is derived, not set to the observed error. Rounding error scales with the unit
+    roundoff: the same model in float16 (3 more mantissa bits, enough range for these activations)
+    must be eps_bf16 / eps_fp16 = 8 times more accurate, and bfloat16's error must match that (within
+    2x either way: a missing cast gives ~0, extra error from a bug does not scale). Its size: at most
+    eps_bf16 * sqrt(L) relative RMS for L rounded layers (independent roundings add like a random walk)."""
     f = _load("tiny_upsample_inpaint.forward.safetensors")
-    out = _forward(model, f)
-    assert out.dtype == torch.float32
-    err = (out - f["output"]).abs()
-    assert float(err.max()) < 0.25 and float(err.mean()) < 0.02, (float(err.max()), float(err.mean()))
+    ref = f["output"]
+    errs = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        model = _tiny("tiny_upsample_inpaint").set_channels_last(True).set_compute_dtype(dtype)
+        out = _forward(model, f)
+        assert out.dtype == torch.float32
+        errs[dtype] = (out - ref).abs()
+    ratio = torch.finfo(torch.bfloat16).eps / torch.finfo(torch.float16).eps
+    assert ratio == 8
+    rms = {d: float(e.pow(2).mean().sqrt()) for d, e in errs.items()}
+    assert ratio / 2 < rms[torch.bfloat16] / rms[torch.float16] < ratio * 2, rms
+    assert float(errs[torch.bfloat16].max()) < 2 * ratio * float(errs[torch.float16].max())
+    n_rounded = sum(1 for _ in _tiny("tiny_upsample_inpaint")._torso_modules())
+    bound = torch.finfo(torch.bfloat16).eps * n_rounded ** 0.5
+    assert rms[torch.bfloat16] / float(ref.pow(2).mean().sqrt()) < bound, (rms, bound)
 
 
 def test_build_model_rejects_bad_options():
