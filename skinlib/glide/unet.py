@@ -14,8 +14,11 @@ and the output head stay float32.
 """
 from __future__ import annotations
 
+import logging
 import math
-from dataclasses import dataclass
+import os
+import shutil
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import torch
@@ -24,6 +27,8 @@ from torch import nn
 
 from . import configs
 from .text_encoder import LayerNorm32, TextTransformer, attention
+
+log = logging.getLogger(__name__)
 
 
 class GroupNorm32(nn.GroupNorm):
@@ -50,6 +55,11 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int) -> torch.Tensor:
     if dim % 2:
         emb = torch.cat([emb, torch.zeros_like(emb[:, :1])], dim=-1)
     return emb
+
+
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU of a freshly computed tensor: in place when no gradient is recorded (one tensor fewer)."""
+    return F.silu(x, inplace=not torch.is_grad_enabled())
 
 
 def _zero(module: nn.Module) -> nn.Module:
@@ -94,18 +104,18 @@ class ResBlock(nn.Module):
         return F.avg_pool2d(x, kernel_size=2, stride=2)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        norm_act, conv = self.in_layers[:-1], self.in_layers[-1]
-        h = norm_act(x)
+        h = _silu(self.in_layers[0](x))  # GroupNorm, SiLU
         if self.up or self.down:
             h, x = self._resample(h, self.up), self._resample(x, self.up)
-        h = conv(h)
+        h = self.in_layers[2](h)
         e = self.emb_layers(emb).to(h.dtype)[..., None, None]
-        out_norm, out_rest = self.out_layers[0], self.out_layers[1:]
+        out_norm, dropout, conv = self.out_layers[0], self.out_layers[2], self.out_layers[3]
         if self.use_scale_shift_norm:
             scale, shift = e.chunk(2, dim=1)
-            h = out_rest(torch.addcmul(shift, out_norm(h), 1 + scale))  # norm(h) * (1 + scale) + shift
+            h = torch.addcmul(shift, out_norm(h), 1 + scale)  # norm(h) * (1 + scale) + shift
         else:
-            h = out_rest(out_norm(h + e))
+            h = out_norm(h + e)
+        h = conv(dropout(_silu(h)))
         skip = self.skip_connection(x)
         return skip.add_(h) if skip is not x else x + h
 
@@ -129,15 +139,23 @@ class AttentionBlock(nn.Module):
         self.encoder_kv = nn.Conv1d(encoder_channels, 2 * channels, 1)
         self.proj_out = _zero(nn.Conv1d(channels, channels, 1))
 
-    def forward(self, x: torch.Tensor, text_tokens: torch.Tensor) -> torch.Tensor:
+    def text_kv(self, text_tokens: torch.Tensor) -> torch.Tensor:
+        """``encoder_kv`` applied to the text: [B, L, W_text] -> [B, L, 2ch] (per head [k | v])."""
+        return F.linear(text_tokens.to(self.encoder_kv.weight.dtype), self.encoder_kv.weight[..., 0],
+                        self.encoder_kv.bias)
+
+    def forward(self, x: torch.Tensor, text_tokens: torch.Tensor,
+                ekv: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``ekv``: :meth:`text_kv` of ``text_tokens`` when already computed (it is the same on
+        every sampling step of a prompt)."""
         b, c, hgt, wid = x.shape
         heads = self.num_heads
         h = self.norm(x).flatten(2).transpose(1, 2)  # [B, T, C]
         qkv = F.linear(h, self.qkv.weight[..., 0], self.qkv.bias)
         qkv = qkv.view(b, -1, heads, 3 * c // heads).transpose(1, 2)  # [B, heads, T, 3hc]
         q, k, v = qkv.chunk(3, dim=-1)
-        ekv = F.linear(text_tokens.to(self.encoder_kv.weight.dtype), self.encoder_kv.weight[..., 0],
-                       self.encoder_kv.bias)
+        if ekv is None:
+            ekv = self.text_kv(text_tokens)
         ekv = ekv.view(b, -1, heads, 2 * c // heads).transpose(1, 2)  # [B, heads, L, 2hc]
         ek, ev = ekv.chunk(2, dim=-1)
         k = torch.cat([ek, k], dim=2)
@@ -151,10 +169,14 @@ class AttentionBlock(nn.Module):
 @dataclass
 class TextCondition:
     """Text encoder output for a batch: ``xf_proj`` [B, 4C] float32 (added to the time
-    embedding) and ``xf_out`` [B, L, W] (keys/values for every attention block)."""
+    embedding) and ``xf_out`` [B, L, W] (keys/values for every attention block).
+
+    ``kv_cache`` holds the attention blocks' ``encoder_kv`` projections of ``xf_out`` once a
+    model has computed them without gradients (they are the same on every sampling step)."""
 
     xf_proj: torch.Tensor
     xf_out: torch.Tensor
+    kv_cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return self.xf_proj.shape[0]
@@ -242,6 +264,9 @@ class GlideUNet(nn.Module):
         self.token_embedding = nn.Embedding(configs.N_VOCAB, xf_width)
         self.transformer_proj = nn.Linear(xf_width, emb_dim)
         self.channels_last = False
+        self._attention_blocks = [m for m in self.modules() if isinstance(m, AttentionBlock)]  # forward order
+        self._compiled = None
+        self.compile_status = "off"
         self.eval()
 
     # ----------------------------------------------------------------- precision / modes
@@ -339,35 +364,108 @@ class GlideUNet(nn.Module):
         if capture is not None:
             capture["emb"] = emb
 
-        xf = text.xf_out
         h = h.to(self.compute_dtype)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
+        kvs = self.text_kv(text)
+        if capture is None and self._compiled is not None and not torch.is_grad_enabled():
+            out = self._run_compiled(h, emb, kvs)
+            if out is not None:
+                return out
+        return self._torso(h, emb, kvs, capture)
+
+    def _torso(self, h: torch.Tensor, emb: torch.Tensor, kvs: list[torch.Tensor],
+               capture: Optional[dict] = None) -> torch.Tensor:
+        """U-Net blocks and output head: h [B, in_channels, H, W] (compute dtype), emb [B, 4C],
+        kvs = :meth:`text_kv` -> [B, 6, H, W] float32."""
+        kv = iter(kvs)
         skips = []
         for i, block in enumerate(self.input_blocks):
-            h = self._run_block(block, h, emb, xf)
+            h = self._run_block(block, h, emb, kv)
             skips.append(h)
             if capture is not None:
                 capture[f"input_blocks.{i}"] = h
-        h = self._run_block(self.middle_block, h, emb, xf)
+        h = self._run_block(self.middle_block, h, emb, kv)
         if capture is not None:
             capture["middle_block"] = h
         for i, block in enumerate(self.output_blocks):
-            h = self._run_block(block, torch.cat([h, skips.pop()], dim=1), emb, xf)
+            h = self._run_block(block, torch.cat([h, skips.pop()], dim=1), emb, kv)
             if capture is not None:
                 capture[f"output_blocks.{i}"] = h
         return self.out(h.float())
 
     @staticmethod
-    def _run_block(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+    def _run_block(block: nn.ModuleList, h: torch.Tensor, emb: torch.Tensor, kv) -> torch.Tensor:
         for layer in block:
             if isinstance(layer, ResBlock):
                 h = layer(h, emb)
             elif isinstance(layer, AttentionBlock):
-                h = layer(h, xf)
+                h = layer(h, None, next(kv))
             else:
                 h = layer(h)
         return h
+
+    # ----------------------------------------------------------------- text keys/values
+    def text_kv(self, text: TextCondition) -> list[torch.Tensor]:
+        """Every attention block's ``encoder_kv`` projection of ``text.xf_out`` ([B, L, 2ch]),
+        in forward order. Without gradients (sampling) they are cached on ``text``, keyed by
+        this model's weights (identity, dtype and in-place version), so a prompt's text
+        keys/values are computed once per sampling run instead of once per step."""
+        blocks = self._attention_blocks
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(text.xf_out.device.type):
+            return [blk.text_kv(text.xf_out) for blk in blocks]
+        key = (id(self),) + tuple((blk.encoder_kv.weight.data_ptr(), blk.encoder_kv.weight._version,
+                                   blk.encoder_kv.bias.data_ptr(), blk.encoder_kv.bias._version)
+                                  for blk in blocks)
+        if key not in text.kv_cache:
+            text.kv_cache.clear()
+            text.kv_cache[key] = [blk.text_kv(text.xf_out) for blk in blocks]
+        return text.kv_cache[key]
+
+    # ----------------------------------------------------------------- torch.compile
+    def set_compile(self, enabled: bool = True) -> "GlideUNet":
+        """Run the U-Net torso (blocks + output head) through ``torch.compile`` (inductor) when
+        sampling (no gradients, no ``capture``): GroupNorm+SiLU, the scale-shift and the other
+        element-wise chains become fused kernels, concatenations are written in place. Results
+        equal eager up to float rounding. Compilation happens on the first call for each input
+        shape and dtype (minutes on a CPU), so it pays for sampling runs of many steps, not for
+        a few. Where it cannot work (no C++ compiler for a CPU, no Triton for a GPU, another
+        device, or the compiler fails) one warning line is logged and the model stays eager;
+        :attr:`compile_status` records what happened. Returns self."""
+        self._compiled = None
+        if not enabled:
+            self.compile_status = "off"
+            return self
+        reason = _compile_unavailable(self.positional_embedding.device.type)
+        if reason:
+            self.compile_status = f"eager (torch.compile unavailable: {reason})"
+            log.warning("GLIDE U-Net: torch.compile unavailable (%s); running eager", reason)
+            return self
+        self._compiled = torch.compile(self._torso, dynamic=False)
+        self.compile_status = "compiled (torch.compile, inductor)"
+        return self
+
+    def _run_compiled(self, h: torch.Tensor, emb: torch.Tensor, kvs: list[torch.Tensor]) -> Optional[torch.Tensor]:
+        try:
+            return self._compiled(h, emb, kvs)
+        except torch._dynamo.exc.BackendCompilerFailed as e:  # compiler missing/broken: not a model bug
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            self._compiled = None
+            self.compile_status = f"eager (torch.compile failed: {first})"
+            log.warning("GLIDE U-Net: torch.compile failed (%s); running eager", first)
+            return None
+
+
+def _compile_unavailable(device_type: str) -> Optional[str]:
+    """Why torch.compile cannot run on this device type here, or None when it can."""
+    if device_type == "cpu":
+        cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+        return None if cxx else "no C++ compiler found (install g++ or set CXX)"
+    if device_type == "cuda":
+        from torch.utils._triton import has_triton
+
+        return None if has_triton() else "Triton is not installed"
+    return f"not used on {device_type} devices"
 
 
 def build_model(config: Mapping[str, Any], device: Optional[torch.device | str] = None) -> GlideUNet:

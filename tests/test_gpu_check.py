@@ -1,0 +1,63 @@
+"""benchmarks/gpu_check.py in its CPU mode with tiny sizes: every section runs and reports."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_cpu_tiny(tmp_path, capsys):
+    gpu_check = _load_script()
+    plan = dataclasses.replace(gpu_check.Plan.quick(), base_respacing="1", upsample_respacing="1",
+                               warmup=False, batches=(2,), fp32_inpaint=True, train_models=("dcgan", "cvae"),
+                               train_batch=4, train_steps=2, shard_sources=2, shard_runs=2,
+                               shard_steps=1, shard_batch=2, shard_respacing="1", resume_steps=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = gpu_check.run_check(tmp_path, "cpu", plan=plan, quick=True)
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert saved["device"] == "cpu" and saved["quick"] is True
+    assert saved["glide"] == json.loads(json.dumps(report["glide"]))
+
+    g = saved["glide"]
+    assert g["configs"] == "tiny" and g["dtype"] == "bfloat16"
+    for kind in ("base", "upsampler"):
+        p = g["precision"][kind]
+        # the reduced dtype was really used (bf16 rounding changes the output); random tiny
+        # weights amplify rounding a lot, so no upper bound is meaningful here
+        assert 0 < p["forward_max_abs_diff"] and math.isfinite(p["forward_max_abs_diff"]), p
+        assert p["forward_mean_abs_diff"] <= p["forward_max_abs_diff"]
+    assert math.isfinite(g["precision"]["inpaint_batch1_8bit_levels"]["mean_abs_diff"])
+    assert [r["batch"] for r in [g["latency"]] + g["throughput"]] == [1, 2]
+    for r in [g["latency"]] + g["throughput"]:
+        assert r["seconds"] > 0 and r["inpaints_per_s"] == pytest.approx(r["batch"] / r["seconds"])
+        assert r["peak_memory_gib"] is None          # not measured on a CPU
+
+    assert [(r["model"], r["image_size"]) for r in saved["training"]] == [("dcgan", 64), ("cvae", 64)]
+    assert all(r["images_per_s"] > 0 for r in saved["training"])
+    assert saved["shards"]["identical"] is True and saved["shards"]["files"] > 10
+    assert saved["resume"]["generation"]["identical_after_resume"] is True
+    assert saved["resume"]["training"]["exact"] is True          # exact resume on the CPU
+    assert saved["resume"]["training"]["max_abs_weight_diff"] == 0.0
+
+    table = capsys.readouterr().out
+    assert "two shards == one shard: True" in table and "inpaints/s" in table
