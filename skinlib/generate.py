@@ -406,7 +406,12 @@ def _prepare_source(crops_dir: Path, row: dict, index: int, sampler: MaskSampler
     reason = None
     try:
         image, mask, has_mask = load_crop(crops_dir, row, IMAGE_SIZE, resize=False)
-        reason = sampler.unusable_reason(mask[0].numpy() > 0.5)
+        if sampler.needs_mask and not has_mask:
+            reason = (f"{crops_dir / row['image']} has no ill-skin mask (no mask named in the manifest, no "
+                      f"{Path(row['image']).stem}_mask.png), and sampler '{sampler.name}' draws its squares "
+                      f"from the mask")
+        else:
+            reason = sampler.unusable_reason(mask[0].numpy() > 0.5)
     except BadInputError as e:          # names the file and the fix
         reason = str(e)
     except (OSError, ValueError, KeyError) as e:

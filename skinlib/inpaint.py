@@ -97,6 +97,7 @@ class MaskSampler:
     """
 
     name = "sampler"
+    needs_mask = False    # True: draws from the crop's ill-skin mask (a crop without one is unusable)
 
     def unusable_reason(self, ill_mask: np.ndarray) -> str | None:
         """Why this sampler cannot draw regions for a crop with this mask (``None``: it can)."""
@@ -135,6 +136,7 @@ class RandomSquares(MaskSampler):
         self.count, self.grid, self.image_size = count, grid, image_size
         self.cells = max(1, round(side * grid))          # square side in grid cells
         self.name = f"squares-{where}" if where != "any" else "squares"
+        self.needs_mask = where != "any"
 
     def describe(self) -> str:
         extra = f", min_overlap={self.min_overlap}" if self.where != "any" else ""

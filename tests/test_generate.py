@@ -26,7 +26,7 @@ def make_crops(root: Path, n: int = 5, *, masks: bool = True) -> Path:
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(root / f"{i:06d}.png")
         row = {"image": f"{i:06d}.png", "mask": "", "disease": "demo-rash", "patient": f"p{i % 2}",
-               "source": f"photo{i}.jpg"}
+               "source": f"photo{i}.jpg", "split": "train"}
         if masks:
             disc = (yy - 60 - 25 * i) ** 2 + (xx - 128) ** 2 < 50 ** 2
             Image.fromarray(disc.astype(np.uint8) * 255).save(root / f"{i:06d}_mask.png")
@@ -183,6 +183,17 @@ def test_missing_mask_or_wrong_size_crop_is_a_recorded_skip_not_a_maskless_sourc
     assert "000000_mask.png" in reasons["000000.png"] and "does not exist" in reasons["000000.png"]
     assert "200x200 px, expected 256x256" in reasons["000002.png"]
     assert [r["image"] for r in read_csv(out / "manifest.csv")] == ["000001.png"]
+
+
+@pytest.mark.parametrize("sampler", ["squares-ill", "squares-healthy"])
+def test_crops_without_masks_are_skipped_by_mask_samplers(tmp_path, sampler):
+    # without a mask the crop is neither "all healthy" nor "no ill skin": the sampler cannot use it
+    crops = make_crops(tmp_path / "crops", n=2, masks=False)
+    summary = generate_variants(crops, tmp_path / "out", inpainter=FakeInpainter(), sampler=sampler,
+                                **{**SETTINGS, "runs": 1})
+    assert summary["made"] == 0 and summary["skipped_sources"] == 2
+    reasons = [s["reason"] for s in read_csv(tmp_path / "out" / "skipped.csv")]
+    assert all("has no ill-skin mask" in r and sampler in r for r in reasons)
 
 
 def test_crops_without_masks_and_partial_merge(tmp_path):
