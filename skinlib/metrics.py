@@ -952,19 +952,29 @@ def fid_from_features(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None =
                       v: torch.Tensor | None = None) -> torch.Tensor:
     """Fréchet distance between Gaussians fitted to x [n, D] and y [m, D] (covariances with
     n - 1), computed exactly in the n x m sample space: tr sqrt(S1 S2) is the nuclear norm of
-    Xc Yc^T (Xc, Yc: centred, scaled rows), which avoids a D x D sqrtm. Optional multiplicities
-    ``w`` [B, n] / ``v`` [B, m] give one value per bootstrap draw. Returns float64 [B]."""
+    A = Xc Yc^T (Xc, Yc: centred rows scaled by sqrt(w / (sum w - 1))), so no D x D sqrtm is
+    needed; A, the traces and the means of every draw come from the Gram matrices XX^T, YY^T,
+    XY^T computed once. Optional multiplicities ``w`` [B, n] / ``v`` [B, m] give one value per
+    bootstrap draw. Returns float64 [B], clamped at 0 (negative values are rounding)."""
     x, y = x.double(), y.double()
     w = torch.ones(1, len(x), dtype=torch.float64) if w is None else torch.as_tensor(w, dtype=torch.float64)
     v = torch.ones(1, len(y), dtype=torch.float64) if v is None else torch.as_tensor(v, dtype=torch.float64)
-    out = []
-    for wb, vb in zip(w, v):
-        mx, my = (wb @ x) / wb.sum(), (vb @ y) / vb.sum()
-        xc = (x - mx) * (wb / (wb.sum() - 1)).sqrt()[:, None]
-        yc = (y - my) * (vb / (vb.sum() - 1)).sqrt()[:, None]
-        nuclear = torch.linalg.svdvals(xc @ yc.T).sum()
-        out.append(((mx - my) ** 2).sum() + (xc ** 2).sum() + (yc ** 2).sum() - 2.0 * nuclear)
-    return torch.stack(out).clamp_min(0.0)      # >= 0 by definition; -1e-16 is rounding
+    gxx, gyy, gxy = x @ x.T, y @ y.T, x @ y.T
+    sw, sv = w.sum(1), v.sum(1)                                     # [B]
+    wg = w @ gxy / sw[:, None]                                      # [B, m]  mu_x . y_j
+    gv = v @ gxy.T / sv[:, None]                                    # [B, n]  x_i . mu_y
+    mx_my = (wg * v).sum(1) / sv                                    # mu_x . mu_y
+    mx2 = ((w @ gxx) * w).sum(1) / sw ** 2
+    my2 = ((v @ gyy) * v).sum(1) / sv ** 2
+    tr_x = ((w * gxx.diagonal()).sum(1) - sw * mx2) / (sw - 1)
+    tr_y = ((v * gyy.diagonal()).sum(1) - sv * my2) / (sv - 1)
+    centred = gxy[None] - wg[:, None, :] - gv[:, :, None] + mx_my[:, None, None]      # [B, n, m]
+    a = centred * w.sqrt()[:, :, None] * v.sqrt()[:, None, :] / ((sw - 1) * (sv - 1)).sqrt()[:, None, None]
+    small = a if a.shape[1] <= a.shape[2] else a.transpose(1, 2)
+    # singular values^2 of A (NumPy's batched LAPACK call: ~3x faster than torch's on CPU here)
+    eig = torch.from_numpy(np.linalg.eigvalsh((small @ small.transpose(1, 2)).numpy()))
+    nuclear = eig.clamp_min(0).sqrt().sum(1)
+    return (mx2 + my2 - 2 * mx_my + tr_x + tr_y - 2 * nuclear).clamp_min(0.0)
 
 
 def _interval(point: float, draws: np.ndarray, *, recentre: bool = False) -> dict[str, float]:
