@@ -39,7 +39,7 @@ def make_crops(root: Path, n: int, seed: int = 0) -> Path:
         img.save(root / f"{i:06d}.png")
         disc = ((yy - 128) ** 2 + (xx - 128) ** 2 < 60 ** 2).astype(np.uint8) * 255
         Image.fromarray(disc).save(root / f"{i:06d}_mask.png")
-        rows.append({"image": f"{i:06d}.png", "mask": f"{i:06d}_mask.png", "disease": "benchmark"})
+        rows.append({"image": f"{i:06d}.png", "mask": f"{i:06d}_mask.png", "disease": "benchmark", "split": "train"})
     write_csv(root / "manifest.csv", rows)
     return root
 

@@ -53,6 +53,7 @@ MANIFEST_FIELDS = [
     "source_crop", "source_index", "run", "seed", "job_seed", "steps", "prompt", "guidance",
     "upsample_temp", "sampler", "zoom", "edited_fraction", "ill_fraction", "ill_edited_fraction",
     "disease", "patient", "source", "history", "model",
+    "weights_kind", "weights_label", "trained_on_split", "source_split", "source_sha256", "source_patient",
 ]
 
 
@@ -193,11 +194,25 @@ class _Progress:
 # ----------------------------------------------------------------------------------------
 # sources
 # ----------------------------------------------------------------------------------------
-def _source_rows(crops_dir: Path, max_sources: int | None) -> list[dict]:
+def _source_rows(crops_dir: Path, max_sources: int | None, split: str | None = "train") -> list[dict]:
     from .data import list_crop_rows
 
-    rows = list_crop_rows(crops_dir)
+    rows = list_crop_rows(crops_dir, split)
     return rows[:max_sources] if max_sources else rows
+
+
+def weights_provenance(identity: dict, is_random: bool) -> dict:
+    """Which weights made a variant: ``weights_kind`` (official / fine-tuned-from-official /
+    small-from-scratch / tiny-random ...), ``weights_label`` (the words every title uses) and
+    ``trained_on_split`` (the crops split the weights were trained on; "none" for weights never
+    trained on this run's crops)."""
+    if is_random:
+        return {"weights_kind": "tiny-random", "weights_label": RANDOM_LABEL, "trained_on_split": "none"}
+    splits = sorted({str(identity[k]["trained_on_split"]) for k in ("base", "upsampler")
+                     if isinstance(identity.get(k), dict) and identity[k].get("trained_on_split")})
+    return {"weights_kind": identity.get("weights_kind", "official"),
+            "weights_label": identity.get("weights_label", "OpenAI's GLIDE (official weights)"),
+            "trained_on_split": "+".join(splits) if splits else "none"}
 
 
 # ----------------------------------------------------------------------------------------
@@ -270,6 +285,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                       zoom: float | None = None, seed: int = 0, shard_index: int = 0,
                       num_shards: int = 1, batch_size: int = 10, max_sources: int | None = None,
                       gifs: str = "first-run", restart_if_changed: bool = False,
+                      split: str | None = "train",
                       progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Make ``runs`` variants of every crop of ``crops_dir`` in ``out_dir`` (this shard's part).
 
@@ -280,7 +296,9 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     per engine call (runs of a source and several sources share a batch); ``max_sources``: use
     only the first sources; ``gifs``: "first-run" (one animation per source), "all" or "none";
     ``restart_if_changed``: when ``out_dir`` holds variants made with other settings (or other
-    crops), delete them and start over instead of raising ValueError (for smoke runs).
+    crops), delete them and start over instead of raising ValueError (for smoke runs);
+    ``split``: augment only the crops of this side of notebook 01's patient split ("train",
+    the default; None: every crop, recorded in generation.json and each row's ``source_split``).
 
     Finished variants are skipped, so re-running after an interruption resumes. Returns a
     summary dict (counts, seconds, manifest path or None while other shards are unfinished).
@@ -294,11 +312,13 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                                guidance_scale=guidance, upsample_temp=upsample_temp, zoom=zoom)
     is_random = bool(getattr(inpainter, "is_random", False))
     identity = _identity(inpainter)
-    tag = f"[{RANDOM_LABEL}] " if is_random else ""
-    rows = _source_rows(crops_dir, max_sources)
+    provenance = weights_provenance(identity, is_random)
+    tag = f"[{provenance['weights_label']}] " if provenance["weights_kind"] != "official" else ""
+    rows = _source_rows(crops_dir, max_sources, split)
     mine = shard_batches(plan_batches(len(rows), runs, batch_size), shard_index, num_shards)
     settings = {"generator": GENERATOR, "crops_dir": str(crops_dir), "runs": runs, "seed": seed,
-                "n_sources": len(rows), "max_sources": max_sources, "image_size": IMAGE_SIZE,
+                "n_sources": len(rows), "max_sources": max_sources, "split": split or "all",
+                "image_size": IMAGE_SIZE,
                 "sources_sha256": crops_content_sha256(crops_dir, rows),
                 "gifs": gifs, "batch_size": batch_size, "model_is_random": is_random,
                 "model": _comparable(identity), **algo.settings(),
@@ -376,9 +396,11 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                     continue
                 has_mask = sources[i][2]
                 row = _manifest_row(stem, rows[i], i, r, res, has_mask=has_mask, gif=gif,
-                                    seed=seed, algo=algo, identity=identity, is_random=is_random)
+                                    seed=seed, algo=algo, identity=identity, is_random=is_random,
+                                    crops_dir=crops_dir, split=split)
                 _write_variant(out_dir, stem, res, row, has_mask=has_mask, gif=gif,
-                               gif_label=RANDOM_LABEL if is_random else None)
+                               gif_label=None if provenance["weights_kind"] == "official"
+                               else provenance["weights_label"])
                 made += 1
     finally:
         bar.close()
@@ -427,8 +449,11 @@ def _prepare_source(crops_dir: Path, row: dict, index: int, sampler: MaskSampler
 
 def _manifest_row(stem, src: dict, index: int, run: int, res: InpaintResult, *, has_mask: bool,
                   gif: bool, seed: int, algo: IterativeInpainting, identity: dict,
-                  is_random: bool) -> dict:
+                  is_random: bool, crops_dir: Path, split: str | None = "train") -> dict:
+    import hashlib
+
     ill = res.ill_mask
+    source_sha = hashlib.sha256((Path(crops_dir) / src["image"]).read_bytes()).hexdigest()
     return {
         "image": f"{stem}.png", "mask": f"{stem}_mask.png" if has_mask else "",
         "edit": f"{stem}_edit.png", "steps_map": f"history/{stem}_steps.png",
@@ -443,6 +468,9 @@ def _manifest_row(stem, src: dict, index: int, run: int, res: InpaintResult, *, 
         "ill_edited_fraction": round(float(res.ill_edited.mean()), 6) if has_mask else "",
         "disease": src.get("disease", ""), "patient": src.get("patient", ""),
         "source": src.get("source", ""), "history": res.history, "model": identity,
+        **weights_provenance(identity, is_random),
+        "source_split": src.get("split", "") or (split or "all"), "source_sha256": source_sha,
+        "source_patient": src.get("patient", ""),
     }
 
 
@@ -478,8 +506,14 @@ def _figure_title(text: str, rows: Sequence[dict], crops_dir) -> str:
 
 
 def title_suffix(rows: Sequence[dict]) -> str:
-    """' — tiny RANDOM weights — not real GLIDE' when the variants come from the random model."""
-    return f" — {RANDOM_LABEL}" if any(str(r.get("model_is_random")) == "True" for r in rows) else ""
+    """' — tiny RANDOM weights — not real GLIDE' when the variants come from the random model,
+    ' — small GLIDE-architecture model trained on this run's crops — not OpenAI's GLIDE' (the
+    row's ``weights_label``) when they come from weights trained here; '' for OpenAI's weights."""
+    if any(str(r.get("model_is_random")) == "True" for r in rows):
+        return f" — {RANDOM_LABEL}"
+    labels = sorted({str(r["weights_label"]) for r in rows
+                     if r.get("weights_label") and r.get("weights_kind") != "official"})
+    return "".join(f" — {label}" for label in labels)
 
 
 def plot_variants_grid(out_dir, crops_dir, *, n_sources: int = 5, max_runs: int = 5,
@@ -613,7 +647,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (shared by all shards)")
     p.add_argument("--weights", default="official",
                    help='"official" (download/cache), a folder with base_inpaint.pt and '
-                        'upsample_inpaint.pt, or "tiny-random" (pipeline checks only)')
+                        'upsample_inpaint.pt (OpenAI\'s, or trained by python -m skinlib.glide.finetune), '
+                        'or "tiny-random" (pipeline checks only)')
+    p.add_argument("--split", default="train",
+                   help='augment the crops of this patient-split side: "train" (default) or "all"')
     p.add_argument("--cache-dir", default=None, help="checkpoint cache folder")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--steps", type=int, default=12)
@@ -661,6 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         guidance=a.guidance, upsample_temp=a.upsample_temp, sampler=sampler, zoom=a.zoom,
         seed=a.seed, shard_index=a.shard_index, num_shards=a.num_shards,
         batch_size=a.batch_size, max_sources=a.max_sources, gifs=a.gifs,
+        split=None if a.split == "all" else a.split,
         progress=not a.no_progress)
     print(json.dumps(summary, indent=2))
     return 0

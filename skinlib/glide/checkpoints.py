@@ -324,15 +324,17 @@ def weights_label(entries: dict) -> tuple[str, str]:
     parts = []
     for name, e in sorted(entries.items()):
         if e.get("official"):
-            parts.append(f"{name}: OpenAI's official weights")
+            parts.append((name, "OpenAI's official weights"))
         elif e.get("init") == "official":
-            parts.append(f"{name}: OpenAI's GLIDE fine-tuned for {e.get('steps')} steps on crops "
-                         f"{str(e.get('data_sha256'))[:12]} (split {e.get('trained_on_split')})")
+            parts.append((name, f"OpenAI's GLIDE fine-tuned on this run's crops {str(e.get('data_sha256'))[:12]} "
+                                f"(split {e.get('trained_on_split')}), {e.get('steps')} steps"))
         else:
-            parts.append(f"{name}: {e.get('config')} GLIDE-architecture model trained from scratch for "
-                         f"{e.get('steps')} steps on this run's crops — not OpenAI's GLIDE")
-    return kind, "; ".join(parts)
-
+            parts.append((name, f"{e.get('config')} GLIDE-architecture model trained from scratch on this run's "
+                                f"crops — not OpenAI's GLIDE, {e.get('steps')} steps"))
+    texts = {t.rsplit(", ", 1)[0] for _, t in parts}
+    if len(texts) == 1:  # one description: give the steps per network once
+        return kind, f"{texts.pop()} ({', '.join(n + ' ' + t.rsplit(', ', 1)[1] for n, t in parts)})"
+    return kind, "; ".join(f"{n}: {t}" for n, t in parts)
 
 
 def load_folder_model(folder, key: str, entry: Mapping[str, Any], *, cache_dir=None, download: bool = True,

@@ -92,7 +92,7 @@ class FinetuneConfig:
     flip: bool = True                # random horizontal flips
     seed: int = 0
     checkpoint_every: int = 200      # steps
-    sample_every: int = 1            # epochs between sample figures (0: never)
+    sample_every: int = 1            # epochs between sample figures and loss plots (0: never)
     n_samples: int = 4
     sample_respacing: str = ""       # "": "25" (base) / "10" (upsampler)
     guidance: float = 5.0            # guidance scale of the base-model samples
@@ -403,15 +403,17 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
                     "cuda": torch.cuda.get_rng_state_all() if cuda else []},
         })
 
-    def epoch_outputs(epoch: int) -> None:
+    def epoch_outputs(epoch: int, force: bool = False) -> None:
         from ..viz_train import plot_losses
         import matplotlib.pyplot as plt
 
-        if cfg.sample_every and (epoch % cfg.sample_every == 0 or step == total):
-            g = sample_figure(ema, kind, tokenizer, _f(images[fixed]),
-                              _f(low_res[fixed]) if low_res is not None else None,
-                              sample_prompt, respacing, cfg.guidance, seed=cfg.seed)
-            skio.save_png(run_dir / "samples" / f"epoch_{epoch:04d}.png", g.permute(1, 2, 0).numpy())
+        if not cfg.sample_every or (epoch % cfg.sample_every and step != total and not force):
+            return
+        figures_at.append(step)
+        g = sample_figure(ema, kind, tokenizer, _f(images[fixed]),
+                          _f(low_res[fixed]) if low_res is not None else None,
+                          sample_prompt, respacing, cfg.guidance, seed=cfg.seed)
+        skio.save_png(run_dir / "samples" / f"epoch_{epoch:04d}.png", g.permute(1, 2, 0).numpy())
         if rows_log:
             skio.write_csv(run_dir / LOSSES, rows_log, ["step", "epoch", "lr", "loss", "mse", "vlb"])
             fig = plot_losses(run_dir, columns=["loss", "mse", "vlb"])
@@ -420,6 +422,7 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
             plt.close(fig)
 
     pending: list = []
+    figures_at: list = []
 
     def flush() -> None:
         if not pending:
@@ -470,6 +473,8 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     seconds = time.perf_counter() - t0
     if not ckpt_path.exists():
         save_checkpoint()
+    if done and (not figures_at or figures_at[-1] != step):  # figures of the final state
+        epoch_outputs(-(-step // per_epoch), force=True)
     entry = {"options": options, "config": cfg.model, "init": init_info["init"], "init_info": init_info,
              "steps": step, "epochs": step / per_epoch, "batch_size": cfg.batch_size, "lr": cfg.lr,
              "ema_rate": cfg.ema_rate, "prompt": cfg.prompt, "p_uncond": cfg.p_uncond,
@@ -591,3 +596,81 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ----------------------------------------------------------------------------- notebook 04's choice
+def official_weights_present(folder=None, cache_dir=None) -> bool:
+    """True when both released checkpoint files are in ``folder`` (or the cache folder)."""
+    where = Path(folder) if folder else checkpoints.resolve_cache_dir(cache_dir)
+    return all((where / configs.CHECKPOINTS[n].file).is_file() for n in KINDS.values())
+
+
+def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, cache_dir=None,
+                    finetune_steps: int = 0, finetune_batch: int = 4, finetune_lr: float = 1e-5,
+                    small_images: int = 96, small_steps: int = 100, small_batch: int = 8,
+                    small_lr: float = 1e-3, seed: int = 0, log=print) -> str:
+    """Decide (and train) the weights of notebook 04; returns the ``weights`` argument of
+    :meth:`GlideInpainter.from_pretrained`.
+
+    * "auto": OpenAI's released weights when both files are in the cache folder, otherwise the
+      small GLIDE-architecture model trained here on the run's train-split crops ("small");
+    * "official" or a folder holding OpenAI's two files: those weights, fine-tuned first on the
+      train-split crops for ``finetune_steps`` steps when > 0 (a GPU job; result in
+      ``model_dir/finetuned``);
+    * "small": train :data:`configs.SMALL_BASE` / ``SMALL_UPSAMPLE`` from scratch for
+      ``small_steps`` steps each on ``small_images`` crops (``model_dir/small``; resumes);
+      in ``smoke`` mode the "tiny" config for 2 steps instead (labelled as such);
+    * a folder written by this module: used as it is; "tiny-random": smoke runs only.
+    """
+    model_dir = Path(model_dir)
+    if weights == "tiny-random":
+        if not smoke:
+            raise ValueError('weights="tiny-random" (RANDOM weights) is for smoke runs only: use "auto", '
+                             '"official", "small" or a weights folder')
+        return weights
+    if weights not in ("auto", "official", "small"):
+        folder = Path(weights)
+        if (folder / checkpoints.OPTIONS_FILE).is_file():
+            return str(folder)
+        if not official_weights_present(folder):
+            raise checkpoints.CheckpointUnavailableError(
+                f"{folder} holds neither OpenAI's base_inpaint.pt + upsample_inpaint.pt nor a "
+                f"{checkpoints.OPTIONS_FILE} written by skinlib.glide.finetune")
+    if weights == "auto":
+        weights = "official" if official_weights_present(cache_dir=cache_dir) else "small"
+        log('weights="auto": ' + ("OpenAI's official weights are in the cache folder: using them"
+                                  if weights == "official" else
+                                  f"no official weights in the cache folder {checkpoints.resolve_cache_dir(cache_dir)}: "
+                                  f"training a GLIDE-architecture model on this run's crops — not OpenAI's GLIDE "
+                                  f"({'tiny, 2 steps: smoke run' if smoke else 'the small model'})"))
+    if weights == "small":
+        out = model_dir / ("tiny-smoke" if smoke else "small")
+        if smoke:
+            cfg = FinetuneConfig(model="tiny", batch_size=2, max_images=4, epochs=1, max_steps=2, lr=1e-3,
+                                 ema_rate=0.9, n_samples=1, sample_respacing="2", seed=seed)
+        else:
+            cfg = FinetuneConfig(model="small", batch_size=small_batch, max_images=small_images, epochs=10**6,
+                                 max_steps=small_steps, lr=small_lr, ema_rate=0.98, n_samples=4,
+                                 sample_every=10**6, seed=seed, checkpoint_every=50)
+        train("base", crops_dir, out, cfg, sample_respacing=cfg.sample_respacing or "10", log=log)
+        train("upsampler", crops_dir, out, cfg, patch_size=64, sample_respacing=cfg.sample_respacing or "3", log=log)
+        return str(out)
+    # OpenAI's weights (cache: "official"; or a folder), optionally fine-tuned
+    if finetune_steps <= 0:
+        return weights
+    out = model_dir / "finetuned"
+    cfg = FinetuneConfig(model="official", init="official", cache_dir=cache_dir,
+                         official_folder=None if weights == "official" else weights, batch_size=finetune_batch,
+                         epochs=10**6, max_steps=finetune_steps, lr=finetune_lr, seed=seed,
+                         sample_every=10**6, checkpoint_every=500)
+    for kind in KINDS:
+        train(kind, crops_dir, out, cfg, log=log)
+    return str(out)
+
+
+def trained_from_scratch(weights: str) -> bool:
+    """True when ``weights`` is a folder whose models were all trained from scratch here (the
+    small / tiny CPU models: run them with few diffusion steps and a windowed upsampler)."""
+    meta = read_weights_json(weights) if weights not in ("official", "tiny-random") else {}
+    entries = meta.get("models", {}).values()
+    return bool(entries) and all(not e.get("official") and e.get("init") == "scratch" for e in entries)
