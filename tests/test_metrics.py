@@ -333,6 +333,37 @@ def test_fid_helper_features_match_the_package_and_separate_noise(tmp_path):
     assert "torch-fidelity" in s["versions"]
 
 
+def test_fid_helper_layers_compute_torchmetrics_inception(monkeypatch):
+    """default_1.pt's 94 conv + batch-norm layers, copied in order into torchmetrics' own
+    NoTrainInceptionV3 (torch-fidelity's TF-2015-12-05 port), give the same 2048-d features on
+    299 px input: the TorchScript file is that network (its weight VALUES cannot be compared
+    offline with torch-fidelity's file, which is not available here)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
+    with monkeypatch.context() as m:           # build the network without downloading weights
+        m.setattr(fe, "load_state_dict_from_url", lambda *a, **k: None)
+        m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd, *a, **k: None)
+        net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+    ours = M.make_feature_extractor("inception-fid-helper")
+    src = ours.net.state_dict()
+    layers_ts = [k[: -len(".weight")] for k in src if k.endswith(".weight")]
+    sd = net.state_dict()
+    layers_tm = [k[: -len(".conv.weight")] for k in sd if k.endswith(".conv.weight")]
+    assert len(layers_ts) == len(layers_tm) == 94
+    for a, b in zip(layers_ts, layers_tm):
+        assert src[a + ".weight"].shape == sd[b + ".conv.weight"].shape, (a, b)
+        sd[b + ".conv.weight"] = src[a + ".weight"]
+        sd[b + ".bn.weight"] = torch.ones_like(sd[b + ".bn.weight"])      # TF batch norm: no scale
+        sd[b + ".bn.bias"], sd[b + ".bn.running_mean"] = src[a + ".beta"], src[a + ".mean"]
+        sd[b + ".bn.running_var"] = src[a + ".var"]
+    net.load_state_dict(sd)
+    x = torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ours(x), net(x)
+    assert torch.allclose(a, b, atol=1e-4, rtol=1e-4) and a.abs().max() > 1
+
+
 def test_feature_settings_of_random_features_say_not_fid():
     s = M.feature_settings(M.RandomConvFeatures(seed=3), image_size=64)
     assert s["extractor"] == "local-random" and not s["is_fid"] and s["weights_file"] is None
