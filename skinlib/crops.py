@@ -37,6 +37,7 @@ resumed runs give byte-identical folders.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import re
 import warnings
@@ -540,6 +541,34 @@ def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> P
     return crops_dir
 
 
+def make_oracle_crops(real_crops, out_dir, n_patients: int | None = None, *, progress: bool = True) -> Path:
+    """The evaluation's positive control: crops of NEW patients rendered by the demo renderer
+    itself (the true distribution of the SYNTHETIC demo data), in ``out_dir/crops``.
+
+    Only for crops cut from the demo dataset (their ``summary.json`` names a demo dataset);
+    otherwise ValueError (on real data no oracle exists). The new patients use the demo's
+    sizes with another seed (``seed + 1``), ``n_patients`` of them (default: as many as the
+    demo had), cropped with the real crops' parameters (ill-skin crops + healthy bucket)."""
+    from .demo import METADATA, is_synthetic_dataset, make_demo_dataset
+
+    real_crops, out_dir = Path(real_crops), Path(out_dir)
+    summary_path = real_crops / "summary.json"
+    summary = load_json(summary_path) if summary_path.is_file() else {}
+    data_dir = Path(summary.get("data_dir", ""))
+    if not summary.get("data_dir") or not is_synthetic_dataset(data_dir):
+        raise ValueError(f"{real_crops} was not cut from the demo dataset: an oracle (new patients from the true "
+                         f"distribution) exists only for the SYNTHETIC demo data.")
+    demo = load_json(data_dir / METADATA)["params"]
+    sizes = {k: demo[k] for k in ("n_diseases", "n_patients", "n_examples", "n_photos", "min_side", "max_side")}
+    if n_patients is not None:
+        sizes["n_patients"] = n_patients
+    data = make_demo_dataset(out_dir / "demo_data", **sizes, seed=int(demo["seed"]) + 1, progress=progress)
+    accepted = inspect.signature(extract_crops).parameters       # the real crops' method parameters
+    params = {k: v for k, v in summary.get("params", {}).items() if k in accepted}
+    extract_crops(data, out_dir / "crops", progress=progress, **params)
+    return out_dir / "crops"
+
+
 def format_report(out_dir, max_rows: int = 20) -> str:
     """Human-readable report of a crops folder: skipped inputs, converted inputs (notes), the
     low-contrast bucket and photos that gave no crop; at most ``max_rows`` lines per part."""
@@ -577,4 +606,4 @@ def read_report(out_dir, name: str) -> list[dict[str, str]]:
 
 __all__ = ["CropParams", "Crop", "window_boxes", "window_coverage", "box_iou", "nms", "select_windows",
            "contrast_ratio", "region_pixels", "dominant_colour", "two_colour_mask", "crops_of_photo", "extract_crops",
-           "make_demo_crops", "read_report", "format_report"]
+           "make_demo_crops", "make_oracle_crops", "read_report", "format_report"]

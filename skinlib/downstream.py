@@ -1,31 +1,32 @@
-"""Downstream utility of synthetic images: does adding them help a small skin-illness classifier?
+"""Downstream utility: does adding synthetic images make a small skin-illness classifier better?
 
-A small CNN is trained on real crops only and on real + synthetic images of each generator,
-with the same budget (same number of optimiser steps, same batch size, same seed), on a
-patient-level train/validation/test split of the real crops (no patient in two splits); it is
-evaluated on the real test patients only. Repeated over several seeds (each seed: a new
-patient split, initialisation and batch order), reported as mean with a t-interval over seeds,
-and the gain over real-only as the paired difference per seed with its t-interval.
+Protocol (notebook 05, ``python -m skinlib.evaluate``):
 
-Tasks (``task="auto"`` picks "disease" when the real crops hold two or more diseases with at
-least three patients each, the minimum for a patient-level split with every disease in train,
-validation and test; otherwise "ill-vs-healthy"):
+* **Task** ``"rash-vs-healthy"`` (the default; the study's data has one disease): is a 256 px crop
+  ill (the crops of notebook 01, ill-skin coverage > 0.1) or healthy skin (the ``healthy/``
+  bucket: windows of the same photos with coverage <= 0.01)? Both classes come from the same
+  patients, so patient identity predicts nothing. ``"disease"`` (an option when the data has
+  several diseases with enough patients): which disease does an ill-skin crop show?
+* **Patients**: the test set is every crop of the *test* patients of notebook 01's split (fixed:
+  the generators never saw them); classifiers train on *train* patients only.
+* **Arms**, all with the same budget (``steps`` Adam steps of ``batch_size``, class-balanced
+  batches, the same seed and train patients within a repetition): ``real only``;
+  ``real + standard aug`` (flips, 90 degree rotations, colour jitter: the control a generator must
+  beat); ``real + <generator>`` (each batch element of a class is drawn from the generator's
+  images of that class with probability ``synthetic_share``, otherwise from the real ones);
+  ``real + oracle`` (new patients rendered by the demo renderer itself, the positive control;
+  demo data only); ``real + copies`` (duplicates of the train crops, the negative control); and
+  ``synthetic only: <generator>`` (the ill class only from the generator, healthy crops real).
+* **Data efficiency**: every arm with ``fractions`` (25 %, 50 %, 100 %) of the train patients
+  (a seeded subset per repetition; generator images derived from a real crop are used only
+  when that crop's patient is in the subset).
+* **Repetitions** ``repetitions`` x (seed, train subset); metrics (AUROC, balanced accuracy,
+  sensitivity at ``specificity``) with intervals and paired gains vs ``real only`` from the
+  two-level bootstrap of :mod:`skinlib.intervals`; per class, and per Fitzpatrick group where
+  skin types are known.
 
-``"disease"``  crop-level disease classification (crops resized to ``image_size``).
-    Synthetic label: the row's ``disease`` column (CVAE exports per class; GLIDE variants copy
-    their source crop's disease); otherwise the disease of the source crop named by
-    ``source_crop``. Images with no known disease (e.g. an unconditional DCGAN) cannot be used:
-    the generator is reported as not applicable, never guessed.
-``"ill-vs-healthy"``  patch-level: each crop is tiled into square patches of ``patch_fraction``
-    of its side; a patch is *ill* when at least ``ill_min`` of its pixels are ill skin in the
-    crop's mask, *healthy* when at most ``healthy_max`` are, and left out in between. Synthetic
-    images need a mask (``NNNNNN_mask.png``): GLIDE variants carry their source's mask, i.e. a
-    re-synthesised pixel keeps its source label (an assumption; ``max_edited_fraction`` < 1
-    drops patches that were edited more than that). Mask-free generators are not applicable.
-
-Leakage: a synthetic image derived from a real crop (``source_crop``/``patient`` columns) is used
-only when that crop's patient is in the training split of the seed. Generators trained on all
-crops (DCGAN/CVAE as run by notebooks 02/03) have seen the test patients; the notebook says so.
+Images are uint8 [N, 3, s, s] tensors in memory (RGB 0..255), converted to float in [-1, 1]
+per batch.
 """
 from __future__ import annotations
 
@@ -40,13 +41,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import CropDataset, list_crop_rows
-from .metrics import source_crop_of
+from .data import MANIFEST, list_crop_rows, natural_key
+from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
+from .io import load_json, read_csv
 
-TASKS = ("auto", "disease", "ill-vs-healthy")
+TASKS = ("auto", "rash-vs-healthy", "disease")
 REAL_ONLY = "real only"
-SPLITS = ("train", "val", "test")
-UNKNOWN_PATIENT = "?unknown source patient"
+AUGMENT = "real + standard aug"
+COPIES = "real + copies"
+ORACLE = "real + oracle"
+HEALTHY_DIR = "healthy"
+SKIN_GROUPS = {1: "I-II", 2: "I-II", 3: "III-IV", 4: "III-IV", 5: "V-VI", 6: "V-VI"}
 
 
 @dataclass
@@ -55,300 +60,244 @@ class DownstreamConfig:
 
     task: str = "auto"
     image_size: int = 64              # classifier input side, px
-    patch_fraction: float = 0.25      # ill-vs-healthy: patch side / crop side
-    ill_min: float = 0.3              # ill-vs-healthy: ill when >= this fraction of ill pixels
-    healthy_max: float = 0.02         # ill-vs-healthy: healthy when <= this fraction
-    max_edited_fraction: float = 1.0  # ill-vs-healthy: drop synthetic patches edited more than this
-    steps: int = 300                  # optimiser steps per run (every arm)
+    steps: int = 150                  # Adam steps per classifier (every arm)
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
-    synthetic_share: float = 0.5      # expected fraction of synthetic images in a batch (mixed arms)
-    val_every: int = 25               # validation loss every N steps; the best step is tested
-    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)   # train/val/test share of images
-    max_synthetic: int | None = None  # cap synthetic images per generator (seeded subset)
     width: int = 16                   # CNN width (channels of the first block)
+    synthetic_share: float = 0.5      # P(a batch element of a class comes from the synthetic images of that class)
+    fractions: tuple[float, ...] = (0.25, 0.5, 1.0)   # shares of the train patients (data-efficiency curve)
+    repetitions: int = 4              # (seed, train subset) repetitions per arm and fraction
+    seed: int = 0
+    specificity: float = 0.9          # sensitivity is reported at this specificity
+    n_boot: int = 1000                # bootstrap draws
+    max_synthetic: int | None = 2000  # at most this many images per generator (seeded subset)
+    synthetic_only: bool = True       # also train on synthetic ill-skin images only (100 % fraction)
     device: str | None = None
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
+            raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
+        if self.repetitions < 2:
+            raise ValueError(f"repetitions must be >= 2 for an interval, got {self.repetitions}")
+        if not 0 <= self.synthetic_share <= 1:
+            raise ValueError(f"synthetic_share must be in [0, 1], got {self.synthetic_share}")
 
 
 @dataclass
 class Examples:
-    """Classifier examples. ``x`` uint8 [N, 3, s, s] (RGB 0..255; 4x less memory than float,
-    converted to [-1, 1] per batch by :func:`to_float`); ``y`` int64 [N]; ``patient`` and
-    ``crop`` (file name of the real crop it comes from, "" when none) per example."""
+    """Classifier examples: ``x`` uint8 [N, 3, s, s]; ``y`` int64 [N]; per example the
+    ``patient`` (for a generated image: its source crop's patient, "" when none), the ``file``
+    it was read from and the Fitzpatrick ``group`` ("" when unknown)."""
 
     x: torch.Tensor
     y: torch.Tensor
     patient: list[str]
-    crop: list[str]
+    file: list[str]
+    group: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return int(self.y.shape[0])
+        return len(self.y)
 
     def subset(self, idx) -> "Examples":
-        idx = np.asarray(idx, dtype=int)
+        idx = [int(i) for i in idx]
         t = torch.as_tensor(idx, dtype=torch.long)
-        return Examples(self.x[t], self.y[t], [self.patient[i] for i in idx], [self.crop[i] for i in idx])
+        return Examples(self.x[t], self.y[t], [self.patient[i] for i in idx], [self.file[i] for i in idx],
+                        [self.group[i] for i in idx] if self.group else [])
 
-
-def _say(msg: str, verbose: bool = True) -> None:
-    if verbose:
-        print(f"[downstream] {msg}")
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [..] in [-1, 1] -> uint8 0..255 (rounded)."""
-    return ((x.float() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    @staticmethod
+    def concat(parts: Sequence["Examples"]) -> "Examples":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise ValueError("no examples")
+        return Examples(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
+                        [a for p in parts for a in p.patient], [a for p in parts for a in p.file],
+                        [a for p in parts for a in (p.group or [""] * len(p))])
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 0..255 -> float32 in [-1, 1]; float input is returned as float32."""
-    return x.float() / 127.5 - 1.0 if x.dtype == torch.uint8 else x.float()
+    """uint8 [N, 3, s, s] -> float32 in [-1, 1]."""
+    return x.float() / 127.5 - 1.0
+
+
+def load_images(paths: Sequence[Path], size: int, *, desc: str = "", progress: bool = False) -> torch.Tensor:
+    """uint8 [N, 3, size, size] of RGB images (antialiased bilinear resize); a missing or
+    unreadable file is an error naming it."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for i, p in enumerate(tqdm(paths, desc=desc or "loading images", disable=not progress, leave=False)):
+        try:
+            with Image.open(p) as im:
+                im = im.convert("RGB")
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.BILINEAR)
+                out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot read image {p}: {e}. Fix: re-create it (re-run the notebook that made "
+                             f"it) or remove its row from the manifest beside it.") from e
+    return out
 
 
 # ----------------------------------------------------------------------------------------
-# examples from folders
+# real and generated examples
 # ----------------------------------------------------------------------------------------
 def choose_task(real_rows: Sequence[Mapping[str, str]], task: str = "auto") -> str:
+    """``"auto"`` -> ``"rash-vs-healthy"`` (the study's setting) ; an explicit task is checked:
+    ``"disease"`` needs two or more diseases."""
     if task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {task!r}")
-    if task != "auto":
+    if task == "disease":
+        diseases = {r.get("disease", "") for r in real_rows}
+        if len(diseases) < 2:
+            raise ValueError(f"task 'disease' needs crops of two or more diseases, found {sorted(diseases)}; "
+                             f"use task='rash-vs-healthy'.")
         return task
-    patients: dict[str, set] = {}
-    for r in real_rows:
-        if r.get("disease"):
-            patients.setdefault(r["disease"], set()).add(r.get("patient", ""))
-    ok = len(patients) >= 2 and all(len(p) >= 3 for p in patients.values())
-    return "disease" if ok else "ill-vs-healthy"
+    return "rash-vs-healthy"
 
 
 def class_names(task: str, real_rows: Sequence[Mapping[str, str]]) -> list[str]:
-    if task == "ill-vs-healthy":
-        return ["healthy", "ill"]
-    names = sorted({r.get("disease", "") for r in real_rows} - {""})
-    if len(names) < 2:
-        raise ValueError(f"task 'disease' needs crops of at least two diseases (manifest column disease); "
-                         f"found {names}. Use task='ill-vs-healthy'.")
-    return names
+    if task == "disease":
+        return sorted({r["disease"] for r in real_rows})
+    return ["healthy", "ill"]
 
 
-def _patient_of(row: Mapping[str, str], i: int, folder: Path) -> str:
-    if row.get("patient"):
-        return row["patient"]
-    raise ValueError(f"{folder / 'manifest.csv'}: row {i} ({row.get('image')}) has no patient: a patient-level split "
-                     f"needs the `patient` column that notebook 01 writes; re-run the cropping.")
+def skin_types(real_dir) -> dict[str, int]:
+    """patient -> Fitzpatrick type (1-6) where known: the demo dataset's ``demo_manifest.csv`` or
+    an optional ``metadata.csv`` (columns ``patient``, ``fitzpatrick``) in the dataset root
+    (see data_README.md); found through the crops' ``summary.json``. Empty when unknown."""
+    summary = Path(real_dir) / "summary.json"
+    if not summary.is_file():
+        return {}
+    root = Path(load_json(summary).get("data_dir", ""))
+    out: dict[str, int] = {}
+    for name in ("metadata.csv", "demo_manifest.csv"):
+        path = root / name
+        if path.is_file():
+            for r in read_csv(path):
+                value = (r.get("fitzpatrick") or "").strip()
+                if r.get("patient") and value:
+                    try:
+                        t = int(float(value))
+                    except ValueError as e:
+                        raise ValueError(f"{path}: fitzpatrick {value!r} of patient {r['patient']} is not 1-6. "
+                                         f"Fix the value or leave it empty.") from e
+                    if not 1 <= t <= 6:
+                        raise ValueError(f"{path}: fitzpatrick {t} of patient {r['patient']} is not 1-6.")
+                    out[r["patient"]] = t
+    return out
 
 
-def _mask_path(folder: Path, row: Mapping[str, str]) -> Path | None:
-    name = row.get("mask") or f"{Path(row['image']).stem}_mask.png"
-    path = folder / name
-    return path if path.is_file() else None
+@dataclass
+class RealData:
+    """All real examples of a crops folder with their side of the patient split."""
+
+    examples: Examples
+    split: np.ndarray          # [N] "train" / "test"
+    classes: list[str]
+    task: str
+
+    def side(self, name: str) -> Examples:
+        return self.examples.subset(np.flatnonzero(self.split == name))
 
 
-def _edit_mask(folder: Path, row: Mapping[str, str], size) -> np.ndarray | None:
-    from PIL import Image
-
-    name = row.get("edit") or row.get("edit_mask") or f"{Path(row['image']).stem}_edit.png"
-    path = folder / name
-    if not path.is_file():
-        return None
-    with Image.open(path) as m:
-        m = m.convert("L")
-        if m.size != size:
-            m = m.resize(size, Image.NEAREST)
-        return np.asarray(m) > 127
-
-
-def _patches(image: torch.Tensor, mask: torch.Tensor, cfg: DownstreamConfig, edited: np.ndarray | None = None):
-    """Tile one crop: yields (patch [3, s, s] at cfg.image_size, label 0/1) for unambiguous patches."""
-    _, h, w = image.shape
-    p = max(1, int(round(min(h, w) * cfg.patch_fraction)))
-    for y0 in range(0, h - p + 1, p):
-        for x0 in range(0, w - p + 1, p):
-            cov = float(mask[0, y0:y0 + p, x0:x0 + p].mean())
-            if edited is not None and edited[y0:y0 + p, x0:x0 + p].mean() > cfg.max_edited_fraction:
-                continue
-            if cov >= cfg.ill_min:
-                label = 1
-            elif cov <= cfg.healthy_max:
-                label = 0
-            else:
-                continue
-            patch = image[:, y0:y0 + p, x0:x0 + p][None]
-            if p != cfg.image_size:
-                patch = F.interpolate(patch, size=(cfg.image_size, cfg.image_size), mode="bilinear",
-                                      align_corners=False, antialias=True)
-            yield patch[0].clamp(-1, 1), label
-
-
-def real_examples(real_crops, task: str, classes: Sequence[str], cfg: DownstreamConfig) -> Examples:
-    """Examples of the real crops (every crop for "disease", its patches for "ill-vs-healthy")."""
-    folder = Path(real_crops)
-    size = cfg.image_size if task == "disease" else None
-    ds = CropDataset(folder, image_size=size, classes=list(classes))
-    xs, ys, patients, crops = [], [], [], []
-    for i, row in enumerate(ds.rows):
-        patient = _patient_of(row, i, folder)
-        image, mask, _ = ds[i]
-        if task == "disease":
-            if row.get("disease", "") not in classes:
-                continue
-            xs.append(image)
-            ys.append(classes.index(row["disease"]))
-            patients.append(patient)
-            crops.append(row["image"])
-        else:
-            if _mask_path(folder, row) is None:
-                raise ValueError(f"{folder}: crop {row['image']} has no mask file; the ill-vs-healthy task "
-                                 f"labels patches from the masks notebook 01 writes.")
-            for patch, label in _patches(image, mask, cfg):
-                xs.append(patch)
-                ys.append(label)
-                patients.append(patient)
-                crops.append(row["image"])
-    if not xs:
-        raise ValueError(f"{folder}: no usable examples for task {task!r} (check masks / thresholds).")
-    return Examples(to_uint8(torch.stack(xs)), torch.tensor(ys, dtype=torch.long), patients, crops)
+def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) -> RealData:
+    """The real crops of notebook 01 (and, for rash-vs-healthy, its ``healthy/`` bucket) as
+    classifier examples; every row must carry a ``split`` (clear error otherwise)."""
+    real_dir = Path(real_dir)
+    rows = list_crop_rows(real_dir)
+    if "split" not in rows[0]:
+        list_crop_rows(real_dir, split="train")     # raises the clear "no split column" error
+    task = choose_task(rows, cfg.task)
+    classes = class_names(task, rows)
+    files, labels, patients, splits = [], [], [], []
+    for r in rows:
+        files.append(real_dir / r["image"])
+        labels.append(classes.index(r["disease"]) if task == "disease" else 1)
+        patients.append(r["patient"])
+        splits.append(r["split"])
+    if task == "rash-vs-healthy":
+        healthy_manifest = real_dir / HEALTHY_DIR / MANIFEST
+        if not healthy_manifest.is_file():
+            raise FileNotFoundError(
+                f"{healthy_manifest} not found: the rash-vs-healthy task needs the healthy-skin windows that "
+                f"notebook 01 writes beside the crops. Fix: re-run notebook 01 (healthy_max_coverage = 0.01).")
+        healthy = read_csv(healthy_manifest)
+        if healthy and "split" not in healthy[0]:
+            raise ValueError(f"{healthy_manifest} has no 'split' column: re-run notebook 01.")
+        for r in healthy:
+            files.append(real_dir / HEALTHY_DIR / r["image"])
+            labels.append(0)
+            patients.append(r["patient"])
+            splits.append(r["split"])
+    types = skin_types(real_dir)
+    x = load_images(files, cfg.image_size, desc="real crops", progress=progress)
+    ex = Examples(x, torch.as_tensor(labels, dtype=torch.long), patients, [str(f) for f in files],
+                  [SKIN_GROUPS.get(types.get(p, 0), "") for p in patients])
+    return RealData(ex, np.asarray(splits), classes, task)
 
 
-def synthetic_examples(folder, task: str, classes: Sequence[str], cfg: DownstreamConfig, *,
-                       real_crops=None, real_rows: Sequence[Mapping[str, str]] = (), seed: int = 0,
-                       verbose: bool = True) -> tuple[Examples | None, str]:
-    """Labelled examples of a generator folder (see the module docstring for the labelling rule).
+def synthetic_examples(folder, real: RealData, real_dir, cfg: DownstreamConfig, *, name: str = "",
+                       progress: bool = False) -> tuple[Examples, str]:
+    """A generator's images as examples: ``(examples, note)``.
 
-    Returns (examples or None, note). ``note`` says how many images were used / why none could be.
-    ``crop``/``patient`` of an example name the real source crop/patient ("" when not derived
-    from one) for the leakage filter.
-    """
-    from PIL import Image
-
+    Label: a ``label`` column (``ill`` / ``healthy``) where the generator says what it made
+    (e.g. GLIDE squares-healthy with a healthy-skin prompt); otherwise rash-vs-healthy: ill;
+    disease task: the row's ``disease``. For inpainting variants with a carried mask, a variant
+    counts as ill only when its ill-skin fraction outside the edited area is still above 0.1.
+    The patient is the source crop's (``source_patient`` / ``patient`` column) when the image was
+    derived from one. At most ``cfg.max_synthetic`` images (seeded subset)."""
     folder = Path(folder)
-    rows = [r for r in list_crop_rows(folder) if not Path(r["image"]).stem.endswith("_edit")]
-    if cfg.max_synthetic is not None and len(rows) > cfg.max_synthetic:
-        pick = np.sort(np.random.default_rng(seed).choice(len(rows), size=cfg.max_synthetic, replace=False))
-        rows = [rows[i] for i in pick]
-    by_name = {r["image"]: r for r in real_rows}
-    xs, ys, patients, crops = [], [], [], []
-    unlabelled = unreadable = 0
-    for row in rows:
-        src_path = source_crop_of(row, folder, real_crops)
-        src_row = by_name.get(src_path.name) if src_path is not None else None
-        crop = src_row["image"] if src_row else ""
-        derived = src_row is not None or bool(row.get("source_crop") or row.get("source_image"))
-        # derived from a real crop whose patient is unknown -> UNKNOWN_PATIENT, never used
-        patient = ((src_row or {}).get("patient") or row.get("patient") or UNKNOWN_PATIENT) if derived else ""
-        try:
-            with Image.open(folder / row["image"]) as im:
-                im = im.convert("RGB")
-                if task == "disease" and im.size != (cfg.image_size, cfg.image_size):
-                    im = im.resize((cfg.image_size, cfg.image_size), Image.BICUBIC)
-                arr = np.asarray(im, dtype=np.float32)
-        except (OSError, ValueError, SyntaxError):
-            unreadable += 1
-            continue
-        image = (torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0).clamp(-1, 1)
-        if task == "disease":
-            disease = row.get("disease", "") or (src_row or {}).get("disease", "")
-            if disease not in classes:
-                unlabelled += 1
+    rows = list_crop_rows(folder)
+    keep_rows, labels, dropped = [], [], 0
+    for r in rows:
+        label = (r.get("label") or "").strip().lower()
+        if real.task == "disease":
+            disease = r.get("disease", "")
+            if disease not in real.classes:
+                dropped += 1
                 continue
-            xs.append(image)
-            ys.append(list(classes).index(disease))
-            patients.append(patient)
-            crops.append(crop)
+            labels.append(real.classes.index(disease))
+        elif label in ("healthy", "ill", ""):
+            if label != "healthy" and r.get("ill_fraction") not in (None, ""):
+                ill_outside = float(r["ill_fraction"]) - float(r.get("ill_edited_fraction") or 0)
+                if ill_outside <= 0.1:
+                    dropped += 1
+                    continue
+            labels.append(0 if label == "healthy" else 1)
         else:
-            mpath = _mask_path(folder, row)
-            if mpath is None:
-                unlabelled += 1
-                continue
-            with Image.open(mpath) as m:
-                m = m.convert("L")
-                if m.size != (image.shape[2], image.shape[1]):
-                    m = m.resize((image.shape[2], image.shape[1]), Image.NEAREST)
-                mask = torch.from_numpy((np.asarray(m) > 127).astype(np.float32))[None]
-            edited = _edit_mask(folder, row, (image.shape[2], image.shape[1]))
-            for patch, label in _patches(image, mask, cfg, edited):
-                xs.append(patch)
-                ys.append(label)
-                patients.append(patient)
-                crops.append(crop)
-    extra = f", {unreadable} unreadable" if unreadable else ""
-    if not xs:
-        why = ("no image carries a disease label (manifest column disease, or a source_crop of a "
-               "labelled real crop)" if task == "disease" else
-               "no image has an ill-skin mask (NNNNNN_mask.png) to label patches")
-        return None, f"not applicable: {why} ({len(rows)} images{extra})"
-    what = "images" if task == "disease" else "patches"
-    note = f"{len(xs)} labelled {what} from {len(rows)} images"
-    if unlabelled:
-        note += f"; {unlabelled} images without a label left out"
-    note += extra
-    _say(f"{folder}: {note}", verbose)
-    return Examples(to_uint8(torch.stack(xs)), torch.tensor(ys, dtype=torch.long), patients, crops), note
+            raise ValueError(f"{folder / MANIFEST}: unknown label {label!r} (expected 'ill' or 'healthy')")
+        keep_rows.append(r)
+    if not keep_rows:
+        raise ValueError(f"{folder}: no image usable for the {real.task} task ({dropped} without a usable label)")
+    order = np.arange(len(keep_rows))
+    if cfg.max_synthetic is not None and len(order) > cfg.max_synthetic:
+        order = np.sort(np.random.default_rng(cfg.seed).choice(len(order), cfg.max_synthetic, replace=False))
+    keep_rows = [keep_rows[i] for i in order]
+    labels = [labels[i] for i in order]
+    patients = [r.get("source_patient") or (r.get("patient", "") if r.get("source_crop") else "") for r in keep_rows]
+    x = load_images([folder / r["image"] for r in keep_rows], cfg.image_size, desc=f"{name} images", progress=progress)
+    counts = np.bincount(labels, minlength=len(real.classes))
+    note = (f"{len(keep_rows)} images used ("
+            + ", ".join(f"{c}: {n}" for c, n in zip(real.classes, counts) if n) + ")"
+            + (f"; {dropped} left out (no usable label / too little ill skin outside the edits)" if dropped else "")
+            + (f"; capped at {cfg.max_synthetic}" if cfg.max_synthetic is not None and len(rows) > cfg.max_synthetic else ""))
+    return Examples(x, torch.as_tensor(labels, dtype=torch.long), patients, [str(folder / r["image"]) for r in keep_rows],
+                    [""] * len(keep_rows)), note
 
 
 # ----------------------------------------------------------------------------------------
-# patient-level split
-# ----------------------------------------------------------------------------------------
-def patient_split(patients: Sequence[str], labels: Sequence[int], seed: int,
-                  fractions: Sequence[float] = (0.6, 0.2, 0.2), tries: int = 200) -> np.ndarray:
-    """Assign every example to "train"/"val"/"test" with no patient in two splits.
-
-    Patients are shuffled (seeded) and each goes to the split furthest below its target share
-    of examples. Up to ``tries`` shuffles are drawn until every class is present in every split
-    (else in train and test; else ValueError). Returns an array of split names per example.
-    """
-    patients = list(patients)
-    labels = np.asarray(labels)
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(patients):
-        groups.setdefault(p, []).append(i)
-    keys = sorted(groups)
-    if len(keys) < 3:
-        raise ValueError(f"a patient-level train/val/test split needs at least 3 patients, found {len(keys)} "
-                         f"({keys}); add data from more patients.")
-    frac = np.asarray(fractions, dtype=np.float64)
-    if frac.shape != (3,) or (frac <= 0).any():
-        raise ValueError(f"fractions must be three positive shares (train, val, test), got {fractions}")
-    frac = frac / frac.sum()
-    classes = set(labels.tolist())
-    rng = np.random.default_rng(seed)
-    fallback = None
-    for _ in range(tries):
-        order = rng.permutation(len(keys))
-        counts = np.zeros(3)
-        assign = np.empty(len(patients), dtype=object)
-        for j, k in enumerate(order):
-            idx = groups[keys[k]]
-            remaining = len(keys) - j
-            empty = [s for s in range(3) if counts[s] == 0]
-            if empty and remaining <= len(empty):
-                s = empty[0]                               # every split gets a patient
-            else:
-                s = int(np.argmax(frac * (counts.sum() + len(idx)) - counts))
-            counts[s] += len(idx)
-            assign[idx] = SPLITS[s]
-        present = [set(labels[assign == s].tolist()) for s in SPLITS]
-        if all(p == classes for p in present):
-            return assign
-        if fallback is None and present[0] == classes and present[2] == classes:
-            fallback = assign
-    if fallback is not None:
-        return fallback
-    raise ValueError(f"no patient-level split with every class ({sorted(classes)}) in train and test after "
-                     f"{tries} shuffles of {len(keys)} patients: add patients or use fewer classes.")
-
-
-# ----------------------------------------------------------------------------------------
-# model, training, evaluation
+# model and training
 # ----------------------------------------------------------------------------------------
 class SmallCNN(nn.Module):
     """Four conv-BN-ReLU-maxpool blocks, global average pool, linear head.
 
-    ``x``: float [N, 3, S, S] in [-1, 1] -> logits [N, num_classes].
-    """
+    ``x``: float [N, 3, S, S] in [-1, 1] -> logits [N, num_classes]."""
 
-    def __init__(self, num_classes: int, width: int = 32, dropout: float = 0.2):
+    def __init__(self, num_classes: int, width: int = 16, dropout: float = 0.2):
         super().__init__()
         chans = [3, width, width * 2, width * 4, width * 4]
         layers: list[nn.Module] = []
@@ -362,36 +311,24 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-@torch.no_grad()
-def predict_proba(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256, device=None) -> np.ndarray:
-    """Class probabilities [N, C] (numpy float64) of images ``x`` (uint8 or float in [-1, 1])."""
-    model.eval()
-    dev = device or next(model.parameters()).device
-    out = [F.softmax(model(to_float(x[i:i + batch_size].to(dev))).float(), dim=1).cpu()
-           for i in range(0, len(x), batch_size)]
-    return torch.cat(out).double().numpy()
-
-
-def classification_metrics(y: np.ndarray, proba: np.ndarray) -> dict[str, float]:
-    """accuracy; F1 (binary: of class 1; multiclass: macro); AUC (binary ROC AUC; multiclass:
-    one-vs-rest macro). AUC is nan when a class is missing from ``y``."""
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
-
-    y = np.asarray(y)
-    n_classes = proba.shape[1]
-    pred = proba.argmax(axis=1)
-    acc = accuracy_score(y, pred)
-    if n_classes == 2:
-        f1 = f1_score(y, pred, average="binary", pos_label=1, zero_division=0)
-    else:
-        f1 = f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0)
-    if len(set(y.tolist())) < n_classes:
-        auc = float("nan")
-    elif n_classes == 2:
-        auc = roc_auc_score(y, proba[:, 1])
-    else:
-        auc = roc_auc_score(y, proba, multi_class="ovr", average="macro", labels=list(range(n_classes)))
-    return {"accuracy": float(acc), "f1": float(f1), "auc": float(auc)}
+def standard_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The standard-augmentation control: random horizontal/vertical flips, a random multiple of
+    90 degrees, and colour jitter (brightness, contrast, saturation x U(0.8, 1.2)) of a uint8
+    batch [N, 3, s, s]; returns uint8."""
+    n = len(x)
+    flips = torch.rand(n, 2, generator=g) < 0.5
+    x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
+    x = torch.where(flips[:, 1, None, None, None], x.flip(2), x)
+    k = torch.randint(0, 4, (n,), generator=g)
+    x = torch.stack([torch.rot90(xi, int(ki), dims=(1, 2)) for xi, ki in zip(x, k)])
+    f = x.float()
+    b, c, s = (0.8 + 0.4 * torch.rand(3, n, 1, 1, 1, generator=g))
+    f = f * b
+    mean = f.mean(dim=(1, 2, 3), keepdim=True)
+    f = mean + (f - mean) * c
+    grey = (0.299 * f[:, :1] + 0.587 * f[:, 1:2] + 0.114 * f[:, 2:3])
+    f = grey + (f - grey) * s
+    return f.clamp(0, 255).round().to(torch.uint8)
 
 
 def _device(name) -> torch.device:
@@ -400,235 +337,223 @@ def _device(name) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def train_classifier(train: Examples, val: Examples, num_classes: int, cfg: DownstreamConfig, *,
-                     seed: int, synthetic: Examples | None = None) -> tuple[nn.Module, dict]:
+def train_classifier(real: Examples, num_classes: int, cfg: DownstreamConfig, *, seed: int,
+                     synthetic: Examples | None = None, augment: bool = False,
+                     real_classes: Sequence[int] | None = None) -> nn.Module:
     """Train :class:`SmallCNN` for exactly ``cfg.steps`` Adam steps of ``cfg.batch_size``.
 
-    Each batch element comes from ``synthetic`` with probability ``cfg.synthetic_share`` (when
-    given) and otherwise from ``train``, uniformly with replacement; random flips. Init, batch
-    order and flips are drawn from generators seeded with ``seed``, so arms with the same seed
-    start from the same network. The state with the lowest validation loss (checked every
-    ``cfg.val_every`` steps and at the end) is returned. Info: best_step, best_val_loss.
-    """
+    Batches are class-balanced: each element's class is uniform over the classes; it comes from
+    ``synthetic``'s images of that class with probability ``cfg.synthetic_share`` (when there are
+    any) and otherwise from ``real``'s, uniformly with replacement. ``real_classes`` limits which
+    classes may come from real images (synthetic-only arms). Init and batch draws are seeded with
+    ``seed``, so arms of one repetition start from the same network. Returns the final model."""
     dev = _device(cfg.device)
     torch.manual_seed(seed)
     model = SmallCNN(num_classes, width=cfg.width).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
-    pools = [train] + ([synthetic] if synthetic is not None and len(synthetic) else [])
-    best = (math.inf, 0, copy.deepcopy(model.state_dict()))
-    vx, vy = val.x.to(dev), val.y.to(dev)
-
-    def val_loss() -> float:
-        model.eval()
-        with torch.no_grad():
-            loss = sum(F.cross_entropy(model(to_float(vx[i:i + 256])), vy[i:i + 256], reduction="sum").item()
-                       for i in range(0, len(vx), 256))
-        model.train()
-        return loss / max(1, len(vx))
-
+    allowed = set(range(num_classes) if real_classes is None else real_classes)
+    real_idx = [torch.nonzero(real.y == c).flatten() if c in allowed else torch.empty(0, dtype=torch.long)
+                for c in range(num_classes)]
+    syn_idx = [torch.nonzero(synthetic.y == c).flatten() if synthetic is not None else torch.empty(0, dtype=torch.long)
+               for c in range(num_classes)]
+    for c in range(num_classes):
+        if not len(real_idx[c]) and not len(syn_idx[c]):
+            raise ValueError(f"class {c} has no training image (real or synthetic) in this arm")
     model.train()
     for step in range(1, cfg.steps + 1):
-        if len(pools) == 2:
-            from_syn = torch.rand(cfg.batch_size, generator=g) < cfg.synthetic_share
-        else:
-            from_syn = torch.zeros(cfg.batch_size, dtype=torch.bool)
-        xb = torch.empty(cfg.batch_size, *train.x.shape[1:], dtype=train.x.dtype)
-        yb = torch.empty(cfg.batch_size, dtype=torch.long)
-        for k, pool in enumerate(pools):
-            sel = from_syn if k == 1 else ~from_syn
-            n = int(sel.sum())
-            if n:
-                idx = torch.randint(len(pool), (n,), generator=g)
-                xb[sel], yb[sel] = pool.x[idx], pool.y[idx]
-        flip = torch.rand(cfg.batch_size, 2, generator=g) < 0.5
-        xb = torch.where(flip[:, 0, None, None, None], xb.flip(3), xb)
-        xb = torch.where(flip[:, 1, None, None, None], xb.flip(2), xb)
-        loss = F.cross_entropy(model(to_float(xb.to(dev))), yb.to(dev))
+        cls = torch.randint(0, num_classes, (cfg.batch_size,), generator=g)
+        u = torch.rand(cfg.batch_size, generator=g)
+        xb = torch.empty(cfg.batch_size, *real.x.shape[1:], dtype=torch.uint8)
+        for i in range(cfg.batch_size):
+            c = int(cls[i])
+            use_syn = len(syn_idx[c]) and (not len(real_idx[c]) or u[i] < cfg.synthetic_share)
+            pool, src = (syn_idx[c], synthetic) if use_syn else (real_idx[c], real)
+            xb[i] = src.x[pool[int(torch.randint(len(pool), (1,), generator=g))]]
+        if augment:
+            xb = standard_augment(xb, g)
+        loss = F.cross_entropy(model(to_float(xb.to(dev))), cls.to(dev))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"classifier loss became {loss.item()} at step {step}: lower lr (now {cfg.lr}).")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % cfg.val_every == 0 or step == cfg.steps:
-            vl = val_loss()
-            if vl < best[0]:
-                best = (vl, step, copy.deepcopy(model.state_dict()))
-    model.load_state_dict(best[2])
     model.eval()
-    return model, {"best_step": best[1], "best_val_loss": best[0]}
+    return model
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities [N, C] (float64) of uint8 images ``x`` [N, 3, s, s]."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [F.softmax(model(to_float(x[i:i + batch_size].to(dev))).float(), dim=1).cpu()
+           for i in range(0, len(x), batch_size)]
+    return torch.cat(out).double().numpy()
 
 
 # ----------------------------------------------------------------------------------------
-# experiment
+# the protocol
 # ----------------------------------------------------------------------------------------
+@dataclass
+class Arm:
+    """One way of training: ``pool`` synthetic examples (None: real only), ``augment`` the
+    standard augmentation, ``synthetic_only``: the ill class only from ``pool``."""
+
+    name: str
+    pool: Examples | None = None
+    augment: bool = False
+    synthetic_only: bool = False
+    generator: str = ""
+
+
 @dataclass
 class DownstreamResult:
     task: str
     classes: list[str]
     config: dict
-    per_seed: list[dict]                    # one row per (arm, seed)
-    summary: list[dict]                     # one row per arm: means, CIs, gains
-    notes: dict[str, str] = field(default_factory=dict)   # generator -> labelling note / why not applicable
+    n_train_patients: int
+    n_test_patients: int
+    n_test: dict                       # class -> test examples
+    arms: dict                         # arm name -> {"status", "reason", "fractions": {f: summary}}
+    per_run: list[dict]                # one row per (arm, fraction, repetition): point metrics
+    notes: dict
 
 
-def t_interval(values: Sequence[float], confidence: float = 0.95,
-               bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
-    """(mean, low, high) Student-t confidence interval of the mean (nan values ignored);
-    low/high nan for < 2 values; clipped to ``bounds`` (the metric's range) when given."""
-    from scipy import stats
-
-    v = np.asarray([x for x in values if not np.isnan(x)], dtype=np.float64)
-    if len(v) == 0:
-        return float("nan"), float("nan"), float("nan")
-    m = float(v.mean())
-    if len(v) < 2:
-        return m, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-    low, high = m - half, m + half
-    if bounds is not None:
-        low, high = max(low, bounds[0]), min(high, bounds[1])
-    return m, low, high
-
-
-METRICS = ("accuracy", "f1", "auc")
-
-
-def summarize(per_seed: Sequence[Mapping], confidence: float = 0.95) -> list[dict]:
-    """Per arm: ``<metric>``, ``<metric> low``, ``<metric> high`` (t-interval over seeds, clipped
-    to [0, 1]) and, for the mixed arms, ``<metric> gain`` (+ low/high, clipped to [-1, 1]): the
-    paired per-seed difference to real-only."""
-    arms = list(dict.fromkeys(r["arm"] for r in per_seed))
-    base = {r["seed"]: r for r in per_seed if r["arm"] == REAL_ONLY}
-    out = []
-    for arm in arms:
-        rows = [r for r in per_seed if r["arm"] == arm]
-        s = {"arm": arm, "generator": rows[0].get("generator", ""), "seeds": len(rows),
-             "n_train_real": int(np.mean([r["n_train_real"] for r in rows])),
-             "n_train_synthetic": int(np.mean([r["n_train_synthetic"] for r in rows]))}
-        for m in METRICS:
-            s[m], s[f"{m} low"], s[f"{m} high"] = t_interval([r[m] for r in rows], confidence, (0.0, 1.0))
-        if arm != REAL_ONLY and base:
-            for m in METRICS:
-                diffs = [r[m] - base[r["seed"]][m] for r in rows if r["seed"] in base]
-                s[f"{m} gain"], s[f"{m} gain low"], s[f"{m} gain high"] = t_interval(diffs, confidence, (-1.0, 1.0))
-        out.append(s)
+def train_subsets(patients: Sequence[str], fractions: Sequence[float], repetitions: int, seed: int,
+                  min_patients: int = 2) -> dict[tuple[float, int], list[str]]:
+    """The train patients of each (fraction, repetition): ``max(min_patients, round(f * n))``
+    patients drawn without replacement (seeded per repetition and fraction; all at f = 1)."""
+    ids = sorted(set(patients), key=natural_key)
+    out = {}
+    for f in fractions:
+        k = min(len(ids), max(min_patients, int(math.floor(f * len(ids) + 0.5))))
+        for r in range(repetitions):
+            if k == len(ids):
+                out[(f, r)] = list(ids)
+            else:
+                pick = np.random.default_rng([seed, r, int(round(f * 1000))]).choice(len(ids), k, replace=False)
+                out[(f, r)] = [ids[i] for i in sorted(pick)]
     return out
 
 
-def run_downstream(real_crops, generators: Mapping[str, str | Path | None], *,
-                   seeds: Sequence[int] = (0, 1, 2), config: DownstreamConfig | None = None,
-                   progress: bool = True, verbose: bool = True) -> DownstreamResult:
-    """Train real-only and real + each generator's images, ``len(seeds)`` times each.
+def _metric_fn(name: str, specificity: float):
+    return lambda w, y, p: metric_draws(name, w, y, p, specificity=specificity)
 
-    ``generators`` maps a name to a crop-format folder (None / missing folders are left out with a
-    note). Returns per-seed test metrics on the real test patients and their summary.
-    """
+
+def _summaries(plan: BootstrapPlan, y: np.ndarray, groups: np.ndarray, probas: list[np.ndarray],
+               base: list[np.ndarray] | None, classes: list[str], cfg: DownstreamConfig) -> dict:
+    out: dict = {"metrics": {}, "gain": {}, "per_class": {}, "per_skin_type": {}}
+    for m in METRICS:
+        fn = _metric_fn(m, cfg.specificity)
+        out["metrics"][m] = summarize_metric(plan, y, probas, fn)
+        if base is not None:
+            out["gain"][m] = summarize_metric(plan, y, probas, fn, baseline=base)
+    for c, cname in enumerate(classes):
+        out["per_class"][cname] = summarize_metric(plan, y, probas, lambda w, yy, p, c=c: class_recall_draws(w, yy, p, c))
+    for grp in sorted({g for g in groups if g}):
+        keep = groups == grp
+        if len(set(y[keep].tolist())) < len(classes):
+            continue
+        sub = plan.subset(keep)
+        out["per_skin_type"][grp] = {"auroc": summarize_metric(sub, y[keep], [p[keep] for p in probas],
+                                                                _metric_fn("auroc", cfg.specificity)),
+                                     "n_test": int(keep.sum()), "n_patients": sub.n_patients}
+    return out
+
+
+def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: DownstreamConfig, real: RealData, *,
+                   oracle: Examples | None = None, refused: Mapping[str, str] | None = None,
+                   progress: bool = True) -> DownstreamResult:
+    """Train and test every arm (see the module docstring) and summarise with intervals.
+
+    ``generators``: name -> that generator's examples (checked for leaks beforehand, see
+    :mod:`skinlib.provenance`); ``refused``: name -> why a generator was refused (its arm is
+    reported as refused, never trained). A failure inside one arm marks that arm ``failed`` with
+    the reason; the others go on."""
     from tqdm.auto import tqdm
 
-    cfg = copy.deepcopy(config) if config is not None else DownstreamConfig()
-    real_rows = list_crop_rows(real_crops)
-    task = choose_task(real_rows, cfg.task)
-    classes = class_names(task, real_rows)
-    _say(f"task: {task} ({', '.join(classes)}); {cfg.steps} steps x batch {cfg.batch_size} per run, "
-         f"{len(seeds)} seeds", verbose)
-    real = real_examples(real_crops, task, classes, cfg)
-    notes: dict[str, str] = {}
-    synth: dict[str, Examples] = {}
-    for name, folder in generators.items():
-        if not folder or not Path(folder).is_dir():
-            notes[name] = f"not available: folder {folder or '(none)'} missing"
-            continue
-        ex, note = synthetic_examples(folder, task, classes, cfg, real_crops=real_crops, real_rows=real_rows,
-                                      verbose=verbose)
-        notes[name] = note
-        if ex is not None:
-            synth[name] = ex
-    arms = [(REAL_ONLY, "", None)] + [(f"real + {n}", n, e) for n, e in synth.items()]
-    per_seed: list[dict] = []
-    bar = tqdm(total=len(seeds) * len(arms), desc="downstream runs", disable=not progress)
-    for seed in seeds:
-        split = patient_split(real.patient, real.y.numpy(), seed, cfg.fractions)
-        tr, va, te = (real.subset(np.nonzero(split == s)[0]) for s in SPLITS)
-        train_patients = set(tr.patient)
-        for arm, gen, ex in arms:
-            use = None
-            if ex is not None:
-                # derived from a real crop -> only when that patient is a training patient
-                keep = [i for i in range(len(ex)) if not ex.patient[i] or ex.patient[i] in train_patients]
-                use = ex.subset(keep)
-            model, info = train_classifier(tr, va, len(classes), cfg, seed=seed, synthetic=use)
-            m = classification_metrics(te.y.numpy(), predict_proba(model, te.x))
-            per_seed.append({"arm": arm, "generator": gen, "seed": seed, **m,
-                             "n_train_real": len(tr), "n_train_synthetic": len(use) if use is not None else 0,
-                             "n_val": len(va), "n_test": len(te), "test_patients": len(set(te.patient)),
-                             "steps": cfg.steps, **info})
+    train, test = real.side("train"), real.side("test")
+    if not len(test) or not len(train):
+        raise ValueError("the real crops have no train or no test patient: re-run notebook 01")
+    num_classes = len(real.classes)
+    y_test = test.y.numpy()
+    missing = [c for i, c in enumerate(real.classes) if not (y_test == i).any()]
+    if missing:
+        raise ValueError(f"the test patients have no example of class(es) {missing}: re-run notebook 01 with "
+                         f"another split seed or more patients")
+    positive = [num_classes - 1] if real.task == "rash-vs-healthy" else list(range(num_classes))
+    arms = [Arm(REAL_ONLY), Arm(AUGMENT, augment=True),
+            Arm(COPIES, pool=train.subset(np.flatnonzero(np.isin(train.y.numpy(), positive))), generator="copies")]
+    if oracle is not None:
+        arms.append(Arm(ORACLE, pool=oracle, generator="oracle"))
+    for name, ex in generators.items():
+        arms.append(Arm(f"real + {name}", pool=ex, generator=name))
+    syn_only = []
+    if cfg.synthetic_only:
+        syn_only = [Arm(f"synthetic only: {a.generator}", pool=a.pool, synthetic_only=True, generator=a.generator)
+                    for a in arms if a.pool is not None and a.generator != "copies"]
+    subsets = train_subsets(train.patient, cfg.fractions, cfg.repetitions, cfg.seed)
+    full = max(cfg.fractions)
+    jobs = [(a, f) for f in cfg.fractions for a in arms] + [(a, full) for a in syn_only]
+    status = {a.name: {"status": "ok", "reason": ""} for a in arms + syn_only}
+    for name, why in (refused or {}).items():
+        status[f"real + {name}"] = {"status": "refused", "reason": why}
+    probas: dict[tuple[str, float], list[np.ndarray]] = {}
+    per_run: list[dict] = []
+    bar = tqdm(total=len(jobs) * cfg.repetitions, desc="downstream classifiers", disable=not progress)
+    for r in range(cfg.repetitions):
+        seed = cfg.seed * 1000 + r
+        for arm, f in jobs:
             bar.update(1)
+            if status[arm.name]["status"] != "ok":
+                continue
+            try:
+                pats = set(subsets[(f, r)])
+                real_tr = train.subset([i for i, p in enumerate(train.patient) if p in pats])
+                pool = arm.pool
+                if pool is not None and arm.generator != "oracle":   # derived images: only of subset patients
+                    pool = pool.subset([i for i, p in enumerate(pool.patient) if not p or p in pats])
+                if arm.synthetic_only:
+                    real_cls = [c for c in range(num_classes) if c not in positive]
+                    missing = [real.classes[c] for c in positive if pool is None or not (pool.y == c).any()]
+                    if missing:
+                        raise ValueError(f"{arm.generator} made no image of class(es) {missing}")
+                else:
+                    real_cls = None
+                model = train_classifier(real_tr, num_classes, cfg, seed=seed, synthetic=pool,
+                                         augment=arm.augment, real_classes=real_cls)
+                p = predict_proba(model, test.x)
+            except Exception as e:     # the arm is reported failed with its reason; the others go on
+                status[arm.name] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
+                continue
+            probas.setdefault((arm.name, f), []).append(p)
+            ones = np.ones((1, len(y_test)))
+            per_run.append({"arm": arm.name, "fraction": f, "repetition": r, "seed": seed,
+                            "train_patients": len(pats), "n_train_real": len(real_tr),
+                            "n_synthetic": 0 if pool is None else len(pool),
+                            **{m: float(metric_draws(m, ones, y_test, p, specificity=cfg.specificity)[0])
+                               for m in METRICS}})
     bar.close()
-    return DownstreamResult(task, classes, asdict(cfg), per_seed, summarize(per_seed), notes)
+    plan = BootstrapPlan.make(test.patient, cfg.repetitions, cfg.n_boot, cfg.seed)
+    groups = np.asarray(test.group or [""] * len(test))
+    result_arms: dict = {}
+    for arm in arms + syn_only:
+        entry = dict(status[arm.name])
+        entry["fractions"] = {}
+        if entry["status"] == "ok":
+            for f in ([full] if arm.synthetic_only else cfg.fractions):
+                pr = probas.get((arm.name, f), [])
+                base = probas.get((REAL_ONLY, f)) if arm.name != REAL_ONLY else None
+                if len(pr) != cfg.repetitions or (arm.name != REAL_ONLY and (base is None or len(base) != len(pr))):
+                    continue
+                entry["fractions"][str(f)] = _summaries(plan, y_test, groups, pr, base, real.classes, cfg)
+        result_arms[arm.name] = entry
+    n_test = {c: int((y_test == i).sum()) for i, c in enumerate(real.classes)}
+    return DownstreamResult(real.task, real.classes, asdict(cfg), len(set(train.patient)), len(set(test.patient)),
+                            n_test, result_arms, per_run, {})
 
 
-def plot_downstream(result: DownstreamResult, *, title: str = "", labels: Mapping[str, str] | None = None):
-    """Bar chart of accuracy / F1 / AUC per arm with the t-interval as error bars; ``labels``
-    maps a generator name to its displayed name (e.g. with "[RANDOM weights]")."""
-    import matplotlib.pyplot as plt
-
-    from .metrics import generator_colour
-
-    labels = dict(labels or {})
-    fig, axes = plt.subplots(1, len(METRICS), figsize=(3.4 * len(METRICS), 3.2), squeeze=False)
-    names = [s["arm"] for s in result.summary]
-    for ax, m in zip(axes[0], METRICS):
-        mean = np.array([s[m] for s in result.summary], dtype=float)
-        low = np.array([s[f"{m} low"] for s in result.summary], dtype=float)
-        high = np.array([s[f"{m} high"] for s in result.summary], dtype=float)
-        err = np.nan_to_num(np.vstack([mean - low, high - mean]))
-        ax.bar(range(len(names)), mean, yerr=err, capsize=4, color=[generator_colour(n) for n in names])
-        shown = [n if n == REAL_ONLY else f"real + {labels.get(n[len('real + '):], n[len('real + '):])}" for n in names]
-        ax.set_xticks(range(len(names)), shown, rotation=30, ha="right", fontsize=8)
-        ax.set_ylim(0, 1.05)
-        ax.set_title(f"test {m}", fontsize=9)
-    fig.suptitle(title or f"Downstream {result.task} classifier, mean and 95% t-interval over seeds", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-def comparison_table(image_rows: Sequence[Mapping], downstream: DownstreamResult | None = None, *,
-                     generators: Sequence[str] = (), status: Mapping[str, str] | None = None,
-                     inpainting: Mapping[str, Mapping] | None = None, labels: Mapping[str, str] | None = None,
-                     ) -> list[dict]:
-    """One row per generator (in ``generators`` order) after the "real (split half)" reference.
-
-    Merges the image metrics (:func:`skinlib.metrics.compare_folders` rows, matched by name),
-    inpainting change (``inpainting[name]``), the downstream summary (real row: real-only
-    classifier; generator rows: real + that generator, with the gain over real-only) and a
-    ``status`` ("ok" or why the row is empty). ``labels[name]`` is the displayed name.
-    """
-    from .metrics import REAL_SPLIT_ROW
-
-    status = dict(status or {})
-    inpainting = dict(inpainting or {})
-    labels = dict(labels or {})
-    by_name = {r["name"]: r for r in image_rows}
-    arms = {s["arm"]: s for s in (downstream.summary if downstream else [])}
-    notes = downstream.notes if downstream else {}
-    out = []
-    for name in [REAL_SPLIT_ROW, *generators]:
-        row: dict = {"name": labels.get(name, name), "status": status.get(name, "ok")}
-        row.update({k: v for k, v in by_name.get(name, {}).items() if k != "name"})
-        for k, v in inpainting.get(name, {}).items():
-            row[f"inpaint {k}"] = v
-        arm = arms.get(REAL_ONLY if name == REAL_SPLIT_ROW else f"real + {name}")
-        if downstream is not None:
-            row["downstream task"] = downstream.task
-            row["downstream arm"] = arm["arm"] if arm else ""
-            row["downstream note"] = notes.get(name, "") if name != REAL_SPLIT_ROW else "real crops only"
-        if arm:
-            row.update({k: v for k, v in arm.items() if k not in ("arm", "generator")})
-        out.append(row)
-    return out
-
-
-def table_columns(rows: Sequence[Mapping]) -> list[str]:
-    """Union of the rows' keys in first-seen order (for CSV writing)."""
-    return list(dict.fromkeys(k for r in rows for k in r))
+__all__ = ["DownstreamConfig", "Examples", "RealData", "real_examples", "synthetic_examples", "SmallCNN",
+           "standard_augment", "train_classifier", "predict_proba", "train_subsets", "run_downstream",
+           "DownstreamResult", "REAL_ONLY", "AUGMENT", "COPIES", "ORACLE", "skin_types"]

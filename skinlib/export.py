@@ -22,7 +22,7 @@ import torch
 from .io import read_csv, save_png, sha256_file, write_csv
 
 MANIFEST_COLUMNS = ["image", "generator", "checkpoint", "checkpoint_step", "checkpoint_sha256",
-                    "seed", "index", "disease", "image_size"]
+                    "seed", "index", "disease", "image_size", "trained_on_split", "train_data_sha256"]
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -87,7 +87,10 @@ def export_samples(checkpoint, out_dir, n: int, seed: int = 0, *, disease: Optio
         raise ValueError(f"n={n!r}: the number of images to export must be an integer >= 1.")
     checkpoint = Path(checkpoint)
     model = load_model(checkpoint, device=device)
-    classes = list(load_checkpoint(checkpoint).get("classes", []))
+    state = load_checkpoint(checkpoint)
+    classes = list(state.get("classes", []))
+    data = state.get("data", {})
+    trained_on = data.get("split") or "all"     # checkpoints from before the patient split: all crops
     labels = _labels(model, classes, n, disease)
     noise = model.sample_noise(n, torch.Generator().manual_seed(seed))
     out_dir = Path(out_dir)
@@ -112,6 +115,7 @@ def export_samples(checkpoint, out_dir, n: int, seed: int = 0, *, disease: Optio
             rows.append({"image": names[i], "generator": model.name,
                          "checkpoint": str(checkpoint), "checkpoint_step": model.checkpoint_step,
                          "checkpoint_sha256": digest, "seed": seed, "index": i,
-                         "disease": name, "image_size": model.image_size})
+                         "disease": name, "image_size": model.image_size,
+                         "trained_on_split": trained_on, "train_data_sha256": data.get("images_sha", "")})
     write_csv(out_dir / "manifest.csv", rows, MANIFEST_COLUMNS)
     return [{k: str(v) for k, v in r.items()} for r in rows]

@@ -203,7 +203,8 @@ def _data_id(dataset) -> dict:
     else:
         digest = hashlib.sha256(str(len(dataset)).encode()).hexdigest()[:16]
     return {"n_images": len(dataset), "images_sha": digest,
-            "classes": list(getattr(dataset, "classes", ["unknown"]))}
+            "classes": list(getattr(dataset, "classes", ["unknown"])),
+            "split": getattr(dataset, "split", None) or "all"}   # side of the patient split trained on
 
 
 def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> List[List[int]]:
