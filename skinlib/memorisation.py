@@ -24,9 +24,15 @@ GLIDE variants keep their source crop's pixels outside the edited squares, so th
 that (train) crop by design: their near-copy share says how much of the source survives, which
 is the method, not a training failure of a generator; read it so.
 
+Test leaks: the same rule against the TEST crops gives ``test_copy_fraction``, the share of a
+generator's images that are near-copies of a test-patient crop. A generator trained or
+conditioned on test patients shows it (a planted leak of test-crop copies gives ~1); it must be
+~0, and the evaluation should refuse a generator where it is not.
+
 Output of :func:`memorisation_check` per generator (and for the real test crops, the
-calibration row): ``near_copy_fraction``, ``median_nn_distance_feature``,
-``median_nn_distance_pixel``, ``n``, plus the per-space fractions. :func:`closest_pairs_figure`
+calibration row, whose ``test_copy_fraction`` is None): ``near_copy_fraction``,
+``median_nn_distance_feature``, ``median_nn_distance_pixel``, ``n``, ``test_copy_fraction``,
+plus the per-space fractions. :func:`closest_pairs_figure`
 shows the closest pairs (generated | nearest train crop | distances).
 """
 from __future__ import annotations
@@ -121,12 +127,14 @@ def memorisation_check(train: FolderImages, test: FolderImages, generators: Mapp
                          f"needs the test-to-train distances of at least 2 (better 100+) test crops.")
     f_train = folder_features(extractor, train, cache=feature_cache, device=device, progress=progress)
     p_train = pixel_vectors(train.images, pixel_size)
+    f_test = folder_features(extractor, test, cache=feature_cache, device=device, progress=progress)
+    p_test = pixel_vectors(test.images, pixel_size)
 
-    def distances(g: FolderImages):
+    def distances(g: FolderImages, f_bank=f_train, p_bank=p_train):
         f = folder_features(extractor, g, cache=feature_cache, device=device, progress=progress)
-        d_feat, i_feat = nearest_neighbours(f, f_train)
-        d_pix, i_pix = nearest_neighbours(pixel_vectors(g.images, pixel_size), p_train)
-        d_pix = d_pix / np.sqrt(p_train.shape[1])          # Euclidean -> root-mean-square difference
+        d_feat, i_feat = nearest_neighbours(f, f_bank)
+        d_pix, i_pix = nearest_neighbours(pixel_vectors(g.images, pixel_size), p_bank)
+        d_pix = d_pix / np.sqrt(p_bank.shape[1])           # Euclidean -> root-mean-square difference
         return d_feat, i_feat, d_pix, i_pix
 
     ref = distances(test)
@@ -140,6 +148,11 @@ def memorisation_check(train: FolderImages, test: FolderImages, generators: Mapp
     for name, g in {REAL_TEST_ROW: test, **dict(generators)}.items():
         d_feat, i_feat, d_pix, i_pix = ref if name == REAL_TEST_ROW else distances(g)
         rows[name], score = _row(d_feat, d_pix, t_feat, t_pix)
+        if name == REAL_TEST_ROW:
+            rows[name]["test_copy_fraction"] = None           # every test crop is its own copy
+        else:                                                 # a leak: near-copies of TEST crops
+            leak = distances(g, f_test, p_test)
+            rows[name]["test_copy_fraction"] = _row(leak[0], leak[2], t_feat, t_pix)[0]["near_copy_fraction"]
         pairs[name] = {"d_feature": d_feat.numpy(), "train_index_feature": i_feat.numpy(),
                        "d_pixel": d_pix.numpy(), "train_index_pixel": i_pix.numpy(), "copy_score": score}
     return MemorisationReport(rows, thresholds, pairs)

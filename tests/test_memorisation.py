@@ -57,6 +57,18 @@ def test_copies_are_flagged_and_real_test_crops_are_not(split_crops):
     t = rep.thresholds
     assert t["percentile"] == 1.0 and t["feature"] > 0 and t["pixel"] > 0 and t["n_test"] == 80
     assert rep.as_dict()["per_generator"]["copies"]["near_copy_fraction"] == 1.0
+    assert rows["copies"]["test_copy_fraction"] <= 0.1 and rows[MM.REAL_TEST_ROW]["test_copy_fraction"] is None
+
+
+def test_copies_of_test_crops_are_flagged_as_a_leak(split_crops):
+    """A planted leak (generated images that are copies of TEST-patient crops) shows as
+    test_copy_fraction ~1, while it is no memorisation of train crops."""
+    train, test, noise = split_crops
+    leak = M.FolderImages("leak", test.folder, test.images[::2].clone(), [{} for _ in test.images[::2]])
+    rows = MM.memorisation_check(train, test, {"leak": leak, "noise": noise}, extractor=M.RandomConvFeatures(),
+                                 progress=False).rows
+    assert rows["leak"]["test_copy_fraction"] == 1.0 and rows["leak"]["near_copy_fraction"] <= 0.1
+    assert rows["noise"]["test_copy_fraction"] == 0.0
 
 
 def test_threshold_comes_from_test_to_train_distances(split_crops):
