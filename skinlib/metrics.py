@@ -232,7 +232,9 @@ def _unavailable_message(reason: str) -> str:
             f"Fix: on a machine with internet run the notebook once (it downloads the file), or download it "
             f"yourself and either place it at {_hub_checkpoint_dir() / INCEPTION_FILE}, or set "
             f"{INCEPTION_ENV}=/path/to/{INCEPTION_FILE}, or pass the path as the `inception_weights` "
-            f"parameter. Without it use features=\"local-random\" (NOT FID) explicitly.")
+            f"parameter. Without it, features=\"auto\" or \"inception-fid-helper\" use the standard FID Inception "
+            f"shipped by {FID_HELPER_DIST} (a corrupt cached file must be deleted first); "
+            f"features=\"local-random\" gives random-conv features (NOT FID) for tests only.")
 
 
 def _validate_inception_file(path: Path) -> Path:
