@@ -13,7 +13,8 @@ the reason in FIGURES.md):
 * ``dcgan_samples.png`` / ``cvae_samples.png``  generated samples (notebooks 02 / 03)
 
 Every caption names the run folder, the stage and settings that produced the figure, and says
-SYNTHETIC demo data / tiny RANDOM weights whenever that is what the figure shows.
+SYNTHETIC demo data / tiny RANDOM weights / the small GLIDE-architecture model trained on the run's
+crops (not OpenAI's GLIDE) whenever that is what the figure shows.
 """
 from __future__ import annotations
 
@@ -67,7 +68,12 @@ def crops_figure(run: Path, out: Path, n: int) -> str:
 
 def glide_settings(samples: Path) -> str:
     g = load_json(samples / "generation.json")
-    model = generate.RANDOM_LABEL if g.get("model_is_random") else f"GLIDE weights {g['model'].get('weights', '?')}"
+    if g.get("model_is_random"):
+        model = generate.RANDOM_LABEL
+    else:  # e.g. "small GLIDE-architecture model trained on this run's crops — not OpenAI's GLIDE"
+        model = g["model"].get("weights_label") or f"GLIDE weights {g['model'].get('weights', '?')}"
+        if g["model"].get("upsample_window"):
+            model += f", upsampler window {g['model']['upsample_window']} px"
     return (f"{model}; prompt \"{g['prompt']}\", {g['runs']} runs x {g['steps']} steps, sampler "
             f"{g['sampler']}{', zoom ' + str(g['zoom']) if g.get('zoom') else ''}, guidance {g['guidance']}, "
             f"respacing base {g['model'].get('base_respacing', '?')} / upsampler "
