@@ -163,3 +163,24 @@ def test_bad_inputs_raise_clear_errors(small_pipe):
         small_pipe.inpaint(images, keep * 2, "x", [1, 2])
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         small_pipe.inpaint(images * 3, keep, "x", [1, 2])
+
+
+def test_upsample_window_keeps_known_pixels_and_only_sees_a_window(tmp_path):
+    pipe = GlideInpainter.from_pretrained("tiny-random", device="cpu", base_respacing="2", upsample_respacing="2",
+                                          seed=3, upsample_window=128)
+    assert pipe.identity["upsample_window"] == 128
+    images, _ = _inputs(2, 256)
+    keep = torch.ones(2, 1, 256, 256)
+    keep[0, :, 64:124, 100:160] = 0          # one square of the study's size
+    keep[1, :, 196:256, 0:60] = 0            # in a corner: the window is clamped to the image
+    assert pipe._window_boxes(keep < 0.5) == [(28, 64, 128), (128, 0, 128)]
+    out = pipe.inpaint(images, keep, "rash", [1, 2])
+    known = keep.expand_as(images) == 1
+    assert torch.equal(out[known], images[known]) and float((out - images)[~known].abs().mean()) > 0.05
+    full = pipe.set_upsample_window(None).inpaint(images, keep, "rash", [1, 2])
+    assert float((full - out).abs().max()) > 1e-3   # the upsampler really saw less
+    wide = torch.ones(1, 1, 256, 256)
+    wide[..., 10:240, 10:20] = 0
+    assert pipe.set_upsample_window(128)._window_boxes(wide < 0.5) is None  # too tall: whole image
+    with pytest.raises(ValueError, match="multiple of 32"):
+        pipe.set_upsample_window(100)
