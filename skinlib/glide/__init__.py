@@ -7,7 +7,10 @@ once per prompt.
 
 Modules: :mod:`.configs` (option dicts), :mod:`.tokenizer`, :mod:`.text_encoder`, :mod:`.unet`
 (``build_model``), :mod:`.diffusion` (schedules, respacing, p_sample loop),
-:mod:`.checkpoints` (cache, download, validation), :mod:`.pipeline` (``GlideInpainter``).
+:mod:`.checkpoints` (cache, download, validation; trained weights folders), :mod:`.pipeline` (``GlideInpainter``).
+Training: :mod:`.losses` (hybrid loss, learned variance), :mod:`.masks` (training keep-masks),
+:mod:`.finetune` (fine-tuning OpenAI's checkpoints / training the small model; command line).
+The GPT-2 vocabulary ships in ``vocab/`` (package data).
 """
 from .checkpoints import CheckpointInvalidError, CheckpointUnavailableError, default_cache_dir, load_model
 from .diffusion import GaussianDiffusion, PerItemNoise, RecordedNoise, space_timesteps
