@@ -17,7 +17,9 @@ crop and filled by
 Scores of the edited square against the ring of unedited skin around it (``--ring`` px wide),
 per crop, then averaged (lower is better for every error):
 
-* colour: ``|Δ mean RGB|`` (0-255 units) and ``|log(std_square / std_ring)|`` (contrast);
+* colour: per channel, the Wasserstein-1 distance between the pixel values of the square and of
+  the ring (0-255 units; compares the whole colour distribution), ``|Δ mean RGB|`` (0 for the
+  mean-colour fill by construction) and ``|log(std_square / std_ring)|`` (contrast);
 * texture: ``|log(hf_square / hf_ring)|`` with hf = std of the image minus its Gaussian blur
   (sigma 1.5 px), both 5 px away from the square's border: fine texture of skin (a flat fill
   has hf 0 and a large error);
@@ -85,7 +87,10 @@ def scores(img: torch.Tensor, hole: torch.Tensor, ring: torch.Tensor) -> dict[st
     # texture inside the square / ring, 5 px (> 3 sigma) away from their common border
     grow = F.max_pool2d(hole.float(), 11, stride=1, padding=5)[0, 0].bool()
     shrink = ~F.max_pool2d(1 - hole.float(), 11, stride=1, padding=5)[0, 0].bool()
-    out = {"colour |dmean|": float((sq.mean(1) - rg.mean(1)).abs().mean()),
+    q = torch.linspace(0, 1, 101)
+    w1 = (torch.quantile(sq, q, dim=1) - torch.quantile(rg, q, dim=1)).abs().mean()
+    out = {"colour W1": float(w1),
+           "colour |dmean|": float((sq.mean(1) - rg.mean(1)).abs().mean()),
            "contrast |log std|": float((torch.log(sq.std(1) + 1e-3) - torch.log(rg.std(1) + 1e-3)).abs().mean()),
            "texture |log hf|": float((torch.log(hf[0][:, shrink].std(1) + 1e-3)
                                       - torch.log(hf[0][:, r & ~grow].std(1) + 1e-3)).abs().mean())}
@@ -198,7 +203,8 @@ def figure(fills, table, metrics, corners, a, label: str, n: int) -> None:
     for k, name in enumerate(names):
         ax.bar(np.arange(len(metrics)) + k * width, [table[name][m] for m in metrics], width, label=name)
     ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2, metrics, fontsize=8)
-    ax.set_ylabel("error vs surrounding skin\n(lower = better)", fontsize=8)
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylabel("error vs surrounding skin\n(lower = better; symlog)", fontsize=8)
     ax.legend(fontsize=7, ncol=len(names))
     fig.suptitle(f"What fills a {SIDE} px square of held-out SYNTHETIC demo crops ({a.split} split, n={n}); "
                  f"trained small = {label}", fontsize=8, wrap=True)

@@ -10,6 +10,7 @@ the reason in FIGURES.md):
 * ``glide_examples.png``         GLIDE iterative inpainting, source -> Gen 1..5 (notebook 04)
 * ``glide_output_animation.gif`` the inpainting steps of one variant (notebook 04)
 * ``glide_edit_overlays.png``    edited areas and step maps of a few variants (notebook 04)
+* ``glide_fill_benchmark.png``   benchmarks/bench_glide_fill.py with the small model notebook 04 trained
 * ``dcgan_samples.png`` / ``cvae_samples.png``  generated samples (notebooks 02 / 03)
 
 Every caption names the run folder, the stage and settings that produced the figure, and says
@@ -108,6 +109,29 @@ def glide_figures(run: Path, out: Path) -> dict[str, str]:
     return captions
 
 
+def glide_fill_figure(run: Path, out: Path) -> str:
+    """benchmarks/bench_glide_fill.py on the run's held-out (test-split) crops with the small model
+    that notebook 04 trained (``glide/model/small``)."""
+    weights = run / "glide" / "model" / "small"
+    if not (weights / "glide_options.json").is_file():
+        raise FileNotFoundError(f"{weights} holds no trained small model (notebook 04 used other weights)")
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    import bench_glide_fill
+
+    table_path = out / ".glide_fill.json"
+    bench_glide_fill.main(["--crops", str(run / "crops"), "--weights", str(weights), "--figure",
+                           str(out / "glide_fill_benchmark.png"), "--json", str(table_path)])
+    res = load_json(table_path)
+    table_path.unlink()
+    t, m = res["table"], list(res["table"]["original"])
+    better = {b: sum(t[b][k] > t["trained small"][k] for k in m) for b in ("mean colour", "blurred", "random weights")}
+    return (f"What fills a 60 px square of {res['n']} held-out ({res['split']}-split) SYNTHETIC demo crops "
+            f"(benchmarks/bench_glide_fill.py): errors of the square vs the surrounding unedited skin "
+            f"(colour, contrast, texture, seam; lower is better). Trained small = {res['weights']}. "
+            f"The trained model has the lower error on " + ", ".join(f"{v}/{len(m)} metrics vs {b}" for b, v in better.items())
+            + f"; {run_provenance(run)}.")
+
+
 def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
     folder = run / name / "samples"
     rows = read_csv(folder / "manifest.csv") if (folder / "manifest.csv").is_file() else []
@@ -139,6 +163,7 @@ def main(argv=None) -> int:
     missing: dict[str, str] = {}
     jobs = [("crops_grid.png", lambda: {"crops_grid.png": crops_figure(run, out, a.n_crops)}),
             ("glide_*", lambda: glide_figures(run, out)),
+            ("glide_fill_benchmark.png", lambda: {"glide_fill_benchmark.png": glide_fill_figure(run, out)}),
             ("dcgan_samples.png", lambda: {"dcgan_samples.png": samples_figure(run, out, "dcgan", "02")}),
             ("cvae_samples.png", lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")})]
     for name, job in jobs:

@@ -125,8 +125,10 @@ def test_generator_stages_exported_samples_their_manifest_describes(smoke_run, g
     for row in rows:
         assert (folder / row["image"]).is_file()
         assert row["generator"] and row["seed"] != ""
-    if generator == "glide":  # the smoke run uses the tiny random model and must say so
-        assert all(row["model_is_random"] == "True" and "RANDOM" in row["checkpoint"] for row in rows)
+    if generator == "glide":  # the smoke run trains a tiny model for 2 steps and must say so
+        assert all(row["weights_kind"] == "tiny-from-scratch" and "not OpenAI's GLIDE" in row["weights_label"]
+                   and row["trained_on_split"] == "train" and row["source_split"] == "train"
+                   and len(row["source_sha256"]) == 64 and row["source_patient"] for row in rows)
 
 
 def test_stage_05_compares_every_generator(smoke_run):
