@@ -489,6 +489,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
         arms.append(Arm(ORACLE, pool=oracle, generator="oracle"))
     for name, ex in generators.items():
         arms.append(Arm(f"real + {name}", pool=ex, generator=name))
+    arms += [Arm(f"real + {name}", generator=name) for name in (refused or {}) if name not in generators]
     syn_only = []
     if cfg.synthetic_only:
         syn_only = [Arm(f"synthetic only: {a.generator}", pool=a.pool, synthetic_only=True, generator=a.generator)

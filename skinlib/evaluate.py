@@ -159,6 +159,9 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
         img_sets["oracle"] = M.load_folder_images(oracle_crops, image_size=image_size, max_images=n_samples,
                                                   seed=cfg.seed, name="oracle", verbose=False)
     cache: dict = {}
+    train_feats = M.folder_features(extractor, train_imgs, cache=cache, progress=progress)
+    kind = getattr(extractor, "kind", type(extractor).__name__)
+    cache[("copies", len(copies_idx), kind)] = train_feats[torch.as_tensor(copies_idx)]   # same images: same features
     image_rows = M.image_metrics(train_imgs, test_imgs, img_sets, extractor=extractor, n=n_samples,
                                  seeds=metric_seeds, n_boot=n_boot_images, feature_cache=cache, progress=progress)
     mem = MEM.memorisation_check(train_imgs, test_imgs, img_sets, extractor=extractor, feature_cache=cache,
@@ -193,15 +196,20 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     }
     save_json(out_dir / "results.json", _jsonable(results))
     save_json(out_dir / "settings.json", _jsonable(settings))
-    write_csv(out_dir / "downstream_runs.csv", res.per_run)
+    write_csv(out_dir / "downstream_runs.csv", res.per_run, _columns(res.per_run))
     table = comparison_rows(results)
-    write_csv(out_dir / "comparison.csv", table)
+    write_csv(out_dir / "comparison.csv", table, _columns(table))
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(results))
     _save_figures(results, out_dir, mem, train_imgs, img_sets)
     if not ran:
         reasons = "; ".join(f"{a}: {e['status']} ({e['reason']})" for a, e in arms.items())
         raise EvaluationFailed(f"no arm of the evaluation ran ({reasons}); results written to {out_dir}")
     return results
+
+
+def _columns(rows: Sequence[Mapping]) -> list[str]:
+    """Union of the rows' keys in first-seen order (CSV header)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
 
 
 def _synthetic(real_crops) -> bool:
@@ -437,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=D.DownstreamConfig.steps)
     p.add_argument("--fractions", type=float, nargs="+", default=list(D.DownstreamConfig.fractions))
-    p.add_argument("--features", default="auto", help="auto | inception | local-random (NOT FID)")
+    p.add_argument("--features", default="auto",
+                   help="auto | inception | inception-torchmetrics | inception-fid-helper | local-random (NOT FID)")
     p.add_argument("--inception-weights", default=None)
     p.add_argument("--n-samples", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0)

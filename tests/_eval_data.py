@@ -1,0 +1,95 @@
+"""Tiny crops folders for the evaluation tests: ill crops (a red lesion covering a quarter of the
+crop) and a healthy bucket (plain skin) of the same patients, split by skinlib.split, plus
+generated folders of each provenance kind."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from skinlib.io import save_json, save_png, write_csv
+from skinlib.split import write_split
+
+SKIN = np.array([190, 140, 115])
+LESION = np.array([200, 60, 70])
+
+
+def skin(rng, size: int) -> np.ndarray:
+    tone = SKIN * rng.uniform(0.55, 1.1)
+    img = tone + rng.normal(0, 10, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def ill(rng, size: int) -> tuple[np.ndarray, np.ndarray]:
+    img = skin(rng, size).astype(float)
+    mask = np.zeros((size, size), np.uint8)
+    y0, x0 = rng.integers(0, size // 2, 2)
+    mask[y0:y0 + size // 2, x0:x0 + size // 2] = 255
+    img[mask > 0] = 0.3 * img[mask > 0] + 0.7 * LESION
+    return np.clip(img, 0, 255).astype(np.uint8), mask
+
+
+def make_split_crops(folder, *, n_patients: int = 8, per_patient: int = 4, size: int = 32, seed: int = 0,
+                     test_share: float = 0.25, disease: str = "maculopapular_rash") -> Path:
+    """A crops folder as notebook 01 writes it: NNNNNN.png + _mask.png + manifest.csv, healthy/
+    with the same columns, summary.json, and the patient split (split column + split.csv)."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows, healthy = [], []
+    for p in range(n_patients):
+        for j in range(per_patient):
+            k = len(rows)
+            img, mask = ill(rng, size)
+            save_png(folder / f"{k:06d}.png", img)
+            save_png(folder / f"{k:06d}_mask.png", mask)
+            rows.append({"image": f"{k:06d}.png", "mask": f"{k:06d}_mask.png", "disease": disease,
+                         "patient": f"persona{p + 1}", "source": f"{disease}/persona{p + 1}/e1/e1_{j}.png"})
+            h = len(healthy)
+            save_png(folder / "healthy" / f"{h:06d}.png", skin(rng, size))
+            save_png(folder / "healthy" / f"{h:06d}_mask.png", np.zeros((size, size), np.uint8))
+            healthy.append({"image": f"{h:06d}.png", "mask": f"{h:06d}_mask.png", "disease": disease,
+                            "patient": f"persona{p + 1}", "source": f"{disease}/persona{p + 1}/e1/e1_{j}.png"})
+    write_csv(folder / "manifest.csv", rows)
+    write_csv(folder / "healthy" / "manifest.csv", healthy)
+    save_json(folder / "summary.json", {"data_dir": str(folder / "nowhere"), "synthetic": False})
+    write_split(folder, test_share=test_share, seed=0)
+    return folder
+
+
+def sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def make_variants(folder, crops, rows, *, seed: int = 1) -> Path:
+    """GLIDE-like variants of the given crop rows (a small square repainted), with the
+    provenance columns skinlib.generate writes (source_crop, source_sha256, source_patient)."""
+    from PIL import Image
+
+    folder, crops = Path(folder), Path(crops)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, r in enumerate(rows):
+        img = np.asarray(Image.open(crops / r["image"]).convert("RGB")).copy()
+        img[:4, :4] = rng.integers(0, 255, 3)
+        save_png(folder / f"{i:06d}.png", img)
+        out.append({"image": f"{i:06d}.png", "generator": "glide-iterative-inpaint", "source_crop": r["image"],
+                    "source_sha256": sha(crops / r["image"]), "source_patient": r["patient"],
+                    "patient": r["patient"], "disease": r["disease"], "trained_on_split": "train"})
+    write_csv(folder / "manifest.csv", out)
+    return folder
+
+
+def make_samples(folder, *, n: int = 24, size: int = 32, seed: int = 2, trained_on_split: str = "train",
+                 train_data_sha256: str = "") -> Path:
+    """DCGAN/CVAE-like samples (ill-looking images) with their training provenance."""
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        save_png(folder / f"{i:06d}.png", ill(rng, size)[0])
+        rows.append({"image": f"{i:06d}.png", "generator": "dcgan", "checkpoint": "x.pt", "seed": seed, "index": i,
+                     "disease": "maculopapular_rash", "trained_on_split": trained_on_split,
+                     "train_data_sha256": train_data_sha256})
+    write_csv(folder / "manifest.csv", rows)
+    return folder
