@@ -56,13 +56,14 @@ class Plan:
     base_respacing: str = "100"
     upsample_respacing: str = "fast27"
     latency_repeats: int = 3                 # timed batch-1 inpaints (median reported)
-    warmup: bool = True                      # one untimed 2-step inpaint per batch size first
+    warmup: bool = True                      # untimed warm-up runs (2-step inpaint per batch, 2 training steps)
     batches: tuple = (4, 8, 16)
     fp32_inpaint: bool = True                # the whole-inpaint fp16-vs-fp32 comparison
     train_models: tuple = ("dcgan", "cvae")
     train_sizes: tuple = (64, 128, 256)
     train_batch: int = 64
     train_steps: int = 12                    # steps per timed epoch
+    train_epochs: int = 2                    # timed epochs (each ends with a sample grid + checkpoint)
     shard_sources: int = 4
     shard_runs: int = 2
     shard_steps: int = 2
@@ -113,19 +114,21 @@ def _glide_models(plan: Plan):
     return configs.TINY_RANDOM_BASE, configs.TINY_RANDOM_UPSAMPLE
 
 
-def _pipe(base_fp32, up_fp32, device, dtype, plan: Plan, respacings=None):
-    """GlideInpainter on copies of the fp32 random models, cast to ``dtype``."""
-    import copy
-
+def _pipe(base, up, plan: Plan, respacings=None):
+    """GlideInpainter on the given (prepared) models; RANDOM weights."""
     from skinlib.glide import GlideInpainter, load_tokenizer
 
-    models = []
-    for m in (base_fp32, up_fp32):
-        m = copy.deepcopy(m).to(device).set_compute_dtype(dtype)
-        models.append(m.set_channels_last(device.type in ("cpu", "cuda")))
     b, u = respacings or (plan.base_respacing, plan.upsample_respacing)
-    return GlideInpainter(models[0], models[1], load_tokenizer(), base_respacing=b, upsample_respacing=u,
+    return GlideInpainter(base, up, load_tokenizer(), base_respacing=b, upsample_respacing=u,
                           is_random=True, identity={"weights": f"{plan.glide_configs}-size RANDOM"})
+
+
+def _prepared(model, device, dtype):
+    """A copy of the float32 random ``model`` on ``device`` in ``dtype`` (channels-last)."""
+    import copy
+
+    m = copy.deepcopy(model).to(device).set_compute_dtype(dtype)
+    return m.set_channels_last(device.type in ("cpu", "cuda"))
 
 
 def _time_inpaint(pipe, n: int, device, repeats: int = 1) -> tuple[float, Optional[float], torch.Tensor]:
@@ -155,8 +158,9 @@ def check_glide(plan: Plan, device: torch.device, dtype: torch.dtype, log) -> di
 
     # 1. one forward, fp32 vs reduced dtype, same input
     prec = {}
-    fp32 = _pipe(base32, up32, device, torch.float32, plan)
-    low = _pipe(base32, up32, device, dtype, plan)
+    fp32 = _pipe(_prepared(base32, device, torch.float32), _prepared(up32, device, torch.float32), plan)
+    low = _pipe(_prepared(base32, device, dtype), _prepared(up32, device, dtype), plan)
+    del base32, up32
     g = torch.Generator().manual_seed(0)
     tokens, mask = fp32.tokenizer.tokenize(["an image of a maculopapular rash", ""], fp32.base.text_ctx)
     tokens, mask = tokens.to(device), mask.to(device)
@@ -188,11 +192,12 @@ def check_glide(plan: Plan, device: torch.device, dtype: torch.dtype, log) -> di
         prec["inpaint_batch1_8bit_levels"] = {"mean_abs_diff": float(d.mean()), "max_abs_diff": float(d.max())}
     res["precision"] = prec
     del fp32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     log(f"  fp32 vs {res['dtype']}: {json.dumps(prec)}")
 
     # 2-3. latency and throughput in the reduced dtype (warm-up with a 2-step schedule per batch size)
-    warm = _pipe(base32, up32, device, dtype, plan, respacings=("2", "2"))
-    warm.base, warm.upsampler = low.base, low.upsampler  # same modules, short schedule
+    warm = _pipe(low.base, low.upsampler, plan, respacings=("2", "2"))  # same modules, short schedule
     rows = []
     for n in (1,) + tuple(plan.batches):
         if plan.warmup:
@@ -247,10 +252,11 @@ def check_training(plan: Plan, device: torch.device, tmp: Path, log) -> list:
         for name in plan.train_models:
             kw = dict(batch_size=plan.train_batch, device=str(device), amp=True, progress=False,
                       resume=False, grid_size=16)
+            if plan.warmup:
+                torch.manual_seed(0)
+                train(_model(name, size), crops, tmp / f"warm_{name}{size}", epochs=1, max_steps=2, **kw)
             torch.manual_seed(0)
-            train(_model(name, size), crops, tmp / f"warm_{name}{size}", epochs=1, max_steps=2, **kw)
-            torch.manual_seed(0)
-            r = train(_model(name, size), crops, tmp / f"{name}{size}", epochs=2, **kw)
+            r = train(_model(name, size), crops, tmp / f"{name}{size}", epochs=plan.train_epochs, **kw)
             rows.append({"model": name, "image_size": size, "batch": plan.train_batch,
                          "amp": device.type == "cuda", "images_per_s": r.images_per_second})
             log(f"  {name} {size} px: {r.images_per_second:.1f} images/s")
@@ -320,9 +326,14 @@ def check_train_resume(plan: Plan, device: torch.device, tmp: Path, log) -> dict
     crops = make_crops(tmp / "resume_crops", plan.train_batch * plan.resume_steps, 64, seed=1)
     kw = dict(batch_size=plan.train_batch, device=str(device), amp=True, progress=False, grid_size=16)
     straight, parts = tmp / "resume_straight", tmp / "resume_parts"
-    train(_model("dcgan", 64), crops, straight, epochs=2, resume=False, **kw)
-    train(_model("dcgan", 64), crops, parts, epochs=2, resume=False, max_steps=plan.resume_steps + 1, **kw)
-    train(_model("dcgan", 64), crops, parts, epochs=2, resume=True, **kw)
+
+    def model():  # the same initial weights for both runs (the resumed call loads its checkpoint)
+        torch.manual_seed(0)
+        return _model("dcgan", 64)
+
+    train(model(), crops, straight, epochs=2, resume=False, **kw)
+    train(model(), crops, parts, epochs=2, resume=False, max_steps=plan.resume_steps + 1, **kw)
+    train(model(), crops, parts, epochs=2, resume=True, **kw)
     a = load_checkpoint(straight / "checkpoint.pt")["model"]
     b = load_checkpoint(parts / "checkpoint.pt")["model"]
     diff = max(float((a[k].float() - b[k].float()).abs().max()) for k in a if a[k].is_floating_point())
@@ -369,7 +380,8 @@ def _table(report: dict) -> str:
         r = report["resume"]
         lines.append(f"generation resume identical: {r['generation']['identical_after_resume']}; training "
                      f"resume exact: {r['training']['exact']} (max |weight diff| {r['training']['max_abs_weight_diff']:.3g})")
-    lines.append(f"\ntotal {report['seconds']:.0f} s")
+    took = ", ".join(f"{k} {v:.0f} s" for k, v in report.get("section_seconds", {}).items())
+    lines.append(f"\ntotal {report['seconds']:.0f} s ({took})")
     return "\n".join(lines)
 
 
@@ -397,16 +409,23 @@ def run_check(out: Path, device: str = "cuda", plan: Optional[Plan] = None, quic
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         tmp = Path(tmp)
+        report["section_seconds"] = took = {}
         if "glide" in sections:
+            t = time.perf_counter()
             report["glide"] = check_glide(plan, dev, dtype, log)
+            took["glide"] = time.perf_counter() - t
         if "training" in sections:
             log("training throughput:")
+            t = time.perf_counter()
             report["training"] = check_training(plan, dev, tmp, log)
+            took["training"] = time.perf_counter() - t
         if "generation" in sections:
             log("sharding and resume:")
+            t = time.perf_counter()
             shards, gen_resume = check_generation(plan, dev, tmp, log)
             report["shards"] = shards
             report["resume"] = {"generation": gen_resume, "training": check_train_resume(plan, dev, tmp, log)}
+            took["generation_and_resume"] = time.perf_counter() - t
     report["seconds"] = time.perf_counter() - t0
     save_json(out / "gpu_check.json", report)
     log("\n" + _table(report))

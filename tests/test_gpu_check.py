@@ -26,7 +26,7 @@ def test_gpu_check_cpu_tiny(tmp_path, capsys):
     gpu_check = _load_script()
     plan = dataclasses.replace(gpu_check.Plan.quick(), base_respacing="1", upsample_respacing="1",
                                warmup=False, batches=(2,), fp32_inpaint=True, train_models=("dcgan", "cvae"),
-                               train_batch=4, train_steps=2, shard_sources=2, shard_runs=2,
+                               train_batch=4, train_steps=2, train_epochs=1, shard_sources=2, shard_runs=2,
                                shard_steps=1, shard_batch=2, shard_respacing="1", resume_steps=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
