@@ -30,7 +30,6 @@ per batch.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,20 +58,21 @@ class DownstreamConfig:
     """Settings shared by every arm (the "same budget")."""
 
     task: str = "auto"
-    image_size: int = 64              # classifier input side, px
+    image_size: int = 48              # classifier input side, px
     steps: int = 150                  # Adam steps per classifier (every arm)
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
-    width: int = 16                   # CNN width (channels of the first block)
+    width: int = 8                    # CNN width (channels of the first block)
     synthetic_share: float = 0.5      # P(a batch element of a class comes from the synthetic images of that class)
     fractions: tuple[float, ...] = (0.25, 0.5, 1.0)   # shares of the train patients (data-efficiency curve)
-    repetitions: int = 4              # (seed, train subset) repetitions per arm and fraction
+    repetitions: int = 3              # (seed, train subset) repetitions per arm and fraction
     seed: int = 0
     specificity: float = 0.9          # sensitivity is reported at this specificity
     n_boot: int = 1000                # bootstrap draws
     max_synthetic: int | None = 2000  # at most this many images per generator (seeded subset)
     synthetic_only: bool = True       # also train on synthetic ill-skin images only (100 % fraction)
+    pair_per_photo: bool = True       # rash-vs-healthy: keep as many ill as healthy crops of each photo
     device: str | None = None
 
     def __post_init__(self):
@@ -204,6 +204,25 @@ class RealData:
         return self.examples.subset(np.flatnonzero(self.split == name))
 
 
+def pair_per_photo(items: Sequence[tuple], seed: int = 0) -> list[tuple]:
+    """Keep, for every photo (manifest column ``source``), as many ill as healthy crops: a seeded
+    choice of ``min(n_ill, n_healthy)`` of each (``items``: ``(folder, row, label)``, label 1 =
+    ill). A photo, and so a patient, then carries no information about the label: without this
+    a patient with extensive rash (many ill crops, few healthy windows) teaches the classifier
+    that patient's skin means "ill"."""
+    by_photo: dict[str, list[list[tuple]]] = {}
+    for it in items:
+        by_photo.setdefault(it[1].get("source", ""), [[], []])[int(it[2] == 1)].append(it)
+    out = []
+    for k, (source, (healthy, ill)) in enumerate(sorted(by_photo.items())):
+        n = min(len(healthy), len(ill))
+        rng = np.random.default_rng([seed, k])
+        for group in (ill, healthy):
+            pick = sorted(rng.choice(len(group), n, replace=False).tolist()) if n < len(group) else range(len(group))
+            out += [group[i] for i in pick]
+    return out
+
+
 def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) -> RealData:
     """The real crops of notebook 01 (and, for rash-vs-healthy, its ``healthy/`` bucket) as
     classifier examples; every row must carry a ``split`` (clear error otherwise)."""
@@ -214,11 +233,7 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) ->
     task = choose_task(rows, cfg.task)
     classes = class_names(task, rows)
     files, labels, patients, splits = [], [], [], []
-    for r in rows:
-        files.append(real_dir / r["image"])
-        labels.append(classes.index(r["disease"]) if task == "disease" else 1)
-        patients.append(r["patient"])
-        splits.append(r["split"])
+    chosen = [(real_dir, r, classes.index(r["disease"]) if task == "disease" else 1) for r in rows]
     if task == "rash-vs-healthy":
         healthy_manifest = real_dir / HEALTHY_DIR / MANIFEST
         if not healthy_manifest.is_file():
@@ -228,11 +243,14 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) ->
         healthy = read_csv(healthy_manifest)
         if healthy and "split" not in healthy[0]:
             raise ValueError(f"{healthy_manifest} has no 'split' column: re-run notebook 01.")
-        for r in healthy:
-            files.append(real_dir / HEALTHY_DIR / r["image"])
-            labels.append(0)
-            patients.append(r["patient"])
-            splits.append(r["split"])
+        chosen += [(real_dir / HEALTHY_DIR, r, 0) for r in healthy]
+        if cfg.pair_per_photo:
+            chosen = pair_per_photo(chosen, cfg.seed)
+    for folder, r, label in chosen:
+        files.append(folder / r["image"])
+        labels.append(label)
+        patients.append(r["patient"])
+        splits.append(r["split"])
     types = skin_types(real_dir)
     x = load_images(files, cfg.image_size, desc="real crops", progress=progress)
     ex = Examples(x, torch.as_tensor(labels, dtype=torch.long), patients, [str(f) for f in files],
@@ -352,6 +370,7 @@ def train_classifier(real: Examples, num_classes: int, cfg: DownstreamConfig, *,
     model = SmallCNN(num_classes, width=cfg.width).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(seed)
+    g_syn = torch.Generator().manual_seed(seed + 7919)    # synthetic picks: their own stream
     allowed = set(range(num_classes) if real_classes is None else real_classes)
     real_idx = [torch.nonzero(real.y == c).flatten() if c in allowed else torch.empty(0, dtype=torch.long)
                 for c in range(num_classes)]
@@ -369,7 +388,7 @@ def train_classifier(real: Examples, num_classes: int, cfg: DownstreamConfig, *,
             c = int(cls[i])
             use_syn = len(syn_idx[c]) and (not len(real_idx[c]) or u[i] < cfg.synthetic_share)
             pool, src = (syn_idx[c], synthetic) if use_syn else (real_idx[c], real)
-            xb[i] = src.x[pool[int(torch.randint(len(pool), (1,), generator=g))]]
+            xb[i] = src.x[pool[int(torch.randint(len(pool), (1,), generator=g_syn if use_syn else g))]]
         if augment:
             xb = standard_augment(xb, g)
         loss = F.cross_entropy(model(to_float(xb.to(dev))), cls.to(dev))
@@ -470,7 +489,8 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     ``generators``: name -> that generator's examples (checked for leaks beforehand, see
     :mod:`skinlib.provenance`); ``refused``: name -> why a generator was refused (its arm is
     reported as refused, never trained). A failure inside one arm marks that arm ``failed`` with
-    the reason; the others go on."""
+    the reason; the others go on. Real examples enter as loaded (for rash-vs-healthy, paired per
+    photo by :func:`pair_per_photo`)."""
     from tqdm.auto import tqdm
 
     train, test = real.side("train"), real.side("test")

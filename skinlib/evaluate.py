@@ -92,7 +92,8 @@ def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, pro
 
 def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                    config: D.DownstreamConfig | None = None, oracle_crops=None, features: str = "auto",
-                   inception_weights: str | None = None, n_samples: int = 1000, metric_seeds: Sequence[int] = (0,),
+                   inception_weights: str | None = None, n_samples: int = 1000, n_pairs: int = 100,
+                   metric_seeds: Sequence[int] = (0,),
                    n_boot_images: int = 200, image_size: int = 256, smoke: bool = False,
                    progress: bool = True) -> dict:
     """Run the whole evaluation (see the module docstring) and write its files into ``out_dir``;
@@ -166,6 +167,10 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                                  seeds=metric_seeds, n_boot=n_boot_images, feature_cache=cache, progress=progress)
     mem = MEM.memorisation_check(train_imgs, test_imgs, img_sets, extractor=extractor, feature_cache=cache,
                                  progress=progress)
+    diversity = {name: M.ms_ssim_diversity(g.images, n_pairs=n_pairs, seed=cfg.seed)
+                 for name, g in {M.REAL_TRAIN_ROW: train_imgs, **img_sets}.items() if len(g) >= 2}
+    inpainting = {name: M.inpainting_change(f, real_crops=real_crops, max_images=n_samples, seed=cfg.seed, verbose=False)
+                  for name, f in usable.items() if generators[name]["status"] == "ok" and M.is_inpainting_folder(f)}
 
     # ---- results
     arms = {a: _arm_entry(a, res) for a in res.arms}
@@ -191,7 +196,8 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
         "interval": "95 %: two-level bootstrap over test patients and repetitions, mean ± t(P-1) x sd "
                     "(skinlib.intervals); gains paired by repetition and patient draw",
         "arms": arms, "generators": generators,
-        "image_metrics": image_rows, "image_metric_labels": M.metric_labels(extractor), "memorisation": mem.rows, "memorisation_thresholds": mem.thresholds,
+        "image_metrics": image_rows, "image_metric_labels": M.metric_labels(extractor),
+        "diversity_ms_ssim": diversity, "inpainting_change": inpainting, "memorisation": mem.rows, "memorisation_thresholds": mem.thresholds,
         "settings": settings, "synthetic_data": _synthetic(real_crops),
     }
     save_json(out_dir / "results.json", _jsonable(results))
@@ -245,6 +251,8 @@ def _image_row(results: dict, name: str) -> dict:
 def comparison_rows(results: dict) -> list[dict]:
     """One row per arm: status, metrics at 100 % and the smallest fraction with intervals, the
     generator's image metrics and near-copy share."""
+    from .metrics import REAL_TRAIN_ROW
+
     small = str(min(results["fractions"]))
     full = str(max(results["fractions"]))
     rows = []
@@ -270,6 +278,11 @@ def comparison_rows(results: dict) -> list[dict]:
                 row[k] = img[k]["mean"] if isinstance(img[k], dict) else img[k]
         if mem:
             row["near_copy_fraction"] = mem.get("near_copy_fraction")
+        div = results["diversity_ms_ssim"].get(gen or ("" if arm != D.REAL_ONLY else REAL_TRAIN_ROW))
+        if div and not arm.startswith("synthetic only"):
+            row["MS-SSIM within set (high = collapse)"] = div["mean"]
+        for k, v in results["inpainting_change"].get(gen, {}).items() if not arm.startswith("synthetic only") else ():
+            row[f"inpainting {k}"] = v
         rows.append(row)
     return rows
 
@@ -330,6 +343,21 @@ def comparison_markdown(results: dict) -> str:
         lines += ["", "Generators not evaluated:"]
         lines += [f"- {n}: {g['status']} — {g['reason']}" for n, g in refused.items()]
     return "\n".join(lines) + "\n"
+
+
+def per_group_markdown(results: dict) -> str:
+    """Per class (recall: sensitivity / specificity at 0.5) and per Fitzpatrick group (AUROC) of
+    every arm that ran, at 100 % of the train patients, with intervals."""
+    rows = []
+    for arm, e in results["arms"].items():
+        if e["status"] != "ok":
+            continue
+        row = {"arm": arm, **{f"recall {c}": _fmt(v) for c, v in e.get("per_class", {}).items()},
+               **{f"AUROC {g} ({v['n_patients']} test pat.)": _fmt(v["auroc"]) for g, v in e.get("per_skin_type", {}).items()}}
+        rows.append(row)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]) + "\n"
 
 
 ARM_COLOURS = {D.REAL_ONLY: "black", D.AUGMENT: "tab:gray", D.COPIES: "tab:brown", D.ORACLE: "tab:green"}

@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -400,7 +401,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                                     crops_dir=crops_dir, split=split)
                 _write_variant(out_dir, stem, res, row, has_mask=has_mask, gif=gif,
                                gif_label=None if provenance["weights_kind"] == "official"
-                               else provenance["weights_label"])
+                               else textwrap.fill(provenance["weights_label"].replace("—", "-"), 42))
                 made += 1
     finally:
         bar.close()

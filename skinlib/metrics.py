@@ -31,12 +31,6 @@ every row (the "real (train patients)" baseline and each generator) measures the
 ``N`` of its images against that reference. KID (unbiased, the headline) and FID with N beside
 it, each with a 95 % cluster-bootstrap interval (see the function).
 
-Older protocol without a patient split (:func:`compare_folders`): for every seed the real crops are split in two
-halves by patient (A, B). Half B is the reference set of every row; each row measures ``n``
-images (``n = min(n_samples, |A|, |folder|)``, a seeded random subset) against B, so all rows
-(the generators and the "real (split half)" row, which measures A against B) have the same
-sample size and the same reference; FD is strongly biased by sample size, so only equal-size
-values are comparable. Mean and standard deviation over the seeds are reported.
 """
 from __future__ import annotations
 
@@ -71,7 +65,6 @@ FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c09
 FEATURE_CHOICES = ("auto", "inception", "inception-torchmetrics", "inception-fid-helper", "local-random")
 RECOMMENDED_IMAGES = 2048   # fewer images than feature dimensions: FID is biased and unstable
 MIN_IMAGES = 50             # below this, FID/KID are close to meaningless
-REAL_SPLIT_ROW = "real (split half)"
 
 
 class InceptionWeightsUnavailableError(RuntimeError):
@@ -790,103 +783,7 @@ def is_inpainting_folder(folder) -> bool:
 
 
 # ----------------------------------------------------------------------------------------
-# comparison of folders
-# ----------------------------------------------------------------------------------------
-def patient_halves(rows: Sequence[Mapping[str, str]], seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split row indices in two halves with no patient in both (column ``patient``; rows
-    without one each count as their own patient). Patients are shuffled with ``seed`` and
-    assigned greedily to the smaller half. Returns (indices A, indices B)."""
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault(r.get("patient") or f"__row{i}", []).append(i)
-    keys = sorted(groups)
-    order = np.random.default_rng(seed).permutation(len(keys))
-    a: list[int] = []
-    b: list[int] = []
-    for k in order:
-        (a if len(a) <= len(b) else b).extend(groups[keys[k]])
-    return np.array(sorted(a), dtype=int), np.array(sorted(b), dtype=int)
-
-
-def _summary(values: list[float]) -> tuple[float, float]:
-    """(mean, sample std) over seeds; nan when no value."""
-    v = np.asarray([x for x in values if not np.isnan(x)], dtype=np.float64)
-    if len(v) == 0:
-        return float("nan"), float("nan")
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
-
-
-def compare_folders(real: FolderImages, generators: Mapping[str, FolderImages], *,
-                    extractor: nn.Module, n_samples: int = 1000, seeds: Sequence[int] = (0, 1, 2),
-                    n_pairs: int = 100, kid_subsets: int = 100, k_pr: int = 3, k_dc: int = 5,
-                    device=None, progress: bool = True) -> list[dict]:
-    """Image metrics of every generator folder and of the "real (split half)" reference.
-
-    Per seed: real split by patient into A/B (:func:`patient_halves`), ``n = min(n_samples,
-    |A|, |folder|)`` seeded random images of each row against all of B. Returns one dict per
-    row (real first) with ``name``, ``n_images``, ``n_eval``, ``features``, and for each metric
-    ``<label> mean`` / ``<label> std`` over seeds (labels from :func:`metric_labels`), plus
-    ``MS-SSIM mean``/``MS-SSIM std`` (over image pairs of the whole folder, up to n_samples).
-    """
-    labels = metric_labels(extractor)
-    feats = {real.name: extract_features(extractor, real.images, device=device, progress=progress,
-                                         desc=f"features {real.name}")}
-    for name, g in generators.items():
-        feats[name] = extract_features(extractor, g.images, device=device, progress=progress,
-                                       desc=f"features {name}")
-    per_row: dict[str, dict[str, list[float]]] = {}
-    n_eval: dict[str, int] = {}
-    nan = float("nan")
-    for seed in seeds:
-        ia, ib = patient_halves(real.rows, seed)
-        if min(len(ia), len(ib)) < 2:
-            raise ValueError(
-                f"{real.folder}: {len(real)} real images from {len({r.get('patient') for r in real.rows})} "
-                f"patient(s) cannot be split into two halves of at least 2 images with no patient in both; "
-                f"the image metrics need more real crops (more photos or patients).")
-        ref = feats[real.name][ib]
-        rng = np.random.default_rng(seed)
-        sets = {REAL_SPLIT_ROW: feats[real.name][ia]}
-        sets.update({name: feats[name] for name in generators})
-        for name, f in sets.items():
-            n = min(n_samples, len(ia), len(f))
-            sub = f[np.sort(rng.choice(len(f), size=n, replace=False))]
-            n_eval[name] = min(n, n_eval.get(name, n))
-            vals = per_row.setdefault(name, {})
-            ok = n >= 2
-            vals.setdefault("fd", []).append(frechet_distance(ref, sub) if ok else nan)
-            vals.setdefault("kd", []).append(kernel_distance(ref, sub, subsets=kid_subsets, seed=seed)[0] if ok else nan)
-            pr = precision_recall(ref, sub, k=k_pr) if min(n, len(ref)) > k_pr else {"precision": nan, "recall": nan}
-            dc = density_coverage(ref, sub, k=k_dc) if min(n, len(ref)) > k_dc else {"density": nan, "coverage": nan}
-            for key, value in {**pr, **dc}.items():
-                vals.setdefault(key, []).append(value)
-    n_ref = min(len(patient_halves(real.rows, s)[1]) for s in seeds)
-    what = "FID/KID" if getattr(extractor, "is_inception", False) else f"{labels['fd']} / {labels['kd']}"
-    for name in [REAL_SPLIT_ROW, *generators]:
-        n = min(n_eval[name], n_ref)
-        warn_sample_size(n, name, what=what)
-        if n < 2:
-            _say(f"{name}: FD/KD need at least 2 images per set (have {n}): left empty.")
-        elif n <= max(k_pr, k_dc):
-            _say(f"{name}: precision/recall (k={k_pr}) and density/coverage (k={k_dc}) need more than k images "
-                 f"per set (have {n}): left empty where too few.")
-    rows = []
-    for name, images in [(REAL_SPLIT_ROW, real.images), *((n, g.images) for n, g in generators.items())]:
-        row = {"name": name, "n_images": len(images), "n_eval": n_eval[name], "features": extractor.name}
-        for key in ("fd", "kd", "precision", "recall", "density", "coverage"):
-            row[f"{labels[key]} mean"], row[f"{labels[key]} std"] = _summary(per_row[name][key])
-        if len(images) >= 2:
-            div = ms_ssim_diversity(images[:n_samples], n_pairs=n_pairs, seed=seeds[0])
-        else:
-            div = {"mean": nan, "std": nan, "scales": ""}
-        row["MS-SSIM mean"], row["MS-SSIM std"] = div["mean"], div["std"]
-        row["MS-SSIM scales"] = div["scales"]
-        rows.append(row)
-    return rows
-
-
-# ----------------------------------------------------------------------------------------
-# image metrics on the patient split: KID (headline) and FID with N, cluster-bootstrap intervals
+# image metrics on the patient split
 # ----------------------------------------------------------------------------------------
 REAL_TRAIN_ROW = "real (train patients)"
 CONFIDENCE = 0.95
@@ -1093,30 +990,8 @@ def generator_colour(name: str) -> str:
     key = name.split(" [")[0].removeprefix("real + ").strip()
     if key.startswith("real"):
         return "0.6"
-    order = list(GENERATOR_NOTEBOOKS)
+    order = ["dcgan", "cvae", "glide"]
     return f"C{order.index(key) + 1}" if key in order else f"C{5 + sum(map(ord, key)) % 5}"
-
-
-def plot_metric_bars(table: Sequence[Mapping], columns: Sequence[str], *, title: str = "",
-                     labels: Mapping[str, str] | None = None):
-    """One bar panel per metric column with ``<col> mean``/``<col> std`` (std as error bars);
-    ``labels`` maps a row name to its displayed name. Returns the matplotlib figure."""
-    import matplotlib.pyplot as plt
-
-    labels = dict(labels or {})
-    fig, axes = plt.subplots(1, len(columns), figsize=(3.2 * len(columns), 3.4), squeeze=False)
-    names = [r["name"] for r in table]
-    for ax, col in zip(axes[0], columns):
-        means = [float(r.get(f"{col} mean", np.nan)) for r in table]
-        stds = [float(r.get(f"{col} std", 0) or 0) for r in table]
-        ax.bar(range(len(names)), means, yerr=np.nan_to_num(stds), capsize=4,
-               color=[generator_colour(n) for n in names])
-        ax.set_xticks(range(len(names)), [labels.get(n, n) for n in names], rotation=30, ha="right", fontsize=8)
-        ax.set_title(col, fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def sample_grid_figure(sets: Mapping[str, torch.Tensor], *, n: int = 8, seed: int = 0, title: str = ""):
@@ -1144,41 +1019,6 @@ def sample_grid_figure(sets: Mapping[str, torch.Tensor], *, n: int = 8, seed: in
 
 # ----------------------------------------------------------------------------------------
 # inputs of the evaluation notebook
-# ----------------------------------------------------------------------------------------
-GENERATOR_NOTEBOOKS = {"dcgan": ("02", "dcgan"), "cvae": ("03", "cvae"), "glide": ("04", "glide")}
-
-
-def _has_images(folder: Path) -> bool:
-    return folder.is_dir() and ((folder / "manifest.csv").is_file() or any(folder.glob("*.png")))
-
-
-def generator_folders(out_dir, given: Mapping[str, str] | None = None) -> tuple[dict[str, Path], dict[str, str]]:
-    """The generator sample folders to evaluate and, for the others, why not.
-
-    ``given[name]`` (e.g. the notebook's ``dcgan_dir``): "" means ``OUT/<name>/samples``; a
-    given folder that does not exist or holds no images is an error (FileNotFoundError), a
-    missing default folder is reported as "not available: run notebook NN". Returns
-    (available: name -> folder, status: name -> message for the unavailable ones).
-    """
-    given = dict(given or {})
-    available: dict[str, Path] = {}
-    status: dict[str, str] = {}
-    for name, (nb, sub) in GENERATOR_NOTEBOOKS.items():
-        value = given.get(name, "")
-        folder = Path(value) if value else Path(out_dir) / sub / "samples"
-        if _has_images(folder):
-            available[name] = folder
-        elif value:
-            raise FileNotFoundError(f"{name}: the given folder {folder} does not exist or holds no images "
-                                    f"(NNNNNN.png + manifest.csv); fix the path or leave it empty to use "
-                                    f"{Path(out_dir) / sub / 'samples'}.")
-        else:
-            status[name] = f"not available: {folder} has no images; run notebook {nb}"
-    return available, status
-
-
-# ----------------------------------------------------------------------------------------
-# tables
 # ----------------------------------------------------------------------------------------
 def is_random_model_folder(rows: Sequence[Mapping[str, str]]) -> bool:
     """True when a generator manifest says its images come from a RANDOM-weight model (smoke)."""

@@ -3,7 +3,6 @@ train-patient subsets of the data-efficiency curve, class-balanced same-budget t
 standard augmentation, and the arms of run_downstream on a tiny learnable task."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

@@ -6,9 +6,6 @@ check the Inception path offline (no download).
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -447,35 +444,6 @@ def test_inpainting_change_inside_vs_outside(tmp_path, capsys):
 
 
 # ----------------------------------------------------------------------------------------
-# folder comparison
-# ----------------------------------------------------------------------------------------
-def test_patient_halves_never_share_a_patient():
-    rows = [{"patient": f"p{i % 5}"} for i in range(23)]
-    a, b = M.patient_halves(rows, seed=0)
-    assert set(a) | set(b) == set(range(23)) and not set(a) & set(b)
-    assert not {rows[i]["patient"] for i in a} & {rows[i]["patient"] for i in b}
-    assert (a == M.patient_halves(rows, seed=0)[0]).all()
-
-
-def test_compare_folders_ranks_generators(tmp_path):
-    real = M.load_folder_images(make_crops(tmp_path / "real", n_patients=8, per_patient=4, size=32), verbose=False)
-    noise = M.load_folder_images(make_generated(tmp_path / "noise", n=30, size=32), verbose=False)
-    collapsed = M.load_folder_images(make_generated(tmp_path / "col", n=30, size=32, collapse=True), verbose=False)
-    ex = M.RandomConvFeatures()
-    with pytest.warns(M.SmallSampleWarning, match="only 16 images"):
-        rows = M.compare_folders(real, {"noise": noise, "collapsed": collapsed}, extractor=ex, n_samples=100,
-                                 seeds=(0, 1), n_pairs=20, kid_subsets=10, progress=False)
-    by = {r["name"]: r for r in rows}
-    assert [r["name"] for r in rows] == [M.REAL_SPLIT_ROW, "noise", "collapsed"]
-    fd = "FD (random-conv features, not FID) mean"
-    assert all(r["n_eval"] == 16 for r in rows)                    # same sample size for every row
-    assert by[M.REAL_SPLIT_ROW][fd] < by["noise"][fd] and by[M.REAL_SPLIT_ROW][fd] < by["collapsed"][fd]
-    assert by["collapsed"]["MS-SSIM mean"] > 0.99 > by[M.REAL_SPLIT_ROW]["MS-SSIM mean"]
-    assert by["collapsed"]["recall (random-conv features) mean"] < by[M.REAL_SPLIT_ROW]["recall (random-conv features) mean"]
-    assert not any(k.startswith(("FID", "KID")) for k in rows[0])
-
-
-# ----------------------------------------------------------------------------------------
 # image metrics on the patient split (KID headline, FID with N, cluster-bootstrap intervals)
 # ----------------------------------------------------------------------------------------
 def test_kid_and_fid_match_torchmetrics_and_weights_mean_multiplicities():
@@ -586,40 +554,3 @@ def test_image_metrics_resample_test_patients_not_images(tmp_path):
         width[name] = iv["high"] - iv["low"]
         assert row["n_reference_patients"] == (8 if name == "grouped" else 32)
     assert width["grouped"] > 1.3 * width["single"], width
-
-
-def test_generator_folders_report_missing_and_reject_bad_paths(tmp_path):
-    make_generated(tmp_path / "dcgan" / "samples", n=3, size=16)
-    avail, status = M.generator_folders(tmp_path, {"dcgan": "", "cvae": "", "glide": ""})
-    assert list(avail) == ["dcgan"]
-    assert "run notebook 03" in status["cvae"] and "run notebook 04" in status["glide"]
-    with pytest.raises(FileNotFoundError, match="nope"):
-        M.generator_folders(tmp_path, {"glide": str(tmp_path / "nope")})
-
-
-# ----------------------------------------------------------------------------------------
-# notebook 05 in smoke mode
-# ----------------------------------------------------------------------------------------
-def test_notebook_05_smoke(tmp_path):
-    pytest.importorskip("papermill")
-    real = make_crops(tmp_path / "in" / "real", n_patients=6, per_patient=4, size=64)
-    make_generated(tmp_path / "out" / "dcgan" / "samples", n=12, size=32)          # other size: resized
-    make_generated(tmp_path / "out" / "cvae" / "samples", n=12, size=64, disease="rubella")
-    make_inpainted(tmp_path / "out" / "glide" / "samples", real)
-    out = tmp_path / "out"
-    env = {**os.environ, "SKINLIB_SMOKE": "1"}
-    cmd = [sys.executable, "-m", "papermill", str(REPO / "notebooks" / "05_evaluation.ipynb"),
-           str(tmp_path / "executed.ipynb"), "--cwd", str(tmp_path), "-p", "out_dir", str(out),
-           "-p", "real_crops", str(real), "-k", "python3", "--no-progress-bar"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = read_csv(out / "eval" / "comparison.csv")
-    assert [r["name"] for r in rows] == [M.REAL_SPLIT_ROW, "dcgan", "cvae", "glide [RANDOM weights]"]
-    assert "FD (random-conv features, not FID) mean" in rows[0] and not any(k.startswith("FID") for k in rows[0])
-    assert all(r["status"] == "ok" for r in rows)
-    # disease task: the unconditional DCGAN cannot be labelled -> no downstream numbers, said so
-    assert rows[1]["accuracy"] == "" and rows[1]["downstream note"].startswith("not applicable")
-    assert rows[2]["accuracy"] != "" and rows[3]["accuracy gain"] != ""
-    assert float(rows[3]["inpaint mad_outside"]) == 0.0
-    for f in ("image_metrics.png", "downstream.png", "samples.png", "downstream_per_seed.csv", "settings.json"):
-        assert (out / "eval" / f).is_file(), f
