@@ -407,6 +407,8 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         from ..viz_train import plot_losses
         import matplotlib.pyplot as plt
 
+        if rows_log:
+            skio.write_csv(run_dir / LOSSES, rows_log, ["step", "epoch", "lr", "loss", "mse", "vlb"])
         if not cfg.sample_every or (epoch % cfg.sample_every and step != total and not force):
             return
         figures_at.append(step)
@@ -415,7 +417,6 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
                           sample_prompt, respacing, cfg.guidance, seed=cfg.seed)
         skio.save_png(run_dir / "samples" / f"epoch_{epoch:04d}.png", g.permute(1, 2, 0).numpy())
         if rows_log:
-            skio.write_csv(run_dir / LOSSES, rows_log, ["step", "epoch", "lr", "loss", "mse", "vlb"])
             fig = plot_losses(run_dir, columns=["loss", "mse", "vlb"])
             fig.suptitle(f"GLIDE {kind} training losses — {label}", fontsize=9)
             fig.savefig(run_dir / "losses.png", dpi=80)
