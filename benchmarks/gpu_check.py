@@ -22,8 +22,8 @@ table. What it measures (all models have RANDOM weights: speed and numerics, not
    the final weights; exact on CPU, cuDNN may choose non-deterministic kernels on CUDA), and
    generation with finished variants deleted then resumed vs uninterrupted (bytes).
 
-``--quick`` uses the tiny-random GLIDE configs (the real 64/256 px pipeline), respacings "4"/"4",
-batches 1 and 2, 64 px training only, fewer steps: for checking the script itself on a CPU. On a
+``--quick`` uses the tiny-random GLIDE configs (the real 64/256 px pipeline), respacings "2"/"2",
+batches 1 and 2, 64 px training only, a few steps: for checking the script itself on a CPU. On a
 CPU the reduced dtype is bfloat16 (fp16 convolutions are slow or missing there) and peak memory is
 not measured (recorded as null).
 """
@@ -77,9 +77,10 @@ class Plan:
 
     @classmethod
     def quick(cls) -> "Plan":
-        return cls(glide_configs="tiny", base_respacing="4", upsample_respacing="4", latency_repeats=1,
-                   batches=(2,), train_sizes=(64,), train_batch=16, train_steps=3, shard_sources=2,
-                   shard_runs=2, shard_steps=1, shard_batch=2, shard_respacing="2", resume_steps=2)
+        return cls(glide_configs="tiny", base_respacing="2", upsample_respacing="2", latency_repeats=1,
+                   batches=(2,), train_sizes=(64,), train_batch=8, train_steps=2, train_epochs=1,
+                   shard_sources=2, shard_runs=2, shard_steps=1, shard_batch=2, shard_respacing="2",
+                   resume_steps=2)
 
 
 # ------------------------------------------------------------------------------------------ helpers
