@@ -12,6 +12,7 @@ the reason in FIGURES.md):
 * ``glide_edit_overlays.png``    edited areas and step maps of a few variants (notebook 04)
 * ``glide_fill_benchmark.png``   benchmarks/bench_glide_fill.py with the small model notebook 04 trained
 * ``dcgan_samples.png`` / ``cvae_samples.png``  generated samples (notebooks 02 / 03)
+* ``data_efficiency.png``        notebook 05's headline: test AUROC vs share of train patients, every arm
 
 Every caption names the run folder, the stage and settings that produced the figure, and says
 SYNTHETIC demo data / tiny RANDOM weights / the small GLIDE-architecture model trained on the run's
@@ -149,6 +150,33 @@ def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
             f"`{name}/samples/`.")
 
 
+def data_efficiency_figure(run: Path, out: Path) -> str:
+    from skinlib import evaluate
+
+    res = load_json(run / "eval" / "results.json")
+    synthetic = bool(res.get("synthetic_data"))
+    fig = evaluate.plot_data_efficiency(res, title=viz.title(
+        f"Data efficiency: {res['task']} on {res['n_test_patients']} held-out patients", synthetic))
+    save_figure(fig, out / "data_efficiency.png")
+    small = str(min(res["fractions"]))
+    parts = []
+    for arm in ("real only", "real + standard aug", "real + oracle", "real + copies", "real + dcgan", "real + cvae",
+                "real + glide"):
+        e = res["arms"].get(arm, {})
+        if e.get("status") != "ok":
+            parts.append(f"{arm}: {e.get('status', 'absent')}")
+            continue
+        m = e["by_fraction"][small]["metrics"]["auroc"]
+        g = e["by_fraction"][small]["gain"].get("auroc")
+        parts.append(f"{arm} {m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
+                     + (f", gain {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else ""))
+    return (("SYNTHETIC demo data - " if synthetic else "")
+            + f"notebook 05: {res['task']} classifier, test AUROC (mean, 95 % interval: bootstrap over "
+            f"{res['n_test_patients']} held-out patients and {res['repetitions']} repetitions) vs the share of the "
+            f"{res['n_train_patients']} train patients. At {float(small):.0%}: " + "; ".join(parts)
+            + f". Image features: {res['settings']['features'].get('name')}; {run_provenance(run)}, `eval/results.json`.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder of `python -m skinlib run --out RUN`")
@@ -165,7 +193,8 @@ def main(argv=None) -> int:
             ("glide_*", lambda: glide_figures(run, out)),
             ("glide_fill_benchmark.png", lambda: {"glide_fill_benchmark.png": glide_fill_figure(run, out)}),
             ("dcgan_samples.png", lambda: {"dcgan_samples.png": samples_figure(run, out, "dcgan", "02")}),
-            ("cvae_samples.png", lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")})]
+            ("cvae_samples.png", lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")}),
+            ("data_efficiency.png", lambda: {"data_efficiency.png": data_efficiency_figure(run, out)})]
     for name, job in jobs:
         try:
             captions.update(job())

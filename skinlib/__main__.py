@@ -28,15 +28,15 @@ from .io import atomic_write_text, save_json
 from .stages import STAGES, Stage, notebooks_dir
 
 GLIDE_HELP = (
-    "Supply the GLIDE weights: on a machine with internet the notebook downloads OpenAI's "
+    "Supply OpenAI's GLIDE weights: on a machine with internet the notebook downloads "
     "base_inpaint.pt and upsample_inpaint.pt by itself; offline, download them from "
     "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/base_inpaint.pt and "
     "https://openaipublic.blob.core.windows.net/diffusion/dec-2021/upsample_inpaint.pt, put both in "
     "one folder and re-run with `--only 04 05 --params p.yaml` where p.yaml says "
     "`\"04\": {weights: /that/folder}` (or place them in the cache folder the error names). "
-    "`--smoke` uses the tiny RANDOM-weight model instead (pipeline check only). If the message "
-    "above names the GPT-2 vocabulary (encoder.json / vocab.bpe) instead, put those two files in "
-    "the folder it names: every GLIDE model, tiny-random included, needs them.")
+    "With `weights: auto` (the default) and no cached weights, notebook 04 trains the small "
+    "GLIDE-architecture model on the run's crops instead; `--smoke` trains a tiny one for two steps "
+    "(pipeline check only). The GPT-2 vocabulary ships with the package.")
 
 
 def load_params(path: str | None) -> dict[str, Any]:

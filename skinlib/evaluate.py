@@ -330,7 +330,7 @@ def comparison_markdown(results: dict) -> str:
         gen = e.get("generator", "")
         img = _arm_image_row(results, arm, gen)
         kid = _kid(img, results["image_metric_labels"]["kd"]) + (f" (N={img['N']})" if img.get("N") else "")
-        mem = results["memorisation"].get(gen, {})
+        mem = results["memorisation"].get(gen, {}) if not arm.startswith("synthetic only") else {}
         nc = f"{mem['near_copy_fraction']:.0%}" if mem else ""
         if mem and mem.get("near_copy_fraction", 0) > 0.5:
             nc = f"**{nc} (memorised)**"

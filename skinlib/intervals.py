@@ -147,12 +147,14 @@ def t_quantile(confidence: float, df: int) -> float:
 
 def estimate(plan: BootstrapPlan, per_rep: Sequence[np.ndarray], point: Sequence[float],
              baseline_per_rep: Sequence[np.ndarray] | None = None,
-             baseline_point: Sequence[float] | None = None, confidence: float = CONFIDENCE) -> dict:
+             baseline_point: Sequence[float] | None = None, confidence: float = CONFIDENCE,
+             bounds: tuple[float, float] = (0.0, 1.0)) -> dict:
     """``{"mean", "low", "high"}`` of a metric (or of its paired gain over the baseline).
 
     ``per_rep[r]`` [B]: the metric of repetition r under every draw's patient weights;
     ``point[r]``: its value on the full test set. With a baseline, the gain is arm minus baseline
-    per repetition, then resampled the same way."""
+    per repetition, then resampled the same way. The interval is clipped to the metric's range
+    ``bounds`` (a gain's range is ``[lo - hi, hi - lo]``)."""
     a = np.stack(per_rep, 1)                      # [B, R]
     p = np.asarray(point, dtype=np.float64)
     if baseline_per_rep is not None:
@@ -164,7 +166,8 @@ def estimate(plan: BootstrapPlan, per_rep: Sequence[np.ndarray], point: Sequence
     if len(draws) < 0.9 * len(plan.reps) or not np.isfinite(mean):   # degenerate draws (a class vanished)
         return {"mean": mean, "low": float("nan"), "high": float("nan")}
     half = t_quantile(confidence, plan.n_patients - 1) * float(np.std(draws, ddof=1))
-    return {"mean": mean, "low": mean - half, "high": mean + half}
+    lo_bound, hi_bound = bounds if baseline_per_rep is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
+    return {"mean": mean, "low": max(lo_bound, mean - half), "high": min(hi_bound, mean + half)}
 
 
 def summarize_metric(plan: BootstrapPlan, y: np.ndarray, probas: Sequence[np.ndarray],
