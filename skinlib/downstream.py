@@ -66,7 +66,7 @@ class DownstreamConfig:
     width: int = 8                    # CNN width (channels of the first block)
     synthetic_share: float = 0.5      # P(a batch element of a class comes from the synthetic images of that class)
     fractions: tuple[float, ...] = (0.25, 0.5, 1.0)   # shares of the train patients (data-efficiency curve)
-    repetitions: int = 3              # (seed, train subset) repetitions per arm and fraction
+    repetitions: int = 4              # (seed, train subset) repetitions per arm and fraction
     seed: int = 0
     specificity: float = 0.9          # sensitivity is reported at this specificity
     n_boot: int = 1000                # bootstrap draws

@@ -92,12 +92,13 @@ def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, pro
 
 def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                    config: D.DownstreamConfig | None = None, oracle_crops=None, features: str = "auto",
-                   inception_weights: str | None = None, n_samples: int = 1000, n_pairs: int = 100,
+                   inception_weights: str | None = None, n_samples: int = 1000, min_images: int = 50, n_pairs: int = 100,
                    metric_seeds: Sequence[int] = (0,),
                    n_boot_images: int = 200, image_size: int = 256, smoke: bool = False,
                    progress: bool = True) -> dict:
     """Run the whole evaluation (see the module docstring) and write its files into ``out_dir``;
-    return the ``results.json`` dict. ``generated``: name -> folder (a missing folder is listed
+    return the ``results.json`` dict. Sets with fewer than ``min_images`` images are left out of
+    KID/FID (every row shares one N; their memorisation is still checked). ``generated``: name -> folder (a missing folder is listed
     as not available). ``oracle_crops``: the demo renderer's new-patient crops (positive control;
     None on real data, the table then says why the arm is absent)."""
     from . import memorisation as MEM
@@ -163,7 +164,13 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     train_feats = M.folder_features(extractor, train_imgs, cache=cache, progress=progress)
     kind = getattr(extractor, "kind", type(extractor).__name__)
     cache[("copies", len(copies_idx), kind)] = train_feats[torch.as_tensor(copies_idx)]   # same images: same features
-    image_rows = M.image_metrics(train_imgs, test_imgs, img_sets, extractor=extractor, n=n_samples,
+    too_few = {name: len(g) for name, g in img_sets.items() if len(g) < min_images}
+    for name, count in too_few.items():
+        if name in generators:
+            generators[name]["image_metrics"] = (f"not computed: {count} images < min_images={min_images} (KID/FID "
+                                                 f"of so few images says nothing; all rows share one N)")
+    image_rows = M.image_metrics(train_imgs, test_imgs, {k: v for k, v in img_sets.items() if k not in too_few},
+                                 extractor=extractor, n=n_samples,
                                  seeds=metric_seeds, n_boot=n_boot_images, feature_cache=cache, progress=progress)
     mem = MEM.memorisation_check(train_imgs, test_imgs, img_sets, extractor=extractor, feature_cache=cache,
                                  progress=progress)

@@ -33,7 +33,7 @@ def n_test_patients(n: int, test_share: float) -> int:
     return max(MIN_TEST_PATIENTS, int(math.floor(test_share * n + 0.5)))
 
 
-def split_patients(patients: Mapping[str, str], test_share: float = 0.25, seed: int = 0) -> dict[str, str]:
+def split_patients(patients: Mapping[str, str], test_share: float = 0.3, seed: int = 0) -> dict[str, str]:
     """Assign each patient to ``"train"`` or ``"test"``.
 
     ``patients`` maps patient id -> disease. Per disease (sorted ids, seeded shuffle) the first
@@ -72,7 +72,7 @@ def _manifest_paths(crops_dir: Path) -> list[Path]:
     return paths
 
 
-def write_split(crops_dir, test_share: float = 0.25, seed: int = 0) -> dict[str, str]:
+def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, str]:
     """Split the patients of a finished crops folder and write the ``split`` column into its
     manifests plus ``split.csv``; record the settings in ``summary.json``. Idempotent: the
     same crops and settings give the same files. Returns patient -> split."""
