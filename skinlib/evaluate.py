@@ -367,15 +367,18 @@ def per_group_markdown(results: dict) -> str:
                      + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]) + "\n"
 
 
-ARM_COLOURS = {D.REAL_ONLY: "black", D.AUGMENT: "tab:gray", D.COPIES: "tab:brown", D.ORACLE: "tab:green"}
+ARM_COLOURS = {D.REAL_ONLY: "black", "standard aug": "tab:gray", "copies": "tab:brown", "oracle": "tab:cyan"}
 
 
 def arm_colour(arm: str) -> str:
+    """One colour per generator or control, the same for its "real + X" and "synthetic only: X"
+    arms (generators: :func:`skinlib.metrics.generator_colour`)."""
     from .metrics import generator_colour
 
     if arm in ARM_COLOURS:
         return ARM_COLOURS[arm]
-    return generator_colour(arm.split("real + ", 1)[-1].split(": ", 1)[-1])
+    name = arm.split("real + ", 1)[-1].split("synthetic only: ", 1)[-1]
+    return ARM_COLOURS.get(name) or generator_colour(name)
 
 
 def plot_data_efficiency(results: dict, metric: str = "auroc", *, title: str = ""):
@@ -383,11 +386,11 @@ def plot_data_efficiency(results: dict, metric: str = "auroc", *, title: str = "
     (synthetic-only arms, trained at 100 % only, as single points)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
     fr = sorted(results["fractions"])
-    for arm, e in results["arms"].items():
-        if e["status"] != "ok" or not e["by_fraction"]:
-            continue
+    shown = [a for a, e in results["arms"].items() if e["status"] == "ok" and e["by_fraction"]]
+    for k, arm in enumerate(shown):
+        e = results["arms"][arm]
         xs = [f for f in fr if str(f) in e["by_fraction"]]
         m = [e["by_fraction"][str(f)]["metrics"][metric] for f in xs]
         mean = np.array([v["mean"] for v in m], float)
@@ -395,14 +398,14 @@ def plot_data_efficiency(results: dict, metric: str = "auroc", *, title: str = "
         high = np.array([v["high"] for v in m], float)
         style = dict(color=arm_colour(arm), lw=2.2 if arm == D.REAL_ONLY else 1.4,
                      ls=":" if arm.startswith("synthetic only") else "-", marker="o", ms=4)
-        off = (hash(arm) % 7 - 3) * 0.004
+        off = (k - (len(shown) - 1) / 2) * 0.006       # side by side, so the intervals stay readable
         ax.errorbar(np.array(xs) + off, mean, yerr=np.nan_to_num(np.vstack([mean - low, high - mean])),
                     capsize=3, label=arm, **style)
     n = results["n_train_patients"]
     ax.set_xticks(fr, [f"{f:.0%}\n({max(2, int(np.floor(f * n + 0.5)))} pat.)" for f in fr])
     ax.set_xlabel("share of train patients used (real images)")
     ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} ({results['n_test_patients']} held-out patients)")
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3)
     ax.set_title(title or f"Data efficiency: {results['task']} classifier, mean and 95 % interval", fontsize=10)
     fig.tight_layout()
