@@ -440,19 +440,29 @@ class DownstreamResult:
 
 
 def train_subsets(patients: Sequence[str], fractions: Sequence[float], repetitions: int, seed: int,
-                  min_patients: int = 2) -> dict[tuple[float, int], list[str]]:
+                  min_patients: int = 2, strata: Mapping[str, str] | None = None) -> dict[tuple[float, int], list[str]]:
     """The train patients of each (fraction, repetition): ``max(min_patients, round(f * n))``
-    patients drawn without replacement (seeded per repetition and fraction; all at f = 1)."""
+    patients drawn without replacement (seeded per repetition and fraction; all at f = 1).
+    ``strata`` (patient -> disease, for the disease task): drawn per disease, at least one each,
+    so every class keeps a training patient."""
     ids = sorted(set(patients), key=natural_key)
+    groups: dict[str, list[str]] = {}
+    for p in ids:
+        groups.setdefault((strata or {}).get(p, ""), []).append(p)
     out = {}
     for f in fractions:
-        k = min(len(ids), max(min_patients, int(math.floor(f * len(ids) + 0.5))))
         for r in range(repetitions):
-            if k == len(ids):
-                out[(f, r)] = list(ids)
-            else:
-                pick = np.random.default_rng([seed, r, int(round(f * 1000))]).choice(len(ids), k, replace=False)
-                out[(f, r)] = [ids[i] for i in sorted(pick)]
+            chosen = []
+            for g, (name, members) in enumerate(sorted(groups.items())):
+                lowest = 1 if len(groups) > 1 else min_patients
+                k = min(len(members), max(lowest, int(math.floor(f * len(members) + 0.5))))
+                if k == len(members):
+                    chosen += members
+                else:
+                    key = [seed, r, int(round(f * 1000))] + ([g] if len(groups) > 1 else [])
+                    pick = np.random.default_rng(key).choice(len(members), k, replace=False)
+                    chosen += [members[i] for i in sorted(pick)]
+            out[(f, r)] = sorted(chosen, key=natural_key)
     return out
 
 
@@ -514,7 +524,8 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     if cfg.synthetic_only:
         syn_only = [Arm(f"synthetic only: {a.generator}", pool=a.pool, synthetic_only=True, generator=a.generator)
                     for a in arms if a.pool is not None and a.generator != "copies"]
-    subsets = train_subsets(train.patient, cfg.fractions, cfg.repetitions, cfg.seed)
+    strata = ({p: real.classes[int(y)] for p, y in zip(train.patient, train.y)} if real.task == "disease" else None)
+    subsets = train_subsets(train.patient, cfg.fractions, cfg.repetitions, cfg.seed, strata=strata)
     full = max(cfg.fractions)
     jobs = [(a, f) for f in cfg.fractions for a in arms] + [(a, full) for a in syn_only]
     status = {a.name: {"status": "ok", "reason": ""} for a in arms + syn_only}

@@ -21,26 +21,31 @@ def skin(rng, size: int) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def ill(rng, size: int) -> tuple[np.ndarray, np.ndarray]:
+def ill(rng, size: int, lesion=LESION) -> tuple[np.ndarray, np.ndarray]:
     img = skin(rng, size).astype(float)
     mask = np.zeros((size, size), np.uint8)
     y0, x0 = rng.integers(0, size // 2, 2)
     mask[y0:y0 + size // 2, x0:x0 + size // 2] = 255
-    img[mask > 0] = 0.3 * img[mask > 0] + 0.7 * LESION
+    img[mask > 0] = 0.3 * img[mask > 0] + 0.7 * np.asarray(lesion)
     return np.clip(img, 0, 255).astype(np.uint8), mask
 
 
 def make_split_crops(folder, *, n_patients: int = 8, per_patient: int = 4, size: int = 32, seed: int = 0,
-                     test_share: float = 0.25, disease: str = "maculopapular_rash") -> Path:
+                     test_share: float = 0.25, disease: str = "maculopapular_rash",
+                     diseases: tuple[str, ...] = ()) -> Path:
     """A crops folder as notebook 01 writes it: NNNNNN.png + _mask.png + manifest.csv, healthy/
-    with the same columns, summary.json, and the patient split (split column + split.csv)."""
+    with the same columns, summary.json, and the patient split (split column + split.csv).
+    ``diseases``: patients cycle through them (lesion colour by disease) instead of ``disease``."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     rows, healthy = [], []
     for p in range(n_patients):
+        if diseases:
+            disease = diseases[p % len(diseases)]
+        lesion = [LESION, (90, 40, 160), (230, 200, 60)][(diseases.index(disease) if diseases else 0) % 3]
         for j in range(per_patient):
             k = len(rows)
-            img, mask = ill(rng, size)
+            img, mask = ill(rng, size, lesion)
             save_png(folder / f"{k:06d}.png", img)
             save_png(folder / f"{k:06d}_mask.png", mask)
             rows.append({"image": f"{k:06d}.png", "mask": f"{k:06d}_mask.png", "disease": disease,

@@ -135,3 +135,15 @@ def test_refused_generators_are_never_trained(crops):
     res = D.run_downstream(crops, {}, cfg, real, refused={"leaky": "made from test crops"}, progress=False)
     assert res.arms["real + leaky"] == {"status": "refused", "reason": "made from test crops", "fractions": {}}
     assert not any(r["arm"] == "real + leaky" for r in res.per_run)
+
+
+def test_disease_task_when_the_data_has_several_diseases(tmp_path):
+    crops = make_split_crops(tmp_path / "two", n_patients=8, diseases=("measles", "rubella"))
+    cfg = D.DownstreamConfig(**{**TINY, "task": "disease"})
+    real = D.real_examples(crops, cfg)
+    assert real.task == "disease" and real.classes == ["measles", "rubella"]
+    assert len(real.examples) == len(read_csv(crops / "manifest.csv"))          # ill crops only, no healthy bucket
+    res = D.run_downstream(crops, {}, cfg, real, progress=False)
+    assert res.arms[D.REAL_ONLY]["fractions"]["1.0"]["metrics"]["auroc"]["mean"] > 0.9
+    with pytest.raises(ValueError, match="two or more diseases"):
+        D.real_examples(make_split_crops(tmp_path / "one"), cfg)
