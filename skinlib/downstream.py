@@ -262,8 +262,8 @@ def synthetic_examples(folder, real: RealData, real_dir, cfg: DownstreamConfig, 
                        progress: bool = False) -> tuple[Examples, str]:
     """A generator's images as examples: ``(examples, note)``.
 
-    Label: a ``label`` column (``ill`` / ``healthy``) where the generator says what it made
-    (e.g. GLIDE squares-healthy with a healthy-skin prompt); otherwise rash-vs-healthy: ill;
+    Label: a ``label`` column (``ill`` / ``healthy``) where the generator says what it made (no
+    generator of this repository writes ``healthy`` yet); otherwise rash-vs-healthy: ill;
     disease task: the row's ``disease``. For inpainting variants with a carried mask, a variant
     counts as ill only when its ill-skin fraction outside the edited area is still above 0.1.
     The patient is the source crop's (``source_patient`` / ``patient`` column) when the image was
@@ -275,7 +275,7 @@ def synthetic_examples(folder, real: RealData, real_dir, cfg: DownstreamConfig, 
         label = (r.get("label") or "").strip().lower()
         if real.task == "disease":
             disease = r.get("disease", "")
-            if disease not in real.classes:
+            if label == "healthy" or disease not in real.classes:
                 dropped += 1
                 continue
             labels.append(real.classes.index(disease))
@@ -493,12 +493,12 @@ def _summaries(plan: BootstrapPlan, y: np.ndarray, groups: np.ndarray, probas: l
 
 def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: DownstreamConfig, real: RealData, *,
                    oracle: Examples | None = None, refused: Mapping[str, str] | None = None,
-                   progress: bool = True) -> DownstreamResult:
+                   failed: Mapping[str, str] | None = None, progress: bool = True) -> DownstreamResult:
     """Train and test every arm (see the module docstring) and summarise with intervals.
 
     ``generators``: name -> that generator's examples (checked for leaks beforehand, see
     :mod:`skinlib.provenance`); ``refused``: name -> why a generator was refused (its arm is
-    reported as refused, never trained). A failure inside one arm marks that arm ``failed`` with
+    reported as refused, never trained); ``failed``: name -> why its images could not be used. A failure inside one arm marks that arm ``failed`` with
     the reason; the others go on. Real examples enter as loaded (for rash-vs-healthy, paired per
     photo by :func:`pair_per_photo`)."""
     from tqdm.auto import tqdm
@@ -519,7 +519,8 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
         arms.append(Arm(ORACLE, pool=oracle, generator="oracle"))
     for name, ex in generators.items():
         arms.append(Arm(f"real + {name}", pool=ex, generator=name))
-    arms += [Arm(f"real + {name}", generator=name) for name in (refused or {}) if name not in generators]
+    arms += [Arm(f"real + {name}", generator=name) for name in {**(refused or {}), **(failed or {})}
+             if name not in generators]
     syn_only = []
     if cfg.synthetic_only:
         syn_only = [Arm(f"synthetic only: {a.generator}", pool=a.pool, synthetic_only=True, generator=a.generator)
@@ -531,6 +532,8 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     status = {a.name: {"status": "ok", "reason": ""} for a in arms + syn_only}
     for name, why in (refused or {}).items():
         status[f"real + {name}"] = {"status": "refused", "reason": why}
+    for name, why in (failed or {}).items():
+        status[f"real + {name}"] = {"status": "failed", "reason": why}
     probas: dict[tuple[str, float], list[np.ndarray]] = {}
     per_run: list[dict] = []
     bar = tqdm(total=len(jobs) * cfg.repetitions, desc="downstream classifiers", disable=not progress)
@@ -578,7 +581,10 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                 pr = probas.get((arm.name, f), [])
                 base = probas.get((REAL_ONLY, f)) if arm.name != REAL_ONLY else None
                 if len(pr) != cfg.repetitions or (arm.name != REAL_ONLY and (base is None or len(base) != len(pr))):
-                    continue
+                    entry = {"status": "failed", "fractions": {}, "reason": (
+                        f"incomplete at {f:.0%} of the train patients: {len(pr)} of {cfg.repetitions} repetitions"
+                        + ("" if arm.name == REAL_ONLY or base else "; the real-only baseline failed, so no paired gain"))}
+                    break
                 entry["fractions"][str(f)] = _summaries(plan, y_test, groups, pr, base, real.classes, cfg)
         result_arms[arm.name] = entry
     n_test = {c: int((y_test == i).sum()) for i, c in enumerate(real.classes)}

@@ -93,12 +93,15 @@ def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, pro
 def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                    config: D.DownstreamConfig | None = None, oracle_crops=None, features: str = "auto",
                    inception_weights: str | None = None, n_samples: int = 1000, min_images: int = 50, n_pairs: int = 100,
+                   max_test_copies: float = 0.1,
                    metric_seeds: Sequence[int] = (0,),
                    n_boot_images: int = 200, image_size: int = 256, smoke: bool = False,
                    progress: bool = True) -> dict:
     """Run the whole evaluation (see the module docstring) and write its files into ``out_dir``;
     return the ``results.json`` dict. Sets with fewer than ``min_images`` images are left out of
-    KID/FID (every row shares one N; their memorisation is still checked). ``generated``: name -> folder (a missing folder is listed
+    KID/FID (every row shares one N; their memorisation is still checked). A generator with more than
+    ``max_test_copies`` of its images near-copies of test-patient crops (memorisation check; real
+    crops of new patients give ~2 %) is refused as a leak. ``generated``: name -> folder (a missing folder is listed
     as not available). ``oracle_crops``: the demo renderer's new-patient crops (positive control;
     None on real data, the table then says why the arm is absent)."""
     from . import memorisation as MEM
@@ -125,27 +128,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                             "trained_on_split": prov.trained_on_split, "reason": prov.detail}
         usable[name] = folder
 
-    # ---- downstream
-    real = D.real_examples(real_crops, cfg, progress=progress)
-    syn: dict[str, D.Examples] = {}
-    notes: dict[str, str] = {}
-    refused = {n: g["reason"] for n, g in generators.items() if g["status"] == "refused"}
-    for name, folder in usable.items():
-        try:
-            syn[name], notes[name] = D.synthetic_examples(folder, real, real_crops, cfg, name=name, progress=progress)
-        except ValueError as e:
-            refused[name] = f"not usable for the {real.task} task: {e}"
-            generators[name].update(status="failed", reason=refused[name])
-    oracle = None
-    oracle_note = ""
-    if oracle_crops is not None:
-        oracle = oracle_examples(oracle_crops, real, cfg, progress=progress)
-        oracle_note = f"{len(oracle)} crops of new patients rendered by the demo renderer ({oracle_crops})"
-    else:
-        oracle_note = "absent: an oracle (new patients from the true distribution) exists only for the demo data"
-    res = D.run_downstream(real_crops, syn, cfg, real, oracle=oracle, refused=refused, progress=progress)
-
-    # ---- image metrics and memorisation (real train vs test patients, same N for every row)
+    # ---- features and memorisation first: a generator copying test crops is refused before training
     extractor = M.make_feature_extractor(features, inception_weights=inception_weights)
     train_imgs = M.load_folder_images(real_crops, image_size=image_size, split="train", name="real train patients",
                                       verbose=False)
@@ -164,6 +147,39 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     train_feats = M.folder_features(extractor, train_imgs, cache=cache, progress=progress)
     kind = getattr(extractor, "kind", type(extractor).__name__)
     cache[("copies", len(copies_idx), kind)] = train_feats[torch.as_tensor(copies_idx)]   # same images: same features
+    mem = MEM.memorisation_check(train_imgs, test_imgs, img_sets, extractor=extractor, feature_cache=cache,
+                                 progress=progress)
+    for name, row in mem.rows.items():          # near-copies of TEST crops: a leak the manifest did not show
+        leak = row.get("test_copy_fraction")
+        if name in generators and generators[name]["status"] == "ok" and leak is not None and leak > max_test_copies:
+            generators[name].update(status="refused", reason=(
+                f"{leak:.0%} of its images are near-copies of TEST-patient crops (memorisation check, > "
+                f"{max_test_copies:.0%}): a leak of the test set. Fix: re-make it from train-patient crops only."))
+            usable.pop(name)
+
+    # ---- downstream
+    real = D.real_examples(real_crops, cfg, progress=progress)
+    syn: dict[str, D.Examples] = {}
+    notes: dict[str, str] = {}
+    refused = {n: g["reason"] for n, g in generators.items() if g["status"] == "refused"}
+    failed: dict[str, str] = {}
+    for name, folder in usable.items():
+        try:
+            syn[name], notes[name] = D.synthetic_examples(folder, real, real_crops, cfg, name=name, progress=progress)
+        except ValueError as e:
+            failed[name] = f"not usable for the {real.task} task: {e}"
+            generators[name].update(status="failed", reason=failed[name])
+    oracle = None
+    oracle_note = ""
+    if oracle_crops is not None:
+        oracle = oracle_examples(oracle_crops, real, cfg, progress=progress)
+        oracle_note = f"{len(oracle)} crops of new patients rendered by the demo renderer ({oracle_crops})"
+    else:
+        oracle_note = "absent: an oracle (new patients from the true distribution) exists only for the demo data"
+    res = D.run_downstream(real_crops, syn, cfg, real, oracle=oracle, refused=refused, failed=failed,
+                           progress=progress)
+
+    img_sets = {k: v for k, v in img_sets.items() if k not in generators or generators[k]["status"] == "ok"}
     too_few = {name: len(g) for name, g in img_sets.items() if len(g) < min_images}
     for name, count in too_few.items():
         if name in generators:
@@ -172,8 +188,6 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     image_rows = M.image_metrics(train_imgs, test_imgs, {k: v for k, v in img_sets.items() if k not in too_few},
                                  extractor=extractor, n=n_samples,
                                  seeds=metric_seeds, n_boot=n_boot_images, feature_cache=cache, progress=progress)
-    mem = MEM.memorisation_check(train_imgs, test_imgs, img_sets, extractor=extractor, feature_cache=cache,
-                                 progress=progress)
     diversity = {name: M.ms_ssim_diversity(g.images, n_pairs=n_pairs, seed=cfg.seed)
                  for name, g in {M.REAL_TRAIN_ROW: train_imgs, **img_sets}.items() if len(g) >= 2}
     inpainting = {name: M.inpainting_change(f, real_crops=real_crops, max_images=n_samples, seed=cfg.seed, verbose=False)

@@ -10,7 +10,7 @@ memory of the test set. :func:`check_generated_folder` reads the folder's manife
 * a ``source_sha256`` is the content of a test-patient crop (a leak), or of no current crop (the
   folder was made from other crops than the current ones);
 * a row says its generator was trained on ``trained_on_split`` other than ``train`` (e.g.
-  ``all``), or on train crops whose content hash ``train_data_sha256`` differs from the current
+  ``all``; ``none`` = weights never trained on this data, e.g. OpenAI's, is accepted), or on train crops whose content hash ``train_data_sha256`` differs from the current
   train split's (trained on other crops);
 * any image is a pixel-exact copy of a test-patient crop (whatever its manifest says).
 
@@ -26,8 +26,7 @@ from pathlib import Path
 
 from .data import MANIFEST, crops_content_sha256, list_crop_rows
 from .io import read_csv
-
-HEALTHY_DIR = "healthy"
+from .split import SUBFOLDERS
 
 
 class LeakError(ValueError):
@@ -46,11 +45,12 @@ def file_sha256(path) -> str:
 
 
 def crop_hashes(real_dir) -> dict[str, dict[str, str]]:
-    """sha256 of every crop PNG of a crops folder (ill-skin crops and the healthy bucket) ->
+    """sha256 of every crop PNG of a crops folder (ill-skin crops, the healthy and low-contrast
+    buckets) ->
     ``{"file", "patient", "split"}``."""
     real_dir = Path(real_dir)
     out = {}
-    for folder in (real_dir, real_dir / HEALTHY_DIR):
+    for folder in (real_dir, *(real_dir / sub for sub in SUBFOLDERS)):
         if not (folder / MANIFEST).is_file():
             continue
         for r in read_csv(folder / MANIFEST):
@@ -107,8 +107,8 @@ def check_generated_folder(folder, real_dir, *, hashes: dict | None = None) -> P
         status, trained = "verified", "train"
         details.append("every source crop is a current train-patient crop (by content)")
     splits = {r.get("trained_on_split", "") for r in rows}
-    if splits - {""}:
-        if splits != {"train"}:
+    if splits - {"", "none"}:              # "none": weights never trained on this data (OpenAI's, tiny-random)
+        if splits - {"none"} != {"train"}:
             raise LeakError(f"{folder / MANIFEST}: its generator was trained on split(s) {sorted(splits)} — not the "
                             f"train patients only, so it has seen the test patients. {fix}")
         recorded = {r.get("train_data_sha256", "") for r in rows} - {""}

@@ -65,19 +65,40 @@ def test_copies_of_test_crops_without_provenance_are_refused(crops, tmp_path):
         check_generated_folder(plain, crops)
     outside = make_samples(tmp_path / "outside", trained_on_split="")
     assert check_generated_folder(outside, crops).status == "unverified"
+    official = make_samples(tmp_path / "official", trained_on_split="none")     # e.g. OpenAI's weights, never trained here
+    assert check_generated_folder(official, crops).status == "unverified"
+
+
+def _noisy_copies(folder, crops, rows):
+    """Near (not pixel-exact) copies of crops, without any provenance: only the memorisation check sees them."""
+    import numpy as np
+    from PIL import Image
+
+    from skinlib.io import save_png
+
+    rng = np.random.default_rng(0)
+    for i, r in enumerate(rows):
+        img = np.asarray(Image.open(crops / r["image"]).convert("RGB")).astype(int)
+        save_png(folder / f"{i:06d}.png", np.clip(img + rng.integers(-3, 4, img.shape), 0, 255).astype(np.uint8))
+    return folder
 
 
 def test_evaluate_command_writes_results_and_refuses_the_planted_leak(crops, tmp_path, capsys):
     leak = make_variants(tmp_path / "leak", crops, _rows(crops, "test"))
+    noisy = _noisy_copies(tmp_path / "noisy", crops, _rows(crops, "test"))
     gen = make_samples(tmp_path / "gen", train_data_sha256=train_data_sha256(crops))
     out = tmp_path / "eval"
-    rc = E.main(["--real", str(crops), "--generated", f"leak={leak}", f"gen={gen}", "missing=/nonexistent",
+    rc = E.main(["--real", str(crops), "--generated", f"leak={leak}", f"gen={gen}", f"noisy={noisy}", "missing=/nonexistent",
                  "--out", str(out), "--features", "local-random", "--repetitions", "2", "--steps", "20",
                  "--fractions", "0.5", "1.0", "--n-samples", "20", "--threads", "1"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["arms"]["real + leak"]["status"] == "refused" and "TEST patients" in res["arms"]["real + leak"]["reason"]
-    assert res["arms"]["real + leak"]["gain"] == {}                 # a refused leak can never show a gain
+    runs = read_csv(out / "downstream_runs.csv")
+    assert not any(r["arm"] in ("real + leak", "real + noisy") for r in runs)   # never trained: never shows a gain
+    assert res["arms"]["real + noisy"]["status"] == "refused"
+    assert "near-copies of TEST-patient crops" in res["arms"]["real + noisy"]["reason"]
+    assert res["memorisation"]["noisy"]["test_copy_fraction"] > 0.9
     assert res["generators"]["missing"]["status"] == "not available"
     assert res["arms"][D.ORACLE]["status"] == "absent" and "demo data" in res["arms"][D.ORACLE]["reason"]
     for arm in (D.REAL_ONLY, D.AUGMENT, D.COPIES, "real + gen", "synthetic only: gen"):
@@ -103,4 +124,6 @@ def test_no_arm_ran_is_a_failure_not_ok(crops, tmp_path, monkeypatch):
     with pytest.raises(E.EvaluationFailed, match="no arm of the evaluation ran"):
         E.run_evaluation(crops, {}, tmp_path / "ev", config=D.DownstreamConfig(**TINY), features="local-random",
                          n_samples=20, image_size=32, progress=False)
-    assert json.loads((tmp_path / "ev" / "results.json").read_text())["arms"][D.REAL_ONLY]["status"] == "failed"
+    arms = json.loads((tmp_path / "ev" / "results.json").read_text())["arms"]
+    assert {a: e["status"] for a, e in arms.items() if a != D.ORACLE} == {
+        a: "failed" for a in (D.REAL_ONLY, D.AUGMENT, D.COPIES)}

@@ -69,6 +69,8 @@ def _simulate(seed, n_patients=6, reps=4, gain=0.3, n_pos=8, n_neg=6, n_boot=200
 
 @pytest.mark.slow
 def test_paired_gain_intervals_cover_the_true_difference():
+    """Coverage over test-patient sampling and independent repetitions; the intervals are
+    conditional on the one train/test split (generators are trained once on its train side)."""
     hits = []
     for seed in range(200):
         est, true = _simulate(seed)
