@@ -7,4 +7,5 @@ whole test session runs them in smoke mode. Kernels started by nbval/papermill i
 import os
 
 os.environ.setdefault("SKINLIB_SMOKE", "1")
+os.environ.setdefault("SKINLIB_HEADLESS", "1")   # no ipywidgets in headless kernels (see skinlib.stages.interactive)
 os.environ.setdefault("MPLBACKEND", "Agg")

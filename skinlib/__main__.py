@@ -17,6 +17,7 @@ stage keys ("01" ... "05") to per-notebook overrides::
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_text, save_json
-from .stages import STAGES, Stage, notebooks_dir
+from .stages import HEADLESS_ENV, STAGES, Stage, notebooks_dir
 
 GLIDE_HELP = (
     "Supply OpenAI's GLIDE weights: on a machine with internet the notebook downloads "
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     nb_dir = Path(args.notebooks) if args.notebooks else notebooks_dir()
+    os.environ.setdefault(HEADLESS_ENV, "1")   # kernels inherit it: no ipywidgets in headless runs
     out = Path(args.out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     if args.data and not Path(args.data).is_dir():
         raise SystemExit(f"--data: folder {args.data} not found (expected the layout of data_README.md).")

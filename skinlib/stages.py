@@ -12,6 +12,7 @@ from pathlib import Path
 from .io import env_flag
 
 SMOKE_ENV = "SKINLIB_SMOKE"
+HEADLESS_ENV = "SKINLIB_HEADLESS"
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,14 @@ def smoke_mode(smoke: bool = False) -> bool:
         print(f"SMOKE mode ({SMOKE_ENV}=1): tiny settings, results are for checking the pipeline only.")
         return True
     return False
+
+
+def interactive() -> bool:
+    """False in headless runs (the environment has SKINLIB_HEADLESS=1: the main job and the test
+    suite set it for their kernels): notebooks then skip their ipywidgets browsers, because a
+    widget cell can leave papermill/nbclient waiting forever for a reply the kernel already sent
+    (jupyter/nbclient#312). Set it yourself for `papermill` runs by hand."""
+    return not env_flag(HEADLESS_ENV)
 
 
 def ensure_demo_crops(out_dir, smoke: bool = False) -> Path:
