@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .crops import HEALTHY_DIR
 from .data import MANIFEST, list_crop_rows, natural_key
 from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
 from .io import load_json, read_csv
@@ -49,7 +50,6 @@ REAL_ONLY = "real only"
 AUGMENT = "real + standard aug"
 COPIES = "real + copies"
 ORACLE = "real + oracle"
-HEALTHY_DIR = "healthy"
 SKIN_GROUPS = {1: "I-II", 2: "I-II", 3: "III-IV", 4: "III-IV", 5: "V-VI", 6: "V-VI"}
 
 
@@ -258,7 +258,7 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) ->
     return RealData(ex, np.asarray(splits), classes, task)
 
 
-def synthetic_examples(folder, real: RealData, real_dir, cfg: DownstreamConfig, *, name: str = "",
+def synthetic_examples(folder, real: RealData, cfg: DownstreamConfig, *, name: str = "",
                        progress: bool = False) -> tuple[Examples, str]:
     """A generator's images as examples: ``(examples, note)``.
 

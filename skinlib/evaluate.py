@@ -38,7 +38,8 @@ import torch
 
 from . import downstream as D
 from .intervals import METRICS
-from .io import atomic_write_text, save_json, write_csv
+from .data import crops_are_synthetic, list_crop_rows
+from .io import atomic_write_text, read_csv, save_json, write_csv
 from .provenance import LeakError, check_generated_folder, crop_hashes
 
 METRIC_NAMES = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy", "sens_at_spec": "sensitivity"}
@@ -69,14 +70,8 @@ def _arm_entry(arm: str, res: D.DownstreamResult) -> dict:
 
 
 def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, progress: bool = False) -> D.Examples:
-    """Every crop of the oracle folder (ill-skin crops and healthy bucket) as examples."""
-    sub = D.real_examples(oracle_crops, cfg, progress=progress) if (Path(oracle_crops) / "split.csv").is_file() else None
-    if sub is not None:
-        return sub.examples
-    # the oracle folder has no patient split: label its crops directly
-    from .data import list_crop_rows
-    from .io import read_csv
-
+    """Every crop of the oracle folder (ill-skin crops and healthy bucket; it has no patient
+    split: all of it is training data) as examples."""
     oracle_crops = Path(oracle_crops)
     rows = list_crop_rows(oracle_crops)
     files = [oracle_crops / r["image"] for r in rows]
@@ -165,7 +160,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     failed: dict[str, str] = {}
     for name, folder in usable.items():
         try:
-            syn[name], notes[name] = D.synthetic_examples(folder, real, real_crops, cfg, name=name, progress=progress)
+            syn[name], notes[name] = D.synthetic_examples(folder, real, cfg, name=name, progress=progress)
         except ValueError as e:
             failed[name] = f"not usable for the {real.task} task: {e}"
             generators[name].update(status="failed", reason=failed[name])
@@ -219,7 +214,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
         "arms": arms, "generators": generators,
         "image_metrics": image_rows, "image_metric_labels": M.metric_labels(extractor),
         "diversity_ms_ssim": diversity, "inpainting_change": inpainting, "memorisation": mem.rows, "memorisation_thresholds": mem.thresholds,
-        "settings": settings, "synthetic_data": _synthetic(real_crops),
+        "settings": settings, "synthetic_data": crops_are_synthetic(real_crops),
     }
     save_json(out_dir / "results.json", _jsonable(results))
     save_json(out_dir / "settings.json", _jsonable(settings))
@@ -237,12 +232,6 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
 def _columns(rows: Sequence[Mapping]) -> list[str]:
     """Union of the rows' keys in first-seen order (CSV header)."""
     return list(dict.fromkeys(k for r in rows for k in r))
-
-
-def _synthetic(real_crops) -> bool:
-    from .data import crops_are_synthetic
-
-    return crops_are_synthetic(real_crops)
 
 
 def _jsonable(obj):

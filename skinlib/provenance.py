@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .data import MANIFEST, crops_content_sha256, list_crop_rows
-from .io import read_csv
+from .io import read_csv, sha256_file
 from .split import SUBFOLDERS
 
 
@@ -40,13 +40,10 @@ class Provenance:
     detail: str
 
 
-def file_sha256(path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def crop_hashes(real_dir) -> dict[str, dict[str, str]]:
     """sha256 of every crop PNG of a crops folder (ill-skin crops, the healthy and low-contrast
-    buckets) ->
+    buckets); test-patient crops also carry the hash of their decoded pixels (``pixel_hash``,
+    for the pixel-copy check, computed once per evaluation) ->
     ``{"file", "patient", "split"}``."""
     real_dir = Path(real_dir)
     out = {}
@@ -54,8 +51,10 @@ def crop_hashes(real_dir) -> dict[str, dict[str, str]]:
         if not (folder / MANIFEST).is_file():
             continue
         for r in read_csv(folder / MANIFEST):
-            out[file_sha256(folder / r["image"])] = {"file": str(folder / r["image"]), "patient": r.get("patient", ""),
-                                                     "split": r.get("split", "")}
+            info = {"file": str(folder / r["image"]), "patient": r.get("patient", ""), "split": r.get("split", "")}
+            if info["split"] == "test":
+                info["pixel_hash"] = _pixel_hash(folder / r["image"])
+            out[sha256_file(folder / r["image"])] = info
     return out
 
 
@@ -120,10 +119,7 @@ def check_generated_folder(folder, real_dir, *, hashes: dict | None = None) -> P
             status = "verified"
             details.append("trained on the current train-split crops (by content)")
         trained = "train"
-    test_pixels = {}
-    for h, info in hashes.items():
-        if info["split"] == "test":
-            test_pixels[_pixel_hash(info["file"])] = info
+    test_pixels = {info["pixel_hash"] for info in hashes.values() if "pixel_hash" in info}
     copies = [r["image"] for r in rows if _pixel_hash(folder / r["image"]) in test_pixels]
     if copies:
         raise LeakError(f"{folder}: {len(copies)} image(s) are pixel-exact copies of TEST-patient crops "

@@ -99,7 +99,7 @@ def test_protocol_learns_the_task_and_reports_every_arm(crops, tmp_path):
     cfg = D.DownstreamConfig(**TINY)
     real = D.real_examples(crops, cfg)
     copies_like = make_samples(tmp_path / "gen", n=20, size=16)
-    syn, note = D.synthetic_examples(copies_like, real, crops, cfg, name="gen")
+    syn, note = D.synthetic_examples(copies_like, real, cfg, name="gen")
     assert "20 images used" in note and int(syn.y.sum()) == 20
     res = D.run_downstream(crops, {"gen": syn}, cfg, real, progress=False)
     assert set(res.arms) == {D.REAL_ONLY, D.AUGMENT, D.COPIES, "real + gen", "synthetic only: gen"}
