@@ -118,6 +118,13 @@ def main(argv=None) -> int:
     p.add_argument("--base-respacing", default="8")
     p.add_argument("--upsample-respacing", default="3")
     p.add_argument("--upsample-window", type=int, default=128)
+    p.add_argument("--upsample-start", type=int, default=None,
+                   help="upsampler starts from the noised upsample of the base result at this timestep "
+                        "(SDEdit; notebook 04's small-model default); omit: from pure noise")
+    p.add_argument("--base-start", type=int, default=None,
+                   help="base model starts from a noised smooth fill at this timestep (SDEdit); omit: pure noise")
+    p.add_argument("--ddim-eta", type=float, default=None,
+                   help="DDIM steps with this eta (notebook 04's small-model default: 0); omit: ancestral")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--prompt", default="an image of measles on dark skin")
     p.add_argument("--seed", type=int, default=0)
@@ -141,11 +148,18 @@ def main(argv=None) -> int:
 
     trained = GlideInpainter.from_pretrained(a.weights, device="cpu", base_respacing=a.base_respacing,
                                              upsample_respacing=a.upsample_respacing,
-                                             upsample_window=a.upsample_window)
+                                             upsample_window=a.upsample_window,
+                                             upsample_start=a.upsample_start, base_start=a.base_start,
+                                             ddim_eta=a.ddim_eta)
     rand = GlideInpainter(random_model(trained.base.options, 1), random_model(trained.upsampler.options, 2),
                           load_tokenizer(), base_respacing=a.base_respacing,
                           upsample_respacing=a.upsample_respacing, is_random=True,
                           identity={"weights": "random (benchmark baseline)"}).set_upsample_window(a.upsample_window)
+    rand.set_ddim(a.ddim_eta)
+    if a.base_start is not None:
+        rand.set_base_start(a.base_start)
+    if a.upsample_start is not None:
+        rand.set_upsample_start(a.upsample_start)
     seeds = [a.seed * 1000 + i for i in range(n)]
     fills, seconds = {"original": images}, {}
     t = time.perf_counter()

@@ -97,11 +97,19 @@ class GaussianDiffusion:
         self.log_betas = np.log(betas)
 
     @classmethod
-    def create(cls, noise_schedule: str, steps: int = 1000, respacing: str = "") -> "GaussianDiffusion":
+    def create(cls, noise_schedule: str, steps: int = 1000, respacing: str = "",
+               start: Optional[int] = None) -> "GaussianDiffusion":
         """Diffusion for a schedule, respaced by ``respacing`` ("" = all ``steps``, which,
-        as in the original, still goes through respacing: betas become 1 - abar_i/abar_{i-1})."""
+        as in the original, still goes through respacing: betas become 1 - abar_i/abar_{i-1}).
+        ``start`` (an original timestep < steps): keep only timesteps 0..start and respace
+        those, for sampling that starts from a noised image at ``start`` instead of pure noise
+        (SDEdit); None: the whole schedule."""
         base = betas_for_schedule(noise_schedule, steps)
-        kept = space_timesteps(steps, respacing or str(steps))
+        if start is not None:
+            if not 0 < int(start) < steps:
+                raise ValueError(f"start must be an original timestep in 1..{steps - 1}, got {start}")
+            base = base[:int(start) + 1]
+        kept = space_timesteps(len(base), respacing or str(len(base)))
         alphas_cumprod = np.cumprod(1.0 - base)
         last, new_betas, tmap = 1.0, [], []
         for i, ac in enumerate(alphas_cumprod):
@@ -147,14 +155,34 @@ class GaussianDiffusion:
         out["sample"] = out["mean"] + nonzero * torch.exp(0.5 * out["log_variance"]) * noise
         return out
 
+    def ddim_step(self, model_out: torch.Tensor, x_t: torch.Tensor, j: int, noise: torch.Tensor,
+                  eta: float = 0.0, denoised_fn=None, clip_denoised: bool = True) -> dict[str, torch.Tensor]:
+        """One DDIM step (Song et al. 2021, eq. 12) from the same x0 prediction as
+        :meth:`p_sample_step`: ``sample`` = sqrt(abar_prev)·x0 + sqrt(1 - abar_prev - s²)·eps
+        + [j != 0]·s·noise with eps re-derived from the (denoised, clipped) x0 and
+        s = eta·sqrt((1 - abar_prev) / (1 - abar))·sqrt(1 - abar / abar_prev). eta = 0:
+        deterministic, adds no fresh noise, so few steps leave no noise behind."""
+        out = self.p_mean_variance(model_out, x_t, j, denoised_fn, clip_denoised)
+        x_t, x0 = x_t.float(), out["pred_xstart"]
+        eps = ((self._coef(self.sqrt_recip_alphas_cumprod, j, x_t) * x_t - x0)
+               / self._coef(self.sqrt_recipm1_alphas_cumprod, j, x_t))
+        abar, abar_prev = float(self.alphas_cumprod[j]), float(self.alphas_cumprod_prev[j])
+        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
+        mean = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
+        out["mean"] = mean
+        out["sample"] = mean + (sigma if j != 0 else 0.0) * noise
+        return out
+
     def p_sample_loop(self, model_fn: ModelFn, initial_noise: torch.Tensor, noise: NoiseFn, *,
                       denoised_fn=None, clip_denoised: bool = True, progress: bool = False,
                       callback: Optional[Callable[[int, dict], None]] = None,
-                      desc: str = "sampling") -> torch.Tensor:
+                      desc: str = "sampling", ddim_eta: Optional[float] = None) -> torch.Tensor:
         """Run j = N-1 .. 0 from ``initial_noise``. ``model_fn(x, t_original) -> [B, 6, H, W]``
         where ``t_original`` is int64 [B] = timestep_map[j]. After each model call one draw
         ``noise(x)`` is taken. ``callback(k, step_dict)`` sees x_t, t, model_timesteps,
-        model_out, mean, log_variance, pred_xstart, sample. Returns the final sample."""
+        model_out, mean, log_variance, pred_xstart, sample. ``ddim_eta``: None (default, the
+        original): ancestral steps (:meth:`p_sample_step`); a number: DDIM steps
+        (:meth:`ddim_step`) with that eta. Returns the final sample."""
         from tqdm.auto import tqdm
 
         x = initial_noise.float()
@@ -165,7 +193,10 @@ class GaussianDiffusion:
             t = torch.full((x.shape[0],), int(self.timestep_map[j]), dtype=torch.long, device=x.device)
             model_out = model_fn(x, t)
             z = noise(x).to(device=x.device, dtype=x.dtype)
-            out = self.p_sample_step(model_out, x, j, z, denoised_fn, clip_denoised)
+            if ddim_eta is None:
+                out = self.p_sample_step(model_out, x, j, z, denoised_fn, clip_denoised)
+            else:
+                out = self.ddim_step(model_out, x, j, z, ddim_eta, denoised_fn, clip_denoised)
             if callback is not None:
                 callback(k, dict(out, x_t=x, t=j, model_timesteps=t, model_out=model_out))
             x = out["sample"]
