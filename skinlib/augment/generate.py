@@ -3,7 +3,7 @@
     generate_variants(crops_dir, out_dir, inpainter=GlideInpainter.from_pretrained(...))
 
 turns every crop of a crops folder into ``runs`` variants with
-:class:`skinlib.inpaint.IterativeInpainting` and writes them in the crop format::
+:class:`skinlib.augment.inpaint.IterativeInpainting` and writes them in the crop format::
 
     <out>/NNNNNN.png            variant, RGB uint8 256x256
     <out>/NNNNNN_mask.png       the source crop's ill-skin mask, carried along (255 = ill skin;
@@ -42,10 +42,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting,
-                      MaskSampler, item_seed, make_sampler, save_steps_gif)
-from .data import BadInputError, crops_are_synthetic, crops_content_sha256, load_crop
-from .io import load_json, save_json, save_png, write_csv
+from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting, MaskSampler,
+                      item_seed, make_sampler, save_steps_gif)
+from ..data.dataset import crops_are_synthetic, crops_content_sha256, load_crop
+from ..data.photos import BadInputError
+from ..io import load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
 RANDOM_LABEL = "tiny RANDOM weights — not real GLIDE"
@@ -196,7 +197,7 @@ class _Progress:
 # sources
 # ----------------------------------------------------------------------------------------
 def _source_rows(crops_dir: Path, max_sources: int | None, split: str | None = "train") -> list[dict]:
-    from .data import list_crop_rows
+    from ..data.dataset import list_crop_rows
 
     rows = list_crop_rows(crops_dir, split)
     return rows[:max_sources] if max_sources else rows
@@ -291,9 +292,9 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     """Make ``runs`` variants of every crop of ``crops_dir`` in ``out_dir`` (this shard's part).
 
     ``inpainter``: a :class:`skinlib.glide.pipeline.GlideInpainter`; ``steps``, ``prompt``,
-    ``guidance``, ``upsample_temp``, ``sampler`` (name for :func:`skinlib.inpaint.make_sampler`
-    or a :class:`~skinlib.inpaint.MaskSampler`), ``zoom``: the algorithm's settings (see
-    :class:`~skinlib.inpaint.IterativeInpainting`); ``seed``: job seed; ``batch_size``: variants
+    ``guidance``, ``upsample_temp``, ``sampler`` (name for :func:`skinlib.augment.inpaint.make_sampler`
+    or a :class:`~skinlib.augment.inpaint.MaskSampler`), ``zoom``: the algorithm's settings (see
+    :class:`~skinlib.augment.inpaint.IterativeInpainting`); ``seed``: job seed; ``batch_size``: variants
     per engine call (runs of a source and several sources share a batch); ``max_sources``: use
     only the first sources; ``gifs``: "first-run" (one animation per source), "all" or "none";
     ``restart_if_changed``: when ``out_dir`` holds variants made with other settings (or other
@@ -500,7 +501,7 @@ def _read_l(path) -> np.ndarray:
 
 
 def _figure_title(text: str, rows: Sequence[dict], crops_dir) -> str:
-    from .viz import title
+    from ..viz import title
 
     suffix = title_suffix(rows)
     return title(text, crops_are_synthetic(crops_dir)) + (f"\n{suffix[3:]}" if suffix else "")
@@ -686,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     if a.threads:
         torch.set_num_threads(a.threads)
-    from .glide.pipeline import GlideInpainter
+    from ..glide.pipeline import GlideInpainter
 
     device = a.device
     if device is None:

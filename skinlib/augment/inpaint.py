@@ -524,6 +524,6 @@ def steps_gif_bytes(frames: Sequence[np.ndarray], *, duration_ms: int = 400,
 
 def save_steps_gif(path, frames, **kwargs) -> None:
     """Atomically write :func:`steps_gif_bytes` to ``path``."""
-    from .io import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     atomic_write_bytes(path, steps_gif_bytes(frames, **kwargs))

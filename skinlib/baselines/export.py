@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from .io import read_csv, save_png, sha256_file, write_csv
+from ..io import read_csv, save_png, sha256_file, write_csv
 
 MANIFEST_COLUMNS = ["image", "generator", "checkpoint", "checkpoint_step", "checkpoint_sha256",
                     "seed", "index", "disease", "image_size", "trained_on_split", "train_data_sha256"]
@@ -29,15 +29,6 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     """images [N, 3, H, W] float in [-1, 1] -> uint8 array [N, H, W, 3] (values clamped)."""
     x = ((images.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return x.permute(0, 2, 3, 1).numpy()
-
-
-def save_grid(path, images: torch.Tensor, nrow: int = 8, padding: int = 2) -> None:
-    """Save images [N, 3, H, W] in [-1, 1] as one PNG grid (``nrow`` per row, white padding)."""
-    from torchvision.utils import make_grid
-
-    grid = make_grid((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=nrow,
-                     padding=padding, pad_value=1.0)
-    save_png(path, (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
 
 
 def _labels(model, classes: List[str], n: int, disease: Optional[str]) -> torch.Tensor:

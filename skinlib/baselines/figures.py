@@ -1,4 +1,7 @@
-"""Figures of a training run (notebooks 02 and 03): loss curves, image grids, epoch-grid browser.
+"""Figures of a baseline training run (notebooks 02 and 03): image grids, epoch grids, their browser.
+
+The loss curves (:func:`skinlib.viz.plot_losses`) are in :mod:`skinlib.viz`, shared with GLIDE's
+fine-tuning.
 
 All functions draw with matplotlib and return the figure (the caller calls ``plt.show()``).
 Images are float tensors [N, 3, H, W] in [-1, 1].
@@ -6,48 +9,12 @@ Images are float tensors [N, 3, H, W] in [-1, 1].
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
-from .train import GRIDS, read_losses
-from .viz import title
-
-_NOT_PLOTTED = ("step", "epoch", "lr")
-
-
-def plot_losses(run_dir, columns: Optional[Sequence[str]] = None, smooth: int = 20,
-                synthetic: bool = False):
-    """One panel per logged quantity of ``run_dir/losses.csv`` against the step: the raw values
-    (faint) and a moving average over ``smooth`` steps; a log y-axis for a positive quantity
-    whose maximum exceeds 100 x its median (a transient spike). ``synthetic``: the crops are the
-    SYNTHETIC demo data, and the figure title says so."""
-    import matplotlib.pyplot as plt
-
-    rows = read_losses(run_dir)
-    if not rows:
-        raise ValueError(f"{Path(run_dir) / 'losses.csv'} has no rows yet: train first.")
-    columns = list(columns or [k for k in rows[0] if k not in _NOT_PLOTTED])
-    steps = np.array([r["step"] for r in rows])
-    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
-    for ax, name in zip(axes[0], columns):
-        values = np.array([r[name] for r in rows])
-        ax.plot(steps, values, alpha=0.3, lw=0.8)
-        k = max(1, min(smooth, len(values) // 5 or 1))
-        if k > 1:
-            avg = np.convolve(values, np.ones(k) / k, mode="valid")
-            ax.plot(steps[k - 1:], avg, lw=1.5, label=f"mean of {k} steps")
-            ax.legend(fontsize=8)
-        positive = values[np.isfinite(values)]
-        if positive.size and positive.min() > 0 and positive.max() > 100 * np.median(positive):
-            ax.set_yscale("log")  # a transient spike would flatten the rest of the curve
-            name += " (log scale)"
-        ax.set_title(name)
-        ax.set_xlabel("step")
-    fig.suptitle(title(f"training losses ({Path(run_dir).name})", synthetic))
-    fig.tight_layout()
-    return fig
+from .train import GRIDS
+from ..viz import title
 
 
 def show_images(images: torch.Tensor, nrow: int = 8, text: str = "", row_labels=None,

@@ -1,6 +1,6 @@
 """One resumable training loop for the baseline generators (DCGAN, CVAE).
 
-The loop knows a model only through the interface in :mod:`skinlib.models` (phases, loss,
+The loop knows a model only through the interface in :mod:`skinlib.baselines.models` (phases, loss,
 sample_noise, generate). What it does, pytorch/examples-style:
 
 - Adam per phase (lr, betas), optional x``lr_decay`` every ``lr_decay_every`` epochs (StepLR);
@@ -32,26 +32,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from .data import crops_content_sha256
-from .io import read_csv, save_json, save_torch, write_csv
+from ..data.dataset import crops_content_sha256
+from ..errors import CheckpointError, NonFiniteLossError
+from ..io import LOSSES, read_csv, read_losses, save_json, save_torch, write_csv
 from .models import build_model, check_image_size
 
 CHECKPOINT = "checkpoint.pt"
-LOSSES = "losses.csv"
 GRIDS = "grids"
 FORMAT = "skinlib-train-v1"
 
 #: Settings that shape the training trajectory: a resumed run must use the checkpoint's values.
 RESUME_KEYS = ("batch_size", "lr", "beta1", "beta2", "lr_decay", "lr_decay_every", "seed",
                "grid_size")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint is unreadable, not ours, or does not match the model/settings/data."""
-
-
-class NonFiniteLossError(FloatingPointError):
-    """A loss became NaN or infinite during training."""
 
 
 @dataclass
@@ -113,7 +105,7 @@ def load_checkpoint(path) -> Dict[str, Any]:
             f"training from scratch, or replace it with an intact copy.") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a skinlib training checkpoint (format "
-                              f"{FORMAT!r}): pass a checkpoint.pt written by skinlib.train.")
+                              f"{FORMAT!r}): pass a checkpoint.pt written by skinlib.baselines.train.")
     return state
 
 
@@ -257,8 +249,8 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
     """
     from tqdm.auto import tqdm
 
-    from .data import CropDataset
-    from .export import save_grid
+    from ..data.dataset import CropDataset
+    from ..viz import save_grid
 
     cfg = dataclasses.replace(config or TrainConfig(), **overrides)
     _check_config(cfg)
@@ -472,15 +464,6 @@ def _fieldnames(rows: List[dict]) -> List[str]:
             if k not in names:
                 names.append(k)
     return names or ["step", "epoch", "lr"]
-
-
-def read_losses(run_dir) -> List[Dict[str, float]]:
-    """The rows of ``run_dir/losses.csv`` as dicts of numbers (step, epoch, lr, loss terms)."""
-    path = Path(run_dir) / LOSSES
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: train first (skinlib.train.train).")
-    return [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items()}
-            for r in read_csv(path)]
 
 
 __all__ = ["CheckpointError", "NonFiniteLossError", "TrainConfig", "TrainResult", "check_crops",

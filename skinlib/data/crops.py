@@ -46,8 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import MANIFEST, MASK_THRESHOLD, MAX_PIXELS, BadInputError, PhotoPair, encode_png, find_pairs, load_pair
-from .io import atomic_write_bytes, load_json, save_json, write_csv
+from .dataset import MANIFEST
+from .photos import (MASK_THRESHOLD, MAX_PIXELS, BadInputError, PhotoPair, encode_png, find_pairs,
+                     load_pair)
+from ..io import atomic_write_bytes, load_json, save_json, write_csv
 
 METHOD_VERSION = "crops-v2"   # bump when the method changes: invalidates resume markers
 LOW_CONTRAST_DIR = "low_contrast"
@@ -505,8 +507,8 @@ def _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed) -> di
 
 def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> Path:
     """Return ``out_dir/crops``, first making it when it holds no finished crops: generate the
-    SYNTHETIC demo dataset into ``out_dir/demo_data`` (sizes :data:`skinlib.demo.DEMO_DEFAULTS`,
-    or :data:`~skinlib.demo.DEMO_SMOKE` when ``smoke``), crop it and split its patients with the
+    SYNTHETIC demo dataset into ``out_dir/demo_data`` (sizes :data:`skinlib.data.demo.DEMO_DEFAULTS`,
+    or :data:`~skinlib.data.demo.DEMO_SMOKE` when ``smoke``), crop it and split its patients with the
     default parameters (notebook 01's defaults). Finished crops are never overwritten, except demo
     crops made with the other demo size (smoke vs full), by another demo renderer version or
     another cropping method version, which are redone."""
@@ -598,7 +600,7 @@ def format_report(out_dir, max_rows: int = 20) -> str:
 
 def read_report(out_dir, name: str) -> list[dict[str, str]]:
     """Rows of one of the reports of a crops folder: ``"skipped"``, ``"notes"``, ``"sources"``."""
-    from .io import read_csv
+    from ..io import read_csv
 
     path = Path(out_dir) / f"{name}.csv"
     return read_csv(path) if path.is_file() else []

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import encode_png
-from .io import atomic_write_bytes, atomic_write_text, load_json, save_json, write_csv
+from .photos import encode_png
+from ..io import atomic_write_bytes, atomic_write_text, load_json, save_json, write_csv
 
 DISEASES = ("maculopapular_rash", "urticaria", "psoriasis")
 SOURCE_TAG = "skinlib synthetic demo"
@@ -42,7 +42,7 @@ MANIFEST = "demo_manifest.csv"
 # Bump when the rendering changes: a dataset made by another renderer version is regenerated.
 RENDERER_VERSION = "demo-v2"
 
-# Sizes used by notebook 01 and by skinlib.crops.make_demo_crops (the main job's default data).
+# Sizes used by notebook 01 and by skinlib.data.crops.make_demo_crops (the main job's default data).
 # One disease (maculopapular rash), as the study's data; enough patients that a patient-level
 # split leaves 10 test patients and a data-efficiency curve down to a quarter of the 22 train patients.
 DEMO_DEFAULTS = dict(n_diseases=1, n_patients=32, n_examples=1, n_photos=1, min_side=600, max_side=1200)  # 32 photos

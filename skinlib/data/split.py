@@ -19,8 +19,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .data import MANIFEST, SPLITS, natural_key
-from .io import load_json, read_csv, save_json, write_csv
+from .dataset import MANIFEST, SPLITS
+from .photos import natural_key
+from ..io import load_json, read_csv, save_json, write_csv
 
 SPLIT_FILE = "split.csv"
 MIN_TEST_PATIENTS = 2     # per disease: fewer gives no usable test interval

@@ -22,7 +22,7 @@ Protocol (notebook 05, ``python -m skinlib.evaluate``):
   when that crop's patient is in the subset).
 * **Repetitions** ``repetitions`` x (seed, train subset); metrics (AUROC, balanced accuracy,
   sensitivity at ``specificity``) with intervals and paired gains vs ``real only`` from the
-  two-level bootstrap of :mod:`skinlib.intervals`; per class, and per Fitzpatrick group where
+  two-level bootstrap of :mod:`skinlib.evaluation.intervals`; per class, and per Fitzpatrick group where
   skin types are known.
 
 Images are uint8 [N, 3, s, s] tensors in memory (RGB 0..255), converted to float in [-1, 1]
@@ -40,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .crops import HEALTHY_DIR
-from .data import MANIFEST, list_crop_rows, natural_key
+from ..data.crops import HEALTHY_DIR
+from ..data.dataset import MANIFEST, list_crop_rows
+from ..data.photos import natural_key
 from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
-from .io import load_json, read_csv
+from ..io import load_json, read_csv
 
 TASKS = ("auto", "rash-vs-healthy", "disease")
 REAL_ONLY = "real only"
@@ -497,7 +498,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     """Train and test every arm (see the module docstring) and summarise with intervals.
 
     ``generators``: name -> that generator's examples (checked for leaks beforehand, see
-    :mod:`skinlib.provenance`); ``refused``: name -> why a generator was refused (its arm is
+    :mod:`skinlib.evaluation.provenance`); ``refused``: name -> why a generator was refused (its arm is
     reported as refused, never trained); ``failed``: name -> why its images could not be used. A failure inside one arm marks that arm ``failed`` with
     the reason; the others go on. Real examples enter as loaded (for rash-vs-healthy, paired per
     photo by :func:`pair_per_photo`)."""

@@ -17,10 +17,10 @@ holds generated images in the crop format (``NNNNNN.png`` + ``manifest.csv``). W
     memorisation.png      each generator's closest pairs to train crops
     settings.json         features (file, sha256, resize, versions), protocol settings
 
-Steps: (1) every generated folder is checked for leaks (:mod:`skinlib.provenance`): a refused
+Steps: (1) every generated folder is checked for leaks (:mod:`skinlib.evaluation.provenance`): a refused
 folder's arms are reported as ``refused`` with the reason and never trained; (2) downstream
-protocol (:mod:`skinlib.downstream`); (3) image metrics against the test patients
-(:func:`skinlib.metrics.image_metrics`); (4) memorisation (:mod:`skinlib.memorisation`). A
+protocol (:mod:`skinlib.evaluation.downstream`); (3) image metrics against the test patients
+(:func:`skinlib.evaluation.metrics.image_metrics`); (4) memorisation (:mod:`skinlib.evaluation.memorisation`). A
 failure in one arm marks that arm ``failed`` with its reason; when no arm ran at all,
 :class:`EvaluationFailed` is raised (the main job then reports stage 05 as failed).
 """
@@ -38,8 +38,8 @@ import torch
 
 from . import downstream as D
 from .intervals import METRICS
-from .data import crops_are_synthetic, list_crop_rows
-from .io import atomic_write_text, read_csv, save_json, write_csv
+from ..data.dataset import crops_are_synthetic, list_crop_rows
+from ..io import atomic_write_text, read_csv, save_json, write_csv
 from .provenance import LeakError, check_generated_folder, crop_hashes
 
 METRIC_NAMES = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy", "sens_at_spec": "sensitivity"}
@@ -210,7 +210,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
         "n_train_patients": res.n_train_patients, "n_test_patients": res.n_test_patients,
         "n_test_examples": res.n_test, "fractions": list(cfg.fractions), "repetitions": cfg.repetitions,
         "interval": "95 %: two-level bootstrap over test patients and repetitions, mean ± t(P-1) x sd "
-                    "(skinlib.intervals); gains paired by repetition and patient draw",
+                    "(skinlib.evaluation.intervals); gains paired by repetition and patient draw",
         "arms": arms, "generators": generators,
         "image_metrics": image_rows, "image_metric_labels": M.metric_labels(extractor),
         "diversity_ms_ssim": diversity, "inpainting_change": inpainting, "memorisation": mem.rows, "memorisation_thresholds": mem.thresholds,
@@ -261,7 +261,7 @@ def _image_row(results: dict, name: str) -> dict:
 def comparison_rows(results: dict) -> list[dict]:
     """One row per arm: status, metrics at 100 % and the smallest fraction with intervals, the
     generator's image metrics and near-copy share."""
-    from .metrics import REAL_TRAIN_ROW
+    from .image_metrics import REAL_TRAIN_ROW
 
     small = str(min(results["fractions"]))
     full = str(max(results["fractions"]))
@@ -298,7 +298,7 @@ def comparison_rows(results: dict) -> list[dict]:
 
 
 def _arm_image_row(results: dict, arm: str, gen: str) -> dict:
-    from .metrics import REAL_TRAIN_ROW
+    from .image_metrics import REAL_TRAIN_ROW
 
     if arm.startswith("synthetic only"):
         return {}
@@ -375,8 +375,8 @@ ARM_COLOURS = {D.REAL_ONLY: "black", "standard aug": "tab:gray", "copies": "tab:
 
 def arm_colour(arm: str) -> str:
     """One colour per generator or control, the same for its "real + X" and "synthetic only: X"
-    arms (generators: :func:`skinlib.metrics.generator_colour`)."""
-    from .metrics import generator_colour
+    arms (generators: :func:`skinlib.evaluation.metrics.generator_colour`)."""
+    from .report import generator_colour
 
     if arm in ARM_COLOURS:
         return ARM_COLOURS[arm]
@@ -445,7 +445,7 @@ def _save_figures(results, out_dir: Path, mem, train_imgs, img_sets) -> None:
     import matplotlib
 
     from . import memorisation as MEM
-    from .viz import title
+    from ..viz import title
 
     syn = bool(results.get("synthetic_data"))
     backend_is_agg = matplotlib.get_backend().lower() == "agg"
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generated", nargs="*", default=[], metavar="NAME=DIR", help="generated images in the crop format")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--task", default="auto", choices=D.TASKS)
-    p.add_argument("--oracle", default=None, help="oracle crops (demo data only; see skinlib.crops.make_oracle_crops)")
+    p.add_argument("--oracle", default=None, help="oracle crops (demo data only; see skinlib.data.crops.make_oracle_crops)")
     p.add_argument("--repetitions", type=int, default=D.DownstreamConfig.repetitions)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=D.DownstreamConfig.steps)

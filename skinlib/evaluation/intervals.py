@@ -17,7 +17,7 @@ arms of one repetition share their seed and train patients), so what they share 
 Metrics take per-draw example weights ``w`` [B, n] (how often each test example was drawn) so
 that all draws are computed at once: AUROC (Mann-Whitney, ties count 1/2), balanced accuracy at
 the 0.5 threshold / argmax, and sensitivity at a fixed specificity. For more than two classes
-each is the one-vs-rest macro average. ``tests/test_intervals.py`` checks the coverage of the
+each is the one-vs-rest macro average. ``tests/evaluation/test_intervals.py`` checks the coverage of the
 intervals on simulated data with a known true difference.
 """
 from __future__ import annotations

@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .metrics import FolderImages, folder_features
+from .image_metrics import folder_features
+from .images import FolderImages
 
 REAL_TEST_ROW = "real (test patients)"
 
@@ -117,7 +118,7 @@ def memorisation_check(train: FolderImages, test: FolderImages, generators: Mapp
     ``train`` / ``test``: the real crops of the train / test patients (``load_folder_images(...,
     split=...)``); ``generators``: name -> its images (any size: pixel vectors are compared at
     ``pixel_size``). ``percentile`` (0-100): the share of real test crops that defines each
-    threshold. ``feature_cache``: the dict given to :func:`skinlib.metrics.image_metrics`, so
+    threshold. ``feature_cache``: the dict given to :func:`skinlib.evaluation.metrics.image_metrics`, so
     features are extracted once. Returns a :class:`MemorisationReport`.
     """
     if not 0 < percentile < 50:

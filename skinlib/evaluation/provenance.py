@@ -24,9 +24,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import MANIFEST, crops_content_sha256, list_crop_rows
-from .io import read_csv, sha256_file
-from .split import SUBFOLDERS
+from ..data.dataset import MANIFEST, crops_content_sha256, list_crop_rows
+from ..io import read_csv, sha256_file
+from ..data.split import SUBFOLDERS
 
 
 class LeakError(ValueError):

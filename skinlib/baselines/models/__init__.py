@@ -1,6 +1,6 @@
 """The two baseline generators (DCGAN, CVAE) and the small interface the training loop uses.
 
-:func:`skinlib.train.train` knows a model only through these members:
+:func:`skinlib.baselines.train.train` knows a model only through these members:
 
 ``name``                 str, registry key ("dcgan", "cvae"); stored in checkpoints
 ``config``               dict of the constructor's keyword arguments (plain types); stored in
@@ -18,6 +18,8 @@
                          latent noise for ``generate`` drawn from a torch.Generator
 ``generate(noise, labels)``
                          -> images [N, 3, S, S] in [-1, 1]
+
+The models are plain torch modules: this folder may import nothing of skinlib outside itself.
 """
 from __future__ import annotations
 

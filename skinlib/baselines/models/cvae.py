@@ -133,7 +133,7 @@ class CVAE(nn.Module):
         labels = torch.arange(self.num_classes, device=device).repeat_interleave(n_per_class)
         return self.decode(z, labels), labels
 
-    # ---- interface used by skinlib.train -------------------------------------------------
+    # ---- interface used by skinlib.baselines.train ---------------------------------------
     def phase_modules(self) -> Dict[str, nn.Module]:
         return {"vae": self}
 

@@ -15,10 +15,10 @@ The original study's options, each a constructor argument:
 - ``generator_dropout=p``: Dropout2d(p) after every hidden generator block;
 - ``noisy_labels=True``: discriminator targets drawn uniformly, real in [0.7, 1], fake in [0, 0.3];
 - lr 2e-4, beta1 0.5 and x0.96 learning-rate decay every 10 epochs are training settings
-  (:class:`skinlib.train.TrainConfig`), see :data:`STUDY_TRAIN_SETTINGS`.
+  (:class:`skinlib.baselines.train.TrainConfig`), see :data:`STUDY_TRAIN_SETTINGS`.
 
-Images are float tensors in [-1, 1], NCHW, RGB. The model talks to :func:`skinlib.train.train`
-through the interface described in :mod:`skinlib.models` (phases + loss).
+Images are float tensors in [-1, 1], NCHW, RGB. The model talks to :func:`skinlib.baselines.train.train`
+through the interface described in :mod:`skinlib.baselines.models` (phases + loss).
 """
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ class Discriminator(nn.Module):
 class DCGAN(nn.Module):
     """Generator + discriminator trained with the non-saturating GAN loss.
 
-    Phases per step (see :mod:`skinlib.models`): ``"discriminator"`` (real vs. detached fake),
+    Phases per step (see :mod:`skinlib.baselines.models`): ``"discriminator"`` (real vs. detached fake),
     then ``"generator"`` (the same fake batch, against the just-updated discriminator), as in
     pytorch/examples. Class labels are ignored (unconditional); ``num_classes`` is 1.
     """
@@ -153,7 +153,7 @@ class DCGAN(nn.Module):
         self.discriminator = Discriminator(image_size, discriminator_channels, max_channels)
         init_dcgan_weights(self)
 
-    # ---- interface used by skinlib.train -------------------------------------------------
+    # ---- interface used by skinlib.baselines.train ---------------------------------------
     def phase_modules(self) -> Dict[str, nn.Module]:
         """One optimiser per phase, stepped in this order every batch."""
         return {"discriminator": self.discriminator, "generator": self.generator}

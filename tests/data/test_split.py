@@ -1,11 +1,11 @@
-"""The patient split of notebook 01 (skinlib.split): stratified, seeded, at least two test
+"""The patient split of notebook 01 (skinlib.data.split): stratified, seeded, at least two test
 patients per disease, written into every manifest, and the same split seen by every stage."""
 from __future__ import annotations
 
 import pytest
 
-from skinlib import split as S
-from skinlib.data import CropDataset, list_crop_rows
+from skinlib.data import split as S
+from skinlib.data.dataset import CropDataset, list_crop_rows
 from skinlib.io import read_csv
 
 from _eval_data import make_split_crops

@@ -6,11 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
-from skinlib.export import export_samples, to_uint8
+from skinlib.baselines.export import export_samples, to_uint8
 from skinlib.io import read_csv, save_png, write_csv
-from skinlib.models import CVAE, DCGAN
-from skinlib.train import (CheckpointError, NonFiniteLossError, TrainConfig, load_checkpoint,
-                           load_model, read_losses, train)
+from skinlib.baselines.models import CVAE, DCGAN
+from skinlib.baselines.train import TrainConfig, load_checkpoint, load_model, train
+from skinlib.errors import CheckpointError, NonFiniteLossError
+from skinlib.io import read_losses
 
 TINY_GAN = dict(generator_channels=4, discriminator_channels=4, max_channels=16, z_dim=8)
 TINY_VAE = dict(base_channels=4, max_channels=16, latent_dim=4)
@@ -235,7 +236,7 @@ def test_export_writes_what_the_manifest_says(crops, tmp_path, monkeypatch):
     def interrupted(path, arr):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("skinlib.export.save_png", interrupted)
+    monkeypatch.setattr("skinlib.baselines.export.save_png", interrupted)
     with pytest.raises(KeyboardInterrupt):
         export_samples(result.checkpoint, out, n=2, seed=4, progress=False)
     assert not (out / "manifest.csv").exists()
@@ -247,16 +248,17 @@ def test_training_figures(crops, tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    from skinlib import viz_train
+    from skinlib import viz
+    from skinlib.baselines import figures
 
     run = tmp_path / "run"
     result = train(tiny_gan(), crops, run, GAN_CFG, epochs=2)
-    fig = viz_train.plot_losses(run)
+    fig = viz.plot_losses(run)
     assert [ax.get_title() for ax in fig.axes] == ["loss_d", "d_real", "d_fake", "loss_g"]
-    assert [p.name for p in viz_train.epoch_grids(run)] == ["epoch_0001.png", "epoch_0002.png"]
-    assert len(viz_train.show_epoch_grids(run).axes) == 2
-    assert viz_train.epoch_grid_browser(run).children[1].value == (run / "grids/epoch_0002.png").read_bytes()
+    assert [p.name for p in figures.epoch_grids(run)] == ["epoch_0001.png", "epoch_0002.png"]
+    assert len(figures.show_epoch_grids(run).axes) == 2
+    assert figures.epoch_grid_browser(run).children[1].value == (run / "grids/epoch_0002.png").read_bytes()
     images = load_model(result.checkpoint).generate(torch.zeros(3, 8, 1, 1))
-    assert len(viz_train.show_images(images, nrow=3, row_labels=["a"]).axes) == 1
+    assert len(figures.show_images(images, nrow=3, row_labels=["a"]).axes) == 1
     with pytest.raises(FileNotFoundError, match="No epoch grids"):
-        viz_train.show_epoch_grids(tmp_path)
+        figures.show_epoch_grids(tmp_path)

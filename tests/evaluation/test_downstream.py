@@ -1,4 +1,4 @@
-"""The downstream protocol (skinlib.downstream): real examples from the split crops folder, the
+"""The downstream protocol (skinlib.evaluation.downstream): real examples from the split crops folder, the
 train-patient subsets of the data-efficiency curve, class-balanced same-budget training, the
 standard augmentation, and the arms of run_downstream on a tiny learnable task."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skinlib import downstream as D
+from skinlib.evaluation import downstream as D
 from skinlib.io import read_csv, write_csv
 
 from _eval_data import make_samples, make_split_crops

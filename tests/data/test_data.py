@@ -8,7 +8,9 @@ import torch
 from PIL import Image
 
 from _images import blob_mask, bomb_png, jpeg_with_orientation, png_raw, save, skin_photo, truncated
-from skinlib.data import (BadInputError, CropDataset, PhotoPair, find_pairs, load_mask, load_pair, load_photo)
+from skinlib.data.dataset import CropDataset
+from skinlib.data.photos import (BadInputError, PhotoPair, find_pairs, load_mask, load_pair,
+                                 load_photo)
 
 
 def _reasons(skipped):
@@ -223,7 +225,7 @@ def test_crop_dataset_items_labels_and_resize(tmp_path):
 
 
 def test_folder_without_manifest_lists_only_images_not_their_companion_masks(tmp_path):
-    from skinlib.data import list_crop_rows
+    from skinlib.data.dataset import list_crop_rows
     from skinlib.io import save_png
 
     import numpy as np
@@ -235,7 +237,7 @@ def test_folder_without_manifest_lists_only_images_not_their_companion_masks(tmp
 
 
 def test_load_crop_mask_named_by_the_manifest_must_exist_and_be_readable(tmp_path):
-    from skinlib.data import load_crop
+    from skinlib.data.dataset import load_crop
     from skinlib.io import save_png
 
     save_png(tmp_path / "000000.png", skin_photo(32, 32))
@@ -268,7 +270,7 @@ def test_load_crop_mask_named_by_the_manifest_must_exist_and_be_readable(tmp_pat
 def test_load_crop_resizes_only_when_asked(tmp_path):
     from PIL import Image as PILImage
 
-    from skinlib.data import load_crop
+    from skinlib.data.dataset import load_crop
     from skinlib.io import save_png
 
     photo = skin_photo(40, 40)

@@ -1,4 +1,4 @@
-"""Image metrics over crop folders (skinlib.metrics) and notebook 05 in smoke mode.
+"""Image metrics over crop folders (skinlib.evaluation.metrics) and notebook 05 in smoke mode.
 
 Every folder here is written by the helpers below (tiny PNGs, 32-64 px); features come from the
 fixed-seed random conv net, never reported as FID. One test builds a random-weight Inception file to
@@ -14,10 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from skinlib import metrics as M
+from skinlib.evaluation import features
+from skinlib.evaluation import image_metrics as IM
+from skinlib.evaluation import metrics as M
 from skinlib.io import read_csv, save_png, write_csv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 # ----------------------------------------------------------------------------------------
@@ -73,7 +75,7 @@ def make_generated(folder, *, n: int = 20, size: int = 64, disease: str | None =
 
 
 def make_inpainted(folder, real, *, runs: int = 1, value: int = 255, random_model: bool = True) -> Path:
-    """A GLIDE-like folder (columns as skinlib.generate writes them): each real crop with its top-left
+    """A GLIDE-like folder (columns as skinlib.augment.generate writes them): each real crop with its top-left
     quarter set to ``value``; edit mask NNNNNN_edit.png (255 = edited), carried mask."""
     folder, real = Path(folder), Path(real)
     rows = []
@@ -286,7 +288,7 @@ def test_corrupt_cached_inception_file_is_an_error_naming_it(tmp_path, monkeypat
 def test_corrupt_fid_helper_file_is_an_error_naming_it(tmp_path, monkeypatch):
     bad = tmp_path / "default_1.pt"
     bad.write_bytes(M.fid_helper_inception_path().read_bytes()[:100_000])     # truncated copy
-    monkeypatch.setattr(M, "fid_helper_inception_path", lambda: bad)
+    monkeypatch.setattr(features, "fid_helper_inception_path", lambda: bad)   # where it is used
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.delenv(M.INCEPTION_ENV, raising=False)
     for name in ("auto", "inception-fid-helper"):
@@ -457,10 +459,10 @@ def test_kid_and_fid_match_torchmetrics_and_weights_mean_multiplicities():
     w[0, 0], w[0, 1] = 3, 0
     xs = torch.cat([a[:1], a[:1], a[:1], a[2:]])
     origin = torch.tensor([0, 0, 0] + list(range(2, 60)))
-    k = M._poly_kernel(xs, xs)
+    k = IM._poly_kernel(xs, xs)
     same = origin[:, None] == origin[None, :]
     within = k[~same].mean()
-    expected = within + M._poly_kernel(b, b)[~torch.eye(50, dtype=bool)].mean() - 2 * M._poly_kernel(xs, b).mean()
+    expected = within + IM._poly_kernel(b, b)[~torch.eye(50, dtype=bool)].mean() - 2 * IM._poly_kernel(xs, b).mean()
     assert M.kid_unbiased(a, b, w, torch.ones(1, 50))[0].item() == pytest.approx(expected.item(), rel=1e-9)
     assert M.fid_from_features(a, b, w, torch.ones(1, 50))[0].item() == pytest.approx(M.frechet_distance(xs, b), rel=1e-6)
 
@@ -482,9 +484,9 @@ def test_kid_cluster_bootstrap_interval_covers_the_truth():
     hits = 0
     for _ in range(200):
         x, y = sample(40, 0), sample(40, shift)
-        w = torch.from_numpy(M._cluster_weights(np.arange(40), 200, rng))
-        v = torch.from_numpy(M._cluster_weights(np.arange(40), 200, rng))
-        iv = M._interval(M.kid_unbiased(x, y)[0].item(), M.kid_unbiased(x, y, w, v).numpy())
+        w = torch.from_numpy(IM._cluster_weights(np.arange(40), 200, rng))
+        v = torch.from_numpy(IM._cluster_weights(np.arange(40), 200, rng))
+        iv = IM._interval(M.kid_unbiased(x, y)[0].item(), M.kid_unbiased(x, y, w, v).numpy())
         hits += iv["low"] <= truth <= iv["high"]
     assert 176 <= hits <= 198, hits
 

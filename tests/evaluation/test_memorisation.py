@@ -1,4 +1,4 @@
-"""Memorisation check (skinlib.memorisation): copies of train crops are flagged, real test crops are
+"""Memorisation check (skinlib.evaluation.memorisation): copies of train crops are flagged, real test crops are
 not, and the closest-pairs figure shows the right pairs. Tiny 32 px crops, random-conv features
 (fixed seed; the rule does not depend on which features)."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from skinlib import memorisation as MM
-from skinlib import metrics as M
+from skinlib.evaluation import memorisation as MM
+from skinlib.evaluation import metrics as M
 from test_metrics import make_crops, make_generated
 
 

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from skinlib.data import CropDataset
-from skinlib.generate import (MANIFEST_FIELDS, RANDOM_LABEL, generate_variants, merge_manifests,
-                              output_stem, plan_batches, shard_batches,
-                              shard_from_env)
+from skinlib.data.dataset import CropDataset
+from skinlib.augment.generate import (MANIFEST_FIELDS, RANDOM_LABEL, generate_variants,
+                                      merge_manifests, output_stem, plan_batches, shard_batches,
+                                      shard_from_env)
 from skinlib.io import read_csv, write_csv
 from test_inpaint import FakeInpainter
 
@@ -140,7 +140,7 @@ def test_resume_with_other_settings_is_refused(tmp_path):
 
 
 def test_resume_with_other_user_masks_is_refused(tmp_path):
-    from skinlib.inpaint import UserMask
+    from skinlib.augment.inpaint import UserMask
 
     crops = make_crops(tmp_path / "crops", n=1)
     m = np.zeros((256, 256), np.uint8)
@@ -319,7 +319,7 @@ def test_resume_with_another_cpu_thread_count_is_refused(tmp_path):
 
 
 def test_command_line_takes_its_shard_from_torchrun(tmp_path, monkeypatch, tiny_engine):
-    from skinlib.generate import main
+    from skinlib.augment.generate import main
 
     crops = make_crops(tmp_path / "crops", n=2)
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -338,7 +338,7 @@ def test_command_line_takes_its_shard_from_torchrun(tmp_path, monkeypatch, tiny_
 
 
 def test_command_line_user_masks(tmp_path, tiny_engine, capsys):
-    from skinlib.generate import main
+    from skinlib.augment.generate import main
 
     crops = make_crops(tmp_path / "crops", n=1)
     m = np.zeros((256, 256), np.uint8)

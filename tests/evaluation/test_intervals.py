@@ -1,11 +1,11 @@
-"""skinlib.intervals: weighted metrics equal their direct definitions; the two-level bootstrap
+"""skinlib.evaluation.intervals: weighted metrics equal their direct definitions; the two-level bootstrap
 intervals cover the true value at about their nominal rate on simulated data."""
 import numpy as np
 import pytest
 from scipy.stats import norm
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from skinlib.intervals import BootstrapPlan, metric_draws, summarize_metric
+from skinlib.evaluation.intervals import BootstrapPlan, metric_draws, summarize_metric
 
 
 def _probas(scores):

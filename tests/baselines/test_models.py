@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from skinlib.models import CVAE, DCGAN, STUDY_OPTIONS, build_model, check_image_size
+from skinlib.baselines.models import CVAE, DCGAN, STUDY_OPTIONS, build_model, check_image_size
 
 TINY_GAN = dict(generator_channels=4, discriminator_channels=4, max_channels=16, z_dim=8)
 TINY_VAE = dict(base_channels=4, max_channels=16, latent_dim=8)

@@ -1,4 +1,4 @@
-"""skinlib.demo: the SYNTHETIC demo dataset has the real layout, exact masks, is marked
+"""skinlib.data.demo: the SYNTHETIC demo dataset has the real layout, exact masks, is marked
 synthetic, is deterministic, and its lesions look like lesions (redder, on every skin type)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from _shared import interrupted_on_call
-from skinlib import demo
-from skinlib.data import find_pairs, load_pair
+from skinlib.data import demo
+from skinlib.data.photos import find_pairs, load_pair
 from skinlib.io import load_json, read_csv, sha256_file
 
 TINY = dict(n_diseases=3, n_patients=2, n_examples=1, n_photos=2, min_side=96, max_side=160)

@@ -1,4 +1,4 @@
-"""skinlib.crops: the study's method (coverage, NMS, contrast bucket, two-colour masks) against
+"""skinlib.data.crops: the study's method (coverage, NMS, contrast bucket, two-colour masks) against
 plain reference implementations, and the folder-level run: format, manifest, every bad input
 recorded, byte-identical re-runs, resuming after an interruption."""
 from __future__ import annotations
@@ -13,8 +13,8 @@ from PIL import Image
 
 from _images import blob_mask, bomb_png, png_raw, save, skin_photo, truncated
 from _shared import interrupted_on_call
-from skinlib import crops
-from skinlib.data import CropDataset
+from skinlib.data import crops
+from skinlib.data.dataset import CropDataset
 from skinlib.io import read_csv, sha256_file
 
 SMALL = dict(window=64, stride=16, kmeans_samples=256)   # fast settings for folder-level tests
@@ -331,7 +331,7 @@ def test_make_demo_crops_smoke(tmp_path):
 
 def test_notebook_parameters_are_the_library_defaults():
     """Notebook 01's literal parameters equal extract_crops' defaults and the demo sizes."""
-    nb = Path(__file__).resolve().parents[1] / "notebooks" / "01_data_cropping.ipynb"
+    nb = Path(__file__).resolve().parents[2] / "notebooks" / "01_data_cropping.ipynb"
     if not nb.is_file():
         pytest.skip("notebooks/01_data_cropping.ipynb not present")
     cells = json.loads(nb.read_text())["cells"]
@@ -351,7 +351,7 @@ def test_notebook_parameters_are_the_library_defaults():
 
 def test_demo_crops_never_replace_unfinished_crops_of_other_data(tmp_path):
     """An interrupted crop run of the user's data (crops, no manifest yet) is not overwritten."""
-    from skinlib.crops import make_demo_crops
+    from skinlib.data.crops import make_demo_crops
     from skinlib.io import save_png
 
     crops = tmp_path / "crops"

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from skinlib.inpaint import (DEFAULT_PROMPT, IterativeInpainting, RandomSquares, Region,
-                             UserMask, derive_seed, feather_alpha, from_uint8, grid_cover,
-                             item_seed, make_sampler, quantize, steps_gif_bytes, to_uint8,
-                             zoom_window)
+from skinlib.augment.inpaint import (DEFAULT_PROMPT, IterativeInpainting, RandomSquares, Region,
+                                     UserMask, derive_seed, feather_alpha, from_uint8, grid_cover,
+                                     item_seed, make_sampler, quantize, steps_gif_bytes, to_uint8,
+                                     zoom_window)
 
 
 class FakeInpainter:

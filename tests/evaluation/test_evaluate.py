@@ -1,4 +1,4 @@
-"""The evaluation command (skinlib.evaluate, skinlib.provenance): leaks are refused — a planted
+"""The evaluation command (skinlib.evaluation.evaluate, skinlib.evaluation.provenance): leaks are refused — a planted
 leak can never show a gain —, unverifiable folders pass as such, results.json has the promised
 shape, and a run where no arm can run fails loudly."""
 from __future__ import annotations
@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from skinlib import downstream as D
-from skinlib import evaluate as E
+from skinlib.evaluation import downstream as D
+from skinlib.evaluation import evaluate as E
 from skinlib.io import read_csv, write_csv
-from skinlib.provenance import LeakError, check_generated_folder, train_data_sha256
+from skinlib.evaluation.provenance import LeakError, check_generated_folder, train_data_sha256
 
 from _eval_data import make_samples, make_split_crops, make_variants
 
