@@ -18,6 +18,7 @@ named or cached file that is corrupt is an error naming it, never a fallback), o
 fid-helper file; no download, never random features. ``"local-random"`` is
 :class:`RandomConvFeatures`, a fixed-seed random conv net for tests and smoke runs, only when
 asked for by name: distances on it are *not* FID/KID and are always labelled so
+(:func:`metric_labels`).
 
 (Part of the former ``skinlib/metrics.py``.)
 """

@@ -1,9 +1,9 @@
 """Image metrics of the patient split (:func:`image_metrics`), with cluster-bootstrap intervals.
 
-
-Image metrics of the patient split (:func:`image_metrics`): reference = the TEST-patient crops;
-every row (the "real (train patients)" baseline and each generator) measures the same number
-``N`` of its images against that reference. KID (unbiased, the headline) and FID with N beside
+Reference = the TEST-patient crops; every row (the "real (train patients)" baseline and each
+generator) measures the same number ``N`` of its images against that reference. KID (unbiased,
+the headline) and FID with N beside it, each with a 95 % cluster-bootstrap interval (see the
+function).
 
 (Part of the former ``skinlib/metrics.py``.)
 """
