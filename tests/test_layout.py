@@ -226,6 +226,9 @@ with warnings.catch_warnings(record=True) as seen:
     from skinlib.metrics import image_metrics, load_folder_images
     import skinlib.generate, skinlib.augment.generate
     import skinlib.baselines.train, skinlib.errors, skinlib.evaluation.image_metrics
+    from skinlib.viz_train import plot_losses, read_losses
+    from skinlib.export import save_grid
+    import skinlib.viz, skinlib.io
 out = {
     "data_warnings": n_data,
     "same_crops": skinlib.crops is skinlib.data.crops,
@@ -235,6 +238,8 @@ out = {
     "metrics": image_metrics is skinlib.evaluation.image_metrics.image_metrics,
     "generate": skinlib.generate is skinlib.augment.generate,
     "load_crop": load_crop.__module__,
+    "moved_names": plot_losses is skinlib.viz.plot_losses and read_losses is skinlib.io.read_losses
+                   and save_grid is skinlib.viz.save_grid,
     "warned": sorted({str(w.message).split(" ")[0] for w in seen if issubclass(w.category, DeprecationWarning)
                       and "moved to" in str(w.message)}),
 }
@@ -246,8 +251,9 @@ print(json.dumps(out))
     assert out == {
         "data_warnings": 0, "same_crops": True, "spec": "skinlib.data.crops", "same_dcgan": True,
         "train": True, "metrics": True, "generate": True, "load_crop": "skinlib.data.dataset",
-        "warned": ["skinlib.crops", "skinlib.generate", "skinlib.metrics", "skinlib.models",
-                   "skinlib.models.dcgan", "skinlib.train"],
+        "moved_names": True,
+        "warned": ["skinlib.crops", "skinlib.export", "skinlib.generate", "skinlib.metrics",
+                   "skinlib.models", "skinlib.models.dcgan", "skinlib.train", "skinlib.viz_train"],
     }
 
 

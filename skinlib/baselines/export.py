@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..io import read_csv, save_png, sha256_file, write_csv
+from ..viz import save_grid  # noqa: F401  (re-exported: moved to skinlib.viz; one release)
 
 MANIFEST_COLUMNS = ["image", "generator", "checkpoint", "checkpoint_step", "checkpoint_sha256",
                     "seed", "index", "disease", "image_size", "trained_on_split", "train_data_sha256"]

@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .train import GRIDS
+from ..io import read_losses  # noqa: F401  (re-exported: skinlib.viz_train had it; one release)
+from ..viz import plot_losses  # noqa: F401  (re-exported: moved to skinlib.viz; one release)
 from ..viz import title
+from .train import GRIDS
 
 
 def show_images(images: torch.Tensor, nrow: int = 8, text: str = "", row_labels=None,
