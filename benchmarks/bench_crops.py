@@ -1,4 +1,4 @@
-"""Benchmark: crop extraction (skinlib.crops.extract_crops) vs a straightforward per-window
+"""Benchmark: crop extraction (skinlib.data.crops.extract_crops) vs a straightforward per-window
 Python loop of the same method, on the SYNTHETIC demo dataset.
 
     python benchmarks/bench_crops.py [--photos 3] [--data DIR] [--skip-full]
@@ -55,8 +55,8 @@ def plain_loop(pairs, out: Path, p, *, kmeans_samples, kmeans_n_init) -> None:
     from skimage.exposure import is_low_contrast
     from sklearn.cluster import KMeans
 
-    from skinlib.crops import write_crop_files
-    from skinlib.data import load_pair
+    from skinlib.data.crops import write_crop_files
+    from skinlib.data.photos import load_pair
 
     def dominant(pixels):
         if len(pixels) == 0:
@@ -141,9 +141,9 @@ def main(argv=None) -> int:
 
     from threadpoolctl import threadpool_limits
 
-    from skinlib.crops import CropParams, extract_crops
-    from skinlib.data import find_pairs
-    from skinlib.demo import DEMO_DEFAULTS, make_demo_dataset
+    from skinlib.data.crops import CropParams, extract_crops
+    from skinlib.data.photos import find_pairs
+    from skinlib.data.demo import DEMO_DEFAULTS, make_demo_dataset
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_crops_"))
     try:
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
         def ratio(name: str, j: int) -> float:  # median over photos of loop time / our time
             return float(np.median([t[j] / o[j] for t, o in zip(times[name], times["ours"])]))
 
-        rows = [("ours: skinlib.crops.extract_crops", "ours"),
+        rows = [("ours: skinlib.data.crops.extract_crops", "ours"),
                 ("loop, original colour masks (all pixels, n_init=10)", "orig"),
                 (f"loop, same k-means as ours ({params.kmeans_samples} px, n_init={params.kmeans_n_init})", "same")]
         print(f"{'method':62s} {'s/photo wall':>13s} {'s/photo CPU':>12s} {'ratio wall':>11s} {'ratio CPU':>10s}")

@@ -2,7 +2,7 @@
 
 Both train the 64 px DCGAN (nz=100, ngf=ndf=64) at batch 64 with Adam(2e-4, beta1 0.5) on the
 same synthetic crops, in this process, alternating rounds; each side saves a fixed-noise grid
-every epoch and its weights at the end. Ours is the real thing: ``skinlib.train.train`` on a crops
+every epoch and its weights at the end. Ours is the real thing: ``skinlib.baselines.train.train`` on a crops
 folder (loss logging, NaN checks, grids, checkpoint with optimiser states; images/s counted over
 the training steps, not the initial decoding of the crops). The baseline is pytorch/examples' dcgan/main.py
 architecture and loop written out plainly below (its data loader replaced by an in-memory
@@ -34,8 +34,8 @@ import torch.optim as optim
 import torchvision.utils as vutils
 
 from skinlib.io import save_png, write_csv
-from skinlib.models import DCGAN
-from skinlib.train import train
+from skinlib.baselines.models import DCGAN
+from skinlib.baselines.train import train
 
 NZ, NGF, NDF, NC = 100, 64, 64, 3
 
@@ -149,7 +149,7 @@ def make_crops(folder: Path, n: int, size: int, seed: int = 0) -> None:
 
 
 def load_images(folder: Path, n: int) -> torch.Tensor:
-    from skinlib.data import CropDataset
+    from skinlib.data.dataset import CropDataset
 
     ds = CropDataset(folder, image_size=64)
     return torch.stack([ds[i][0] for i in range(n)])

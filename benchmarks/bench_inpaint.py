@@ -3,7 +3,7 @@
     python benchmarks/bench_inpaint.py                      # tiny RANDOM-weight engine, CPU-friendly
     python benchmarks/bench_inpaint.py --full --device cuda # full-size GLIDE architecture, RANDOM weights
 
-Both arms run ``skinlib.generate.generate_variants`` (regions, engine calls, bookkeeping, PNG/GIF
+Both arms run ``skinlib.augment.generate.generate_variants`` (regions, engine calls, bookkeeping, PNG/GIF
 writing) on the same crops with the same engine and settings; only ``batch_size`` differs: 1
 (one variant per engine call) vs ``sources x runs`` (all variants of the job in every call).
 Prints variants/s and inpaints/s of each arm and the speed-up ratio, measured in this process.
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from skinlib.generate import generate_variants
+from skinlib.augment.generate import generate_variants
 from skinlib.io import write_csv
 
 

@@ -14,9 +14,9 @@ table. What it measures (all models have RANDOM weights: speed and numerics, not
 2. ``glide_latency``: one inpaint (base "100" steps with guidance + upsampler "fast27") at batch
    1, reduced dtype: seconds (target < 2 s on an H100-class GPU) and peak memory.
 3. ``glide_throughput``: the same at batch 4, 8, 16: inpaints/s (target > 4/s) and peak memory.
-4. ``training``: DCGAN and CVAE, the real ``skinlib.train.train`` loop with AMP, batch 64,
+4. ``training``: DCGAN and CVAE, the real ``skinlib.baselines.train.train`` loop with AMP, batch 64,
    at 64/128/256 px: images/s (after a warm-up run).
-5. ``shards``: tiny-random GLIDE generation (``skinlib.generate.generate_variants``) as two shards
+5. ``shards``: tiny-random GLIDE generation (``skinlib.augment.generate.generate_variants``) as two shards
    and as one shard on this device: every output file byte-identical?
 6. ``resume``: training interrupted (``max_steps``) and resumed vs one straight run (max |diff| of
    the final weights; exact on CPU, cuDNN may choose non-deterministic kernels on CUDA), and
@@ -239,13 +239,13 @@ def make_crops(folder: Path, n: int, size: int, seed: int = 0) -> Path:
 
 
 def _model(name: str, size: int):
-    from skinlib.models import CVAE, DCGAN
+    from skinlib.baselines.models import CVAE, DCGAN
 
     return DCGAN(size) if name == "dcgan" else CVAE(size)
 
 
 def check_training(plan: Plan, device: torch.device, tmp: Path, log) -> list:
-    from skinlib.train import train
+    from skinlib.baselines.train import train
 
     rows = []
     for size in plan.train_sizes:
@@ -290,7 +290,7 @@ def _gen_crops(folder: Path, n: int) -> Path:
 
 
 def check_generation(plan: Plan, device: torch.device, tmp: Path, log) -> tuple[dict, dict]:
-    from skinlib.generate import generate_variants
+    from skinlib.augment.generate import generate_variants
     from skinlib.glide import GlideInpainter
 
     engine = GlideInpainter.from_pretrained("tiny-random", device=device, base_respacing=plan.shard_respacing,
@@ -322,7 +322,7 @@ def check_generation(plan: Plan, device: torch.device, tmp: Path, log) -> tuple[
 
 
 def check_train_resume(plan: Plan, device: torch.device, tmp: Path, log) -> dict:
-    from skinlib.train import load_checkpoint, train
+    from skinlib.baselines.train import load_checkpoint, train
 
     crops = make_crops(tmp / "resume_crops", plan.train_batch * plan.resume_steps, 64, seed=1)
     kw = dict(batch_size=plan.train_batch, device=str(device), amp=True, progress=False, grid_size=16)
@@ -372,7 +372,7 @@ def _table(report: dict) -> str:
                      f"{'met' if t['latency_met'] else 'NOT met'}; > {t['throughput_inpaints_per_s_above']} "
                      f"inpaints/s batched: {'met' if t['throughput_met'] else 'NOT met'}")
     if report.get("training"):
-        lines += ["", "training (skinlib.train.train, AMP on CUDA), images/s:"]
+        lines += ["", "training (skinlib.baselines.train.train, AMP on CUDA), images/s:"]
         for r in report["training"]:
             lines.append(f"  {r['model']:6s} {r['image_size']:4d} px batch {r['batch']}: {r['images_per_s']:9.1f}")
     if report.get("shards"):

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from skinlib.generate import generate_variants
+from skinlib.augment.generate import generate_variants
 from skinlib.glide.pipeline import GlideInpainter
 from skinlib.io import write_csv
 

@@ -31,8 +31,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from skinlib import generate, viz  # noqa: E402
-from skinlib.data import crops_are_synthetic, list_crop_rows  # noqa: E402
+from skinlib import viz  # noqa: E402
+from skinlib.augment import generate  # noqa: E402
+from skinlib.data.dataset import crops_are_synthetic, list_crop_rows  # noqa: E402
 from skinlib.io import atomic_write_bytes, atomic_write_text, load_json, read_csv  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -151,7 +152,7 @@ def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
 
 
 def data_efficiency_figure(run: Path, out: Path) -> str:
-    from skinlib import evaluate
+    from skinlib.evaluation import evaluate
 
     res = load_json(run / "eval" / "results.json")
     synthetic = bool(res.get("synthetic_data"))

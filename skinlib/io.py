@@ -1,4 +1,4 @@
-"""Bottom layer: atomic writes, CSV manifests, JSON, run folders, seeding.
+"""Bottom layer: atomic writes, CSV manifests, JSON, run folders (and their losses.csv), seeding.
 
 Everything in skinlib may import this module; it imports nothing of ours.
 A file is always written to a temporary name in the same folder and renamed into
@@ -16,9 +16,11 @@ import os
 import random
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Sequence
 
 import numpy as np
+
+LOSSES = "losses.csv"      # a training run's per-step log (baselines/train.py, glide/finetune.py)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -133,3 +135,12 @@ def env_flag(name: str, default: bool = False) -> bool:
     if value is None:
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def read_losses(run_dir) -> List[Dict[str, float]]:
+    """The rows of ``run_dir/losses.csv`` as dicts of numbers (step, epoch, lr, loss terms)."""
+    path = Path(run_dir) / LOSSES
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: train first (skinlib.baselines.train.train).")
+    return [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items()}
+            for r in read_csv(path)]

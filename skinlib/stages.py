@@ -57,8 +57,8 @@ def interactive() -> bool:
 def ensure_demo_crops(out_dir, smoke: bool = False) -> Path:
     """Return ``out_dir/crops``, first generating the SYNTHETIC demo dataset and cropping it
     (notebook 01's defaults) when that folder holds no finished crops. Finished crops of the
-    user's own data are returned untouched (see :func:`skinlib.crops.make_demo_crops`)."""
-    from .crops import make_demo_crops
+    user's own data are returned untouched (see :func:`skinlib.data.crops.make_demo_crops`)."""
+    from .data.crops import make_demo_crops
 
     return Path(make_demo_crops(out_dir, smoke=smoke))
 

@@ -1,5 +1,5 @@
 """Plotting helpers shared by the notebooks: image grids, mask overlays, figure titles,
-simple count plots and an ipywidgets browser.
+simple count plots, an ipywidgets browser, PNG sample grids and training-loss curves.
 
 Images may be given as file paths, PIL images, uint8 arrays [H, W, 3] / [H, W], or float
 tensors/arrays [3, H, W] (or a batch [N, 3, H, W]) in [-1, 1] (the package convention).
@@ -9,12 +9,18 @@ Masks are bool/float [H, W] or [1, H, W] with 1 = ill skin. Figures made from de
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from .io import read_losses, save_png
+
+if TYPE_CHECKING:
+    import torch
+
 SYNTHETIC_LABEL = "SYNTHETIC demo data"
 OVERLAY_COLOUR = (0, 255, 140)   # mask contour colour (bright green, visible on every skin tone)
+_NOT_PLOTTED = ("step", "epoch", "lr")    # losses.csv columns that are not loss curves
 
 
 def title(text: str, synthetic: bool = False) -> str:
@@ -191,7 +197,7 @@ def crop_browser(crops_dir, rows: Sequence[Mapping[str, str]] | None = None, *, 
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
-    from .data import list_crop_rows
+    from .data.dataset import list_crop_rows
 
     root = Path(crops_dir)
     rows = list(rows) if rows is not None else list_crop_rows(root)
@@ -235,3 +241,46 @@ def thumbnail(image, max_side: int = 512) -> np.ndarray:
     im = Image.fromarray(to_uint8(image))
     im.thumbnail((max_side, max_side), Image.LANCZOS)
     return np.asarray(im)
+
+
+def save_grid(path, images: torch.Tensor, nrow: int = 8, padding: int = 2) -> None:
+    """Save images [N, 3, H, W] in [-1, 1] as one PNG grid (``nrow`` per row, white padding)."""
+    import torch
+    from torchvision.utils import make_grid
+
+    grid = make_grid((images.detach().float().cpu().clamp(-1, 1) + 1) / 2, nrow=nrow,
+                     padding=padding, pad_value=1.0)
+    save_png(path, (grid * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def plot_losses(run_dir, columns: Optional[Sequence[str]] = None, smooth: int = 20,
+                synthetic: bool = False):
+    """One panel per logged quantity of ``run_dir/losses.csv`` against the step: the raw values
+    (faint) and a moving average over ``smooth`` steps; a log y-axis for a positive quantity
+    whose maximum exceeds 100 x its median (a transient spike). ``synthetic``: the crops are the
+    SYNTHETIC demo data, and the figure title says so."""
+    import matplotlib.pyplot as plt
+
+    rows = read_losses(run_dir)
+    if not rows:
+        raise ValueError(f"{Path(run_dir) / 'losses.csv'} has no rows yet: train first.")
+    columns = list(columns or [k for k in rows[0] if k not in _NOT_PLOTTED])
+    steps = np.array([r["step"] for r in rows])
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3), squeeze=False)
+    for ax, name in zip(axes[0], columns):
+        values = np.array([r[name] for r in rows])
+        ax.plot(steps, values, alpha=0.3, lw=0.8)
+        k = max(1, min(smooth, len(values) // 5 or 1))
+        if k > 1:
+            avg = np.convolve(values, np.ones(k) / k, mode="valid")
+            ax.plot(steps[k - 1:], avg, lw=1.5, label=f"mean of {k} steps")
+            ax.legend(fontsize=8)
+        positive = values[np.isfinite(values)]
+        if positive.size and positive.min() > 0 and positive.max() > 100 * np.median(positive):
+            ax.set_yscale("log")  # a transient spike would flatten the rest of the curve
+            name += " (log scale)"
+        ax.set_title(name)
+        ax.set_xlabel("step")
+    fig.suptitle(title(f"training losses ({Path(run_dir).name})", synthetic))
+    fig.tight_layout()
+    return fig

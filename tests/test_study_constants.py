@@ -12,9 +12,9 @@ import numpy as np
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
-# cropping (notebook 01, skinlib.crops / skinlib.data)
+# cropping (notebook 01, skinlib.data.crops / skinlib.data)
 WINDOW, STRIDE, MIN_COVERAGE, NMS_IOU, KMEANS_K, MASK_THRESHOLD = 256, 32, 0.1, 0.4, 5, 0.3
-# GLIDE iterative inpainting (notebook 04, skinlib.inpaint / skinlib.generate / skinlib.glide)
+# GLIDE iterative inpainting (notebook 04, skinlib.augment.inpaint / skinlib.augment.generate / skinlib.glide)
 BASE_RESPACING, UPSAMPLE_RESPACING = "100", "fast27"
 GUIDANCE, UPSAMPLE_TEMP = 5.0, 0.997
 SQUARE_SIDE = 15 / 64          # of the image side, on the base model's 64 px grid: 60 px at 256 px
@@ -42,7 +42,8 @@ def parameters_cell(name: str) -> dict:
 # --------------------------------------------------------------------------- cropping
 
 def test_cropping_constants_in_the_code():
-    from skinlib import crops, data
+    from skinlib import data
+    from skinlib.data import crops
 
     p = crops.CropParams()
     assert (p.window, p.stride, p.min_coverage, p.nms_iou, p.kmeans_k, p.mask_threshold) == (
@@ -68,7 +69,7 @@ def test_cropping_constants_in_notebook_01():
 # --------------------------------------------------------------------------- GLIDE
 
 def test_glide_constants_in_the_code():
-    from skinlib import generate, inpaint
+    from skinlib.augment import generate, inpaint
     from skinlib.glide.pipeline import GlideInpainter
 
     # from_pretrained passes its keyword arguments on to _load, where their defaults live
@@ -90,7 +91,7 @@ def test_glide_constants_in_the_code():
 
 
 def test_glide_constants_of_the_command_line(monkeypatch, tmp_path, capsys):
-    from skinlib import generate, inpaint
+    from skinlib.augment import generate, inpaint
     from skinlib.glide import pipeline
 
     seen = {}

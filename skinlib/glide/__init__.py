@@ -1,7 +1,7 @@
 """Our GLIDE inference engine, written from ``../shared/glide-parity/spec.md``.
 
 Loads OpenAI's released ``base_inpaint.pt`` / ``upsample_inpaint.pt`` (strict keys/shapes) and
-reproduces the original's numbers (parity tests in tests/test_glide_*.py), faster: PyTorch
+reproduces the original's numbers (parity tests in tests/glide/), faster: PyTorch
 scaled-dot-product attention, fp16/bf16 torso, guidance pair in one forward, text encoded
 once per prompt.
 
@@ -11,6 +11,10 @@ Modules: :mod:`.configs` (option dicts), :mod:`.tokenizer`, :mod:`.text_encoder`
 Training: :mod:`.losses` (hybrid loss, learned variance), :mod:`.masks` (training keep-masks),
 :mod:`.finetune` (fine-tuning OpenAI's checkpoints / training the small model; command line).
 The GPT-2 vocabulary ships in ``vocab/`` (package data).
+
+The engine takes tensors and returns tensors. May import :mod:`skinlib.io`,
+:mod:`skinlib.errors`, and (only :mod:`.finetune`, which trains on a crops folder)
+:mod:`skinlib.data` and :mod:`skinlib.viz`; never baselines, augment or evaluation.
 """
 from .checkpoints import CheckpointInvalidError, CheckpointUnavailableError, default_cache_dir, load_model
 from .diffusion import GaussianDiffusion, PerItemNoise, RecordedNoise, space_timesteps

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import io as skio
-from ..data import crops_content_sha256, list_crop_rows, load_crop
-from ..train import CheckpointError, NonFiniteLossError
+from ..data.dataset import crops_content_sha256, list_crop_rows, load_crop
+from ..errors import CheckpointError, NonFiniteLossError
 from . import checkpoints, configs
 from .checkpoints import OPTIONS_FILE, SMALL_LABEL, WEIGHTS_FORMAT, read_weights_json
 from .diffusion import GaussianDiffusion, PerItemNoise
@@ -404,7 +404,7 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         })
 
     def epoch_outputs(epoch: int, force: bool = False) -> None:
-        from ..viz_train import plot_losses
+        from ..viz import plot_losses
         import matplotlib.pyplot as plt
 
         if rows_log:

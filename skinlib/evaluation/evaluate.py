@@ -1,0 +1,511 @@
+"""The evaluation of notebook 05, also a command line for images of any generator:
+
+    python -m skinlib.evaluate --real CROPS --generated NAME=DIR [NAME=DIR ...] --out DIR
+                               [--task rash-vs-healthy|disease] [--repetitions 4] [--features auto]
+
+``CROPS`` is notebook 01's crops folder (with its patient split and healthy bucket); each ``DIR``
+holds generated images in the crop format (``NNNNNN.png`` + ``manifest.csv``). Writes into
+``--out``:
+
+    results.json          machine-readable: per arm each metric as {"mean", "low", "high"} and
+                          the paired gain vs "real only" the same way, per fraction of train
+                          patients; image metrics; memorisation per generator; settings
+    comparison.csv / .md  the table (one row per arm)
+    downstream_runs.csv   one row per trained classifier (arm, fraction, repetition, metrics)
+    data_efficiency.png   the headline figure: AUROC vs share of train patients, every arm
+    gains.png             paired gains vs real only with intervals, per fraction
+    memorisation.png      each generator's closest pairs to train crops
+    settings.json         features (file, sha256, resize, versions), protocol settings
+
+Steps: (1) every generated folder is checked for leaks (:mod:`skinlib.evaluation.provenance`): a refused
+folder's arms are reported as ``refused`` with the reason and never trained; (2) downstream
+protocol (:mod:`skinlib.evaluation.downstream`); (3) image metrics against the test patients
+(:func:`skinlib.evaluation.metrics.image_metrics`); (4) memorisation (:mod:`skinlib.evaluation.memorisation`). A
+failure in one arm marks that arm ``failed`` with its reason; when no arm ran at all,
+:class:`EvaluationFailed` is raised (the main job then reports stage 05 as failed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import downstream as D
+from .intervals import METRICS
+from ..data.dataset import crops_are_synthetic, list_crop_rows
+from ..io import atomic_write_text, read_csv, save_json, write_csv
+from .provenance import LeakError, check_generated_folder, crop_hashes
+
+METRIC_NAMES = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy", "sens_at_spec": "sensitivity"}
+
+
+class EvaluationFailed(RuntimeError):
+    """No arm of the evaluation could run."""
+
+
+def _fmt(v: Mapping | None, digits: int = 3, signed: bool = False) -> str:
+    if not v or v.get("mean") is None or not np.isfinite(v["mean"]):
+        return ""
+    f = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if v.get("low") is None or not np.isfinite(v["low"]):
+        return f.format(v["mean"])
+    return f"{f.format(v['mean'])} [{f.format(v['low'])}, {f.format(v['high'])}]"
+
+
+def _arm_entry(arm: str, res: D.DownstreamResult) -> dict:
+    e = res.arms[arm]
+    fr = e["fractions"]
+    full = str(max(res.config["fractions"]))
+    head = fr.get(full, {})
+    return {"status": e["status"], "reason": e["reason"],
+            "metrics": head.get("metrics", {}), "gain": head.get("gain", {}),
+            "per_class": head.get("per_class", {}), "per_skin_type": head.get("per_skin_type", {}),
+            "by_fraction": {f: {"metrics": s["metrics"], "gain": s["gain"]} for f, s in fr.items()}}
+
+
+def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, progress: bool = False) -> D.Examples:
+    """Every crop of the oracle folder (ill-skin crops and healthy bucket; it has no patient
+    split: all of it is training data) as examples."""
+    oracle_crops = Path(oracle_crops)
+    rows = list_crop_rows(oracle_crops)
+    files = [oracle_crops / r["image"] for r in rows]
+    labels = [real.classes.index(r["disease"]) if real.task == "disease" else 1 for r in rows]
+    if real.task == "rash-vs-healthy":
+        healthy = read_csv(oracle_crops / D.HEALTHY_DIR / "manifest.csv")
+        files += [oracle_crops / D.HEALTHY_DIR / r["image"] for r in healthy]
+        labels += [0] * len(healthy)
+    x = D.load_images(files, cfg.image_size, desc="oracle crops", progress=progress)
+    return D.Examples(x, torch.as_tensor(labels, dtype=torch.long), [""] * len(files), [str(f) for f in files],
+                      [""] * len(files))
+
+
+def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
+                   config: D.DownstreamConfig | None = None, oracle_crops=None, features: str = "auto",
+                   inception_weights: str | None = None, n_samples: int = 1000, min_images: int = 50, n_pairs: int = 100,
+                   max_test_copies: float = 0.1,
+                   metric_seeds: Sequence[int] = (0,),
+                   n_boot_images: int = 200, image_size: int = 256, smoke: bool = False,
+                   progress: bool = True) -> dict:
+    """Run the whole evaluation (see the module docstring) and write its files into ``out_dir``;
+    return the ``results.json`` dict. Sets with fewer than ``min_images`` images are left out of
+    KID/FID (every row shares one N; their memorisation is still checked). A generator with more than
+    ``max_test_copies`` of its images near-copies of test-patient crops (memorisation check; real
+    crops of new patients give ~2 %) is refused as a leak. ``generated``: name -> folder (a missing folder is listed
+    as not available). ``oracle_crops``: the demo renderer's new-patient crops (positive control;
+    None on real data, the table then says why the arm is absent)."""
+    from . import memorisation as MEM
+    from . import metrics as M
+
+    cfg = config or D.DownstreamConfig()
+    real_crops, out_dir = Path(real_crops), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generators: dict[str, dict] = {}
+    hashes = crop_hashes(real_crops)
+    usable: dict[str, Path] = {}
+    for name, folder in generated.items():
+        folder = Path(folder) if folder else None
+        if folder is None or not folder.is_dir() or not any(folder.glob("*.png")):
+            generators[name] = {"folder": str(folder or ""), "status": "not available",
+                                "reason": f"no images in {folder or '(no folder given)'}"}
+            continue
+        try:
+            prov = check_generated_folder(folder, real_crops, hashes=hashes)
+        except LeakError as e:
+            generators[name] = {"folder": str(folder), "status": "refused", "reason": str(e)}
+            continue
+        generators[name] = {"folder": str(folder), "status": "ok", "provenance": prov.status,
+                            "trained_on_split": prov.trained_on_split, "reason": prov.detail}
+        usable[name] = folder
+
+    # ---- features and memorisation first: a generator copying test crops is refused before training
+    extractor = M.make_feature_extractor(features, inception_weights=inception_weights)
+    train_imgs = M.load_folder_images(real_crops, image_size=image_size, split="train", name="real train patients",
+                                      verbose=False)
+    test_imgs = M.load_folder_images(real_crops, image_size=image_size, split="test", name="real test patients",
+                                     verbose=False)
+    img_sets = {name: M.load_folder_images(f, image_size=image_size, max_images=n_samples, seed=cfg.seed,
+                                           name=name, verbose=False) for name, f in usable.items()
+                if generators[name]["status"] == "ok"}
+    copies_idx = np.random.default_rng(cfg.seed).permutation(len(train_imgs))[:min(n_samples, len(train_imgs))]
+    img_sets["copies"] = M.FolderImages("copies", train_imgs.folder, train_imgs.images[torch.as_tensor(copies_idx)],
+                                        [train_imgs.rows[i] for i in copies_idx])
+    if oracle_crops is not None:
+        img_sets["oracle"] = M.load_folder_images(oracle_crops, image_size=image_size, max_images=n_samples,
+                                                  seed=cfg.seed, name="oracle", verbose=False)
+    cache: dict = {}
+    train_feats = M.folder_features(extractor, train_imgs, cache=cache, progress=progress)
+    kind = getattr(extractor, "kind", type(extractor).__name__)
+    cache[("copies", len(copies_idx), kind)] = train_feats[torch.as_tensor(copies_idx)]   # same images: same features
+    mem = MEM.memorisation_check(train_imgs, test_imgs, img_sets, extractor=extractor, feature_cache=cache,
+                                 progress=progress)
+    for name, row in mem.rows.items():          # near-copies of TEST crops: a leak the manifest did not show
+        leak = row.get("test_copy_fraction")
+        if name in generators and generators[name]["status"] == "ok" and leak is not None and leak > max_test_copies:
+            generators[name].update(status="refused", reason=(
+                f"{leak:.0%} of its images are near-copies of TEST-patient crops (memorisation check, > "
+                f"{max_test_copies:.0%}): a leak of the test set. Fix: re-make it from train-patient crops only."))
+            usable.pop(name)
+
+    # ---- downstream
+    real = D.real_examples(real_crops, cfg, progress=progress)
+    syn: dict[str, D.Examples] = {}
+    notes: dict[str, str] = {}
+    refused = {n: g["reason"] for n, g in generators.items() if g["status"] == "refused"}
+    failed: dict[str, str] = {}
+    for name, folder in usable.items():
+        try:
+            syn[name], notes[name] = D.synthetic_examples(folder, real, cfg, name=name, progress=progress)
+        except ValueError as e:
+            failed[name] = f"not usable for the {real.task} task: {e}"
+            generators[name].update(status="failed", reason=failed[name])
+    oracle = None
+    oracle_note = ""
+    if oracle_crops is not None:
+        oracle = oracle_examples(oracle_crops, real, cfg, progress=progress)
+        oracle_note = f"{len(oracle)} crops of new patients rendered by the demo renderer ({oracle_crops})"
+    else:
+        oracle_note = "absent: an oracle (new patients from the true distribution) exists only for the demo data"
+    res = D.run_downstream(real_crops, syn, cfg, real, oracle=oracle, refused=refused, failed=failed,
+                           progress=progress)
+
+    img_sets = {k: v for k, v in img_sets.items() if k not in generators or generators[k]["status"] == "ok"}
+    too_few = {name: len(g) for name, g in img_sets.items() if len(g) < min_images}
+    for name, count in too_few.items():
+        if name in generators:
+            generators[name]["image_metrics"] = (f"not computed: {count} images < min_images={min_images} (KID/FID "
+                                                 f"of so few images says nothing; all rows share one N)")
+    image_rows = M.image_metrics(train_imgs, test_imgs, {k: v for k, v in img_sets.items() if k not in too_few},
+                                 extractor=extractor, n=n_samples,
+                                 seeds=metric_seeds, n_boot=n_boot_images, feature_cache=cache, progress=progress)
+    diversity = {name: M.ms_ssim_diversity(g.images, n_pairs=n_pairs, seed=cfg.seed)
+                 for name, g in {M.REAL_TRAIN_ROW: train_imgs, **img_sets}.items() if len(g) >= 2}
+    inpainting = {name: M.inpainting_change(f, real_crops=real_crops, max_images=n_samples, seed=cfg.seed, verbose=False)
+                  for name, f in usable.items() if generators[name]["status"] == "ok" and M.is_inpainting_folder(f)}
+
+    # ---- results
+    arms = {a: _arm_entry(a, res) for a in res.arms}
+    for a, e in arms.items():
+        gen = a.split("real + ", 1)[1] if a.startswith("real + ") else a.split(": ", 1)[1] if a.startswith("synthetic only: ") else ""
+        e["generator"] = gen
+        if gen in notes:
+            e["images"] = notes[gen]
+    if D.ORACLE not in arms:
+        arms[D.ORACLE] = {"status": "absent", "reason": oracle_note, "metrics": {}, "gain": {}, "by_fraction": {}}
+    else:
+        arms[D.ORACLE]["images"] = oracle_note
+    ran = [a for a, e in arms.items() if e["status"] == "ok" and e["by_fraction"]]
+    feats = M.feature_settings(extractor, image_size)
+    settings = {"real_crops": str(real_crops), "generated": {n: str(f) for n, f in generated.items()},
+                "oracle_crops": str(oracle_crops) if oracle_crops else None, "downstream": asdict(cfg),
+                "features": feats, "n_samples": n_samples, "metric_seeds": list(metric_seeds),
+                "image_size": image_size, "smoke": smoke, "torch": torch.__version__}
+    results = {
+        "task": res.task, "classes": res.classes,
+        "n_train_patients": res.n_train_patients, "n_test_patients": res.n_test_patients,
+        "n_test_examples": res.n_test, "fractions": list(cfg.fractions), "repetitions": cfg.repetitions,
+        "interval": "95 %: two-level bootstrap over test patients and repetitions, mean ± t(P-1) x sd "
+                    "(skinlib.evaluation.intervals); gains paired by repetition and patient draw",
+        "arms": arms, "generators": generators,
+        "image_metrics": image_rows, "image_metric_labels": M.metric_labels(extractor),
+        "diversity_ms_ssim": diversity, "inpainting_change": inpainting, "memorisation": mem.rows, "memorisation_thresholds": mem.thresholds,
+        "settings": settings, "synthetic_data": crops_are_synthetic(real_crops),
+    }
+    save_json(out_dir / "results.json", _jsonable(results))
+    save_json(out_dir / "settings.json", _jsonable(settings))
+    write_csv(out_dir / "downstream_runs.csv", res.per_run, _columns(res.per_run))
+    table = comparison_rows(results)
+    write_csv(out_dir / "comparison.csv", table, _columns(table))
+    atomic_write_text(out_dir / "comparison.md", comparison_markdown(results))
+    _save_figures(results, out_dir, mem, train_imgs, img_sets)
+    if not ran:
+        reasons = "; ".join(f"{a}: {e['status']} ({e['reason']})" for a, e in arms.items())
+        raise EvaluationFailed(f"no arm of the evaluation ran ({reasons}); results written to {out_dir}")
+    return results
+
+
+def _columns(rows: Sequence[Mapping]) -> list[str]:
+    """Union of the rows' keys in first-seen order (CSV header)."""
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------
+# tables and figures
+# ----------------------------------------------------------------------------------------
+def _image_row(results: dict, name: str) -> dict:
+    for r in results["image_metrics"]:
+        if r.get("name") == name:
+            return r
+    return {}
+
+
+def comparison_rows(results: dict) -> list[dict]:
+    """One row per arm: status, metrics at 100 % and the smallest fraction with intervals, the
+    generator's image metrics and near-copy share."""
+    from .image_metrics import REAL_TRAIN_ROW
+
+    small = str(min(results["fractions"]))
+    full = str(max(results["fractions"]))
+    rows = []
+    for arm, e in results["arms"].items():
+        gen = e.get("generator", "")
+        img = _arm_image_row(results, arm, gen)
+        mem = results["memorisation"].get(gen, {}) if gen else {}
+        row = {"arm": arm, "status": e["status"], "reason": e.get("reason", "")}
+        for f in (full, small):
+            s = e.get("by_fraction", {}).get(f, {})
+            for m in METRICS:
+                v = s.get("metrics", {}).get(m, {})
+                g = s.get("gain", {}).get(m, {})
+                row[f"{m} @{f}"] = v.get("mean")
+                row[f"{m} @{f} low"] = v.get("low")
+                row[f"{m} @{f} high"] = v.get("high")
+                row[f"{m} gain @{f}"] = g.get("mean")
+                row[f"{m} gain @{f} low"] = g.get("low")
+                row[f"{m} gain @{f} high"] = g.get("high")
+        labels = results["image_metric_labels"]
+        for k in (labels["kd"], labels["fd"], "N"):
+            if k in img:
+                row[k] = img[k]["mean"] if isinstance(img[k], dict) else img[k]
+        if mem:
+            row["near_copy_fraction"] = mem.get("near_copy_fraction")
+        div = results["diversity_ms_ssim"].get(gen or ("" if arm != D.REAL_ONLY else REAL_TRAIN_ROW))
+        if div and not arm.startswith("synthetic only"):
+            row["MS-SSIM within set (high = collapse)"] = div["mean"]
+        for k, v in results["inpainting_change"].get(gen, {}).items() if not arm.startswith("synthetic only") else ():
+            row[f"inpainting {k}"] = v
+        rows.append(row)
+    return rows
+
+
+def _arm_image_row(results: dict, arm: str, gen: str) -> dict:
+    from .image_metrics import REAL_TRAIN_ROW
+
+    if arm.startswith("synthetic only"):
+        return {}
+    return _image_row(results, gen) if gen else (_image_row(results, REAL_TRAIN_ROW) if arm == D.REAL_ONLY else {})
+
+
+def _kid(img: Mapping, label: str) -> str:
+    k = img.get(label)
+    if not isinstance(k, dict):
+        return ""
+    return f"{1000 * k['mean']:.1f} [{1000 * k['low']:.1f}, {1000 * k['high']:.1f}]"
+
+
+def comparison_markdown(results: dict) -> str:
+    """The table of ``comparison.md``: arms with AUROC and paired gains (intervals) at 100 % and
+    at the smallest share of train patients, KID x 1000 with N, near-copy share."""
+    small = str(min(results["fractions"]))
+    full = str(max(results["fractions"]))
+    feats = results["settings"]["features"]
+    lines = [
+        f"Task: **{results['task']}** ({', '.join(results['classes'])}); test: {results['n_test_patients']} held-out "
+        f"patients ({', '.join(f'{c}: {n}' for c, n in results['n_test_examples'].items())} crops); train: "
+        f"{results['n_train_patients']} patients; {results['repetitions']} repetitions per arm and share; "
+        f"intervals: {results['interval']}. Image features: {feats.get('name')}."
+        + (" **SYNTHETIC demo data.**" if results.get("synthetic_data") else "")
+        + (" **SMOKE run: numbers check the pipeline only.**" if results["settings"].get("smoke") else ""),
+        "",
+        f"| arm | status | AUROC (100 %) | gain | AUROC ({float(small):.0%}) | gain | sens. @ spec {results['settings']['downstream']['specificity']} (100 %) "
+        f"| {results['image_metric_labels']['kd']} x1000 vs test patients (N) | near-copies of train |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, e in results["arms"].items():
+        if e["status"] != "ok":
+            reason = e.get("reason", "").replace("|", "/").replace("\n", " ")
+            lines.append(f"| {arm} | **{e['status']}**: {reason[:300]} | | | | | | | |")
+            continue
+        f100 = e["by_fraction"].get(full, {})
+        fs = e["by_fraction"].get(small, {})
+        gen = e.get("generator", "")
+        img = _arm_image_row(results, arm, gen)
+        kid = _kid(img, results["image_metric_labels"]["kd"]) + (f" (N={img['N']})" if img.get("N") else "")
+        mem = results["memorisation"].get(gen, {}) if not arm.startswith("synthetic only") else {}
+        nc = f"{mem['near_copy_fraction']:.0%}" if mem else ""
+        if mem and mem.get("near_copy_fraction", 0) > 0.5:
+            nc = f"**{nc} (memorised)**"
+        lines.append(
+            f"| {arm} | ok | {_fmt(f100.get('metrics', {}).get('auroc'))} | {_fmt(f100.get('gain', {}).get('auroc'), signed=True)} "
+            f"| {_fmt(fs.get('metrics', {}).get('auroc'))} | {_fmt(fs.get('gain', {}).get('auroc'), signed=True)} "
+            f"| {_fmt(f100.get('metrics', {}).get('sens_at_spec'))} | {kid} | {nc} |")
+    refused = {n: g for n, g in results["generators"].items() if g["status"] != "ok"}
+    if refused:
+        lines += ["", "Generators not evaluated:"]
+        lines += [f"- {n}: {g['status']} — {g['reason']}" for n, g in refused.items()]
+    return "\n".join(lines) + "\n"
+
+
+def per_group_markdown(results: dict) -> str:
+    """Per class (recall: sensitivity / specificity at 0.5) and per Fitzpatrick group (AUROC) of
+    every arm that ran, at 100 % of the train patients, with intervals."""
+    rows = []
+    for arm, e in results["arms"].items():
+        if e["status"] != "ok":
+            continue
+        row = {"arm": arm, **{f"recall {c}": _fmt(v) for c, v in e.get("per_class", {}).items()},
+               **{f"AUROC {g} ({v['n_patients']} test pat.)": _fmt(v["auroc"]) for g, v in e.get("per_skin_type", {}).items()}}
+        rows.append(row)
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                     + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]) + "\n"
+
+
+ARM_COLOURS = {D.REAL_ONLY: "black", "standard aug": "tab:gray", "copies": "tab:brown", "oracle": "tab:cyan"}
+
+
+def arm_colour(arm: str) -> str:
+    """One colour per generator or control, the same for its "real + X" and "synthetic only: X"
+    arms (generators: :func:`skinlib.evaluation.metrics.generator_colour`)."""
+    from .report import generator_colour
+
+    if arm in ARM_COLOURS:
+        return ARM_COLOURS[arm]
+    name = arm.split("real + ", 1)[-1].split("synthetic only: ", 1)[-1]
+    return ARM_COLOURS.get(name) or generator_colour(name)
+
+
+def plot_data_efficiency(results: dict, metric: str = "auroc", *, title: str = ""):
+    """The headline figure: ``metric`` vs share of train patients, mean and 95 % interval per arm
+    (synthetic-only arms, trained at 100 % only, as single points)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9.0, 4.4))
+    fr = sorted(results["fractions"])
+    shown = [a for a, e in results["arms"].items() if e["status"] == "ok" and e["by_fraction"]]
+    for k, arm in enumerate(shown):
+        e = results["arms"][arm]
+        xs = [f for f in fr if str(f) in e["by_fraction"]]
+        m = [e["by_fraction"][str(f)]["metrics"][metric] for f in xs]
+        mean = np.array([v["mean"] for v in m], float)
+        low = np.array([v["low"] for v in m], float)
+        high = np.array([v["high"] for v in m], float)
+        style = dict(color=arm_colour(arm), lw=2.2 if arm == D.REAL_ONLY else 1.4,
+                     ls=":" if arm.startswith("synthetic only") else "-", marker="o", ms=4)
+        off = (k - (len(shown) - 1) / 2) * 0.006       # side by side, so the intervals stay readable
+        ax.errorbar(np.array(xs) + off, mean, yerr=np.nan_to_num(np.vstack([mean - low, high - mean])),
+                    capsize=3, label=arm, **style)
+    n = results["n_train_patients"]
+    ax.set_xticks(fr, [f"{f:.0%}\n({max(2, int(np.floor(f * n + 0.5)))} pat.)" for f in fr])
+    ax.set_xlabel("share of train patients used (real images)")
+    ax.set_ylabel(f"test {METRIC_NAMES.get(metric, metric)} ({results['n_test_patients']} held-out patients)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(alpha=0.3)
+    ax.set_title(title or f"Data efficiency: {results['task']} classifier, mean and 95 % interval", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gains(results: dict, metric: str = "auroc", *, title: str = ""):
+    """Paired gain vs real only (mean and 95 % interval) of every arm at every share."""
+    import matplotlib.pyplot as plt
+
+    fr = sorted(results["fractions"])
+    arms = [a for a, e in results["arms"].items() if e["status"] == "ok" and a != D.REAL_ONLY and e["by_fraction"]]
+    fig, ax = plt.subplots(figsize=(7.2, 0.5 + 0.32 * max(1, len(arms)) * len(fr)))
+    y, labels = 0, []
+    for f in fr:
+        for a in arms:
+            g = results["arms"][a]["by_fraction"].get(str(f), {}).get("gain", {}).get(metric)
+            if not g:
+                continue
+            ax.errorbar([g["mean"]], [y], xerr=[[g["mean"] - g["low"]], [g["high"] - g["mean"]]], fmt="o",
+                        color=arm_colour(a), capsize=3)
+            labels.append(f"{a} @ {f:.0%}")
+            y += 1
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"gain in test {METRIC_NAMES.get(metric, metric)} vs real only (paired)")
+    ax.set_title(title or "Paired gains with 95 % intervals", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _save_figures(results, out_dir: Path, mem, train_imgs, img_sets) -> None:
+    import matplotlib
+
+    from . import memorisation as MEM
+    from ..viz import title
+
+    syn = bool(results.get("synthetic_data"))
+    backend_is_agg = matplotlib.get_backend().lower() == "agg"
+    import matplotlib.pyplot as plt
+
+    figs = {"data_efficiency.png": plot_data_efficiency(results, title=title(
+                f"Data efficiency: {results['task']} classifier on held-out patients", syn)),
+            "gains.png": plot_gains(results, title=title("Paired gains vs real only (95 % intervals)", syn)),
+            "memorisation.png": MEM.closest_pairs_figure(mem, train_imgs, img_sets, title=title(
+                "Closest generated / train pairs (memorisation check)", syn))}
+    for name, fig in figs.items():
+        fig.savefig(out_dir / name, dpi=120)
+        if backend_is_agg:
+            plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------
+def _pairs(values: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        if "=" not in v:
+            raise SystemExit(f"--generated takes NAME=DIR, got {v!r}")
+        k, d = v.split("=", 1)
+        out[k] = d
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m skinlib.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--real", required=True, help="crops folder of notebook 01 (with split.csv and healthy/)")
+    p.add_argument("--generated", nargs="*", default=[], metavar="NAME=DIR", help="generated images in the crop format")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--task", default="auto", choices=D.TASKS)
+    p.add_argument("--oracle", default=None, help="oracle crops (demo data only; see skinlib.data.crops.make_oracle_crops)")
+    p.add_argument("--repetitions", type=int, default=D.DownstreamConfig.repetitions)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=D.DownstreamConfig.steps)
+    p.add_argument("--fractions", type=float, nargs="+", default=list(D.DownstreamConfig.fractions))
+    p.add_argument("--features", default="auto",
+                   help="auto | inception | inception-torchmetrics | inception-fid-helper | local-random (NOT FID)")
+    p.add_argument("--inception-weights", default=None)
+    p.add_argument("--n-samples", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=0)
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    cfg = D.DownstreamConfig(task=a.task, repetitions=a.repetitions, seed=a.seed, steps=a.steps,
+                             fractions=tuple(a.fractions))
+    try:
+        results = run_evaluation(a.real, _pairs(a.generated), a.out, config=cfg, oracle_crops=a.oracle,
+                                 features=a.features, inception_weights=a.inception_weights, n_samples=a.n_samples)
+    except EvaluationFailed as e:
+        print(f"EVALUATION FAILED: {e}", file=sys.stderr)
+        return 1
+    print((Path(a.out) / "comparison.md").read_text())
+    print(json.dumps({"n_test_patients": results["n_test_patients"], "written": str(a.out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
