@@ -608,8 +608,8 @@ def official_weights_present(folder=None, cache_dir=None) -> bool:
 
 def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, cache_dir=None,
                     finetune_steps: int = 0, finetune_batch: int = 4, finetune_lr: float = 1e-5,
-                    small_images: int = 96, small_steps: int = 100, small_batch: int = 8,
-                    small_lr: float = 1e-3, seed: int = 0, log=print) -> str:
+                    small_images: int = 96, small_steps: int = 100, small_upsample_steps: int = 300,
+                    small_batch: int = 8, small_lr: float = 1e-3, seed: int = 0, log=print) -> str:
     """Decide (and train) the weights of notebook 04; returns the ``weights`` argument of
     :meth:`GlideInpainter.from_pretrained`.
 
@@ -619,7 +619,8 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
       train-split crops for ``finetune_steps`` steps when > 0 (a GPU job; result in
       ``model_dir/finetuned``);
     * "small": train :data:`configs.SMALL_BASE` / ``SMALL_UPSAMPLE`` from scratch for
-      ``small_steps`` steps each on ``small_images`` crops (``model_dir/small``; resumes);
+      ``small_steps`` (base) and ``small_upsample_steps`` (upsampler, on 64 px patches) steps
+      on ``small_images`` crops (``model_dir/small``; resumes);
       in ``smoke`` mode the "tiny" config for 2 steps instead (labelled as such);
     * a folder written by this module: used as it is; "tiny-random": smoke runs only.
     """
@@ -654,7 +655,8 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
                                  max_steps=small_steps, lr=small_lr, ema_rate=0.98, n_samples=4,
                                  sample_every=10**6, seed=seed, checkpoint_every=50)
         train("base", crops_dir, out, cfg, sample_respacing=cfg.sample_respacing or "10", log=log)
-        train("upsampler", crops_dir, out, cfg, patch_size=64, sample_respacing=cfg.sample_respacing or "3", log=log)
+        train("upsampler", crops_dir, out, cfg, patch_size=64, sample_respacing=cfg.sample_respacing or "3",
+              log=log, **({} if smoke else {"max_steps": small_upsample_steps}))
         return str(out)
     # OpenAI's weights (cache: "official"; or a folder), optionally fine-tuned
     if finetune_steps <= 0:

@@ -99,7 +99,7 @@ def sample_upsample_inpaint(model: GlideUNet, diffusion: GaussianDiffusion, text
 
 def smooth_fill(images: torch.Tensor, keep_mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """Known pixels kept, holes filled by a normalised Gaussian blur of the known pixels
-    (blur(image * keep) / blur(keep)). images [N, C, H, W] in [-1, 1], keep_mask [N, 1, H, W]
+    (blur(image * keep) / blur(keep); beyond the kernel's reach, the known pixels' mean). images [N, C, H, W] in [-1, 1], keep_mask [N, 1, H, W]
     (1 = known); sigma in px. Returns [N, C, H, W] in [-1, 1]."""
     r = max(1, int(3 * sigma))
     k = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32, device=images.device) ** 2 / (2 * sigma ** 2))
@@ -110,7 +110,11 @@ def smooth_fill(images: torch.Tensor, keep_mask: torch.Tensor, sigma: float) -> 
         x = F.conv2d(F.pad(x, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
         return F.conv2d(F.pad(x, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
 
-    est = blur(images * keep_mask) / blur(keep_mask).clamp(min=1e-6)
+    weight = blur(keep_mask)
+    est = blur(images * keep_mask) / weight.clamp(min=1e-6)
+    # pixels farther than 3 sigma from any known pixel: the mean of the known pixels
+    mean = (images * keep_mask).sum((2, 3), keepdim=True) / keep_mask.sum((2, 3), keepdim=True).clamp(min=1)
+    est = torch.where(weight > 1e-6, est, mean.expand_as(est))
     return torch.where(keep_mask.bool(), images, est.clamp(-1, 1))
 
 

@@ -149,3 +149,32 @@ def test_one_step_schedule_is_finite():
     out = diffusion.p_sample_loop(lambda x, t: torch.zeros(x.shape[0], 6, 4, 4), torch.randn(1, 3, 4, 4),
                                   lambda x: torch.randn_like(x))
     assert torch.isfinite(out).all()
+
+
+def test_truncated_schedule_starts_at_the_given_timestep():
+    full = GaussianDiffusion.create("linear", 1000, "")
+    part = GaussianDiffusion.create("linear", 1000, "5", start=200)
+    assert part.num_timesteps == 5 and int(part.timestep_map[-1]) == 200 and int(part.timestep_map[0]) == 0
+    # the respaced chain still ends at the original's noise level of its last kept timestep
+    assert part.alphas_cumprod[-1] == pytest.approx(full.alphas_cumprod[200], rel=1e-12)
+    with pytest.raises(ValueError, match="start"):
+        GaussianDiffusion.create("linear", 1000, "5", start=1000)
+
+
+def test_ddim_eta_one_equals_ancestral_step_with_the_small_posterior_variance():
+    """DDIM with eta = 1 has the DDPM posterior's mean and variance (Song et al. 2021): with the
+    model's variance output at its minimum (v = -1: the clipped posterior variance), one DDIM step
+    and one ancestral step give the same sample; eta = 0 adds no noise."""
+    d = GaussianDiffusion.create("squaredcos_cap_v2", 1000, "10")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g)
+    eps = torch.randn(2, 3, 4, 4, generator=g) * 0.5
+    out = torch.cat([eps, -torch.ones_like(eps)], 1)
+    z = torch.randn(2, 3, 4, 4, generator=g)
+    for j in (2, 5, 9):
+        a = d.p_sample_step(out, x, j, z, clip_denoised=False)["sample"]
+        b = d.ddim_step(out, x, j, z, eta=1.0, clip_denoised=False)["sample"]
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
+        c0 = d.ddim_step(out, x, j, z, eta=0.0, clip_denoised=False)["sample"]
+        c1 = d.ddim_step(out, x, j, torch.zeros_like(z), eta=0.0, clip_denoised=False)["sample"]
+        assert torch.equal(c0, c1)

@@ -18,7 +18,7 @@ from skinlib.glide.masks import random_keep_masks
 from skinlib.glide.pipeline import GlideInpainter, encode_prompts
 from skinlib.io import read_csv, write_csv
 from skinlib.errors import NonFiniteLossError
-from test_train import make_crops
+from _toy_crops import make_crops
 
 FAST = dict(model="fixture-tiny", batch_size=4, lr=1e-3, progress=False, sample_respacing="2", n_samples=2)
 

@@ -184,3 +184,52 @@ def test_upsample_window_keeps_known_pixels_and_only_sees_a_window(tmp_path):
     assert pipe.set_upsample_window(128)._window_boxes(wide < 0.5) is None  # too tall: whole image
     with pytest.raises(ValueError, match="multiple of 32"):
         pipe.set_upsample_window(100)
+
+
+def test_smooth_fill_keeps_known_pixels_and_fills_a_flat_image_exactly():
+    from skinlib.glide.pipeline import smooth_fill
+
+    images, keep = _inputs(2, 16)
+    filled = smooth_fill(images, keep, sigma=2.0)
+    known = keep.expand_as(images) == 1
+    assert torch.equal(filled[known], images[known])
+    flat = torch.full((1, 3, 16, 16), -0.3)
+    flat[:, :, 8:12, 8:12] = 0.9                      # hole content is ignored
+    assert torch.allclose(smooth_fill(flat, keep[:1], sigma=2.0), torch.full_like(flat, -0.3), atol=1e-6)
+
+
+def test_small_model_sampling_starts_from_noised_fills_and_is_recorded():
+    """base_start / upsample_start: the first x_t of each stage is the seeded noise mixed with the
+    smooth fill (base) or the upsampled base result (upsampler) at the start's noise level; DDIM
+    steps; everything in identity; the known pixels are still kept exactly."""
+    from skinlib.glide.diffusion import PerItemNoise
+    from skinlib.glide.pipeline import smooth_fill
+
+    pipe = GlideInpainter(random_model(configs.FIXTURE_TINY_BASE, 5), random_model(configs.FIXTURE_TINY_UPSAMPLE, 6),
+                          load_tokenizer(), base_respacing="3", upsample_respacing="2", is_random=True,
+                          identity={"weights": "test-random"})
+    pipe.set_base_start(300).set_upsample_start(60).set_ddim(0.0)
+    assert (pipe.identity["base_start"], pipe.identity["upsample_start"], pipe.identity["ddim_eta"]) == (300, 60, 0.0)
+    assert int(pipe.base_diffusion.timestep_map[-1]) == 300 and int(pipe.upsample_diffusion.timestep_map[-1]) == 60
+    images, keep = _inputs(1)
+    base_steps, up_steps = [], []
+    out = pipe.inpaint(images, keep, "rash", [7], base_callback=lambda k, d: base_steps.append(d),
+                       upsample_callback=lambda k, d: up_steps.append(d))
+    assert int(base_steps[0]["model_timesteps"][0]) == 300 and int(up_steps[0]["model_timesteps"][0]) == 60
+    noise = PerItemNoise.from_seeds([7])
+    image_base = torch.nn.functional.interpolate(images, size=(16, 16), mode="bicubic", antialias=True,
+                                                 align_corners=False).clamp(-1, 1)
+    keep_base = 1 - torch.nn.functional.max_pool2d(1 - keep, 2)
+    abar = float(pipe.base_diffusion.alphas_cumprod[-1])
+    expected = abar ** 0.5 * smooth_fill(image_base, keep_base, sigma=1.0) + (1 - abar) ** 0.5 * noise.draw((3, 16, 16))
+    torch.testing.assert_close(base_steps[0]["x_t"], expected, rtol=1e-6, atol=1e-6)
+    low_res = up_steps[0]["x_t"]  # mostly the upsampled base result at t = 60
+    assert float((low_res - base_steps[-1]["sample"].repeat_interleave(2, -1).repeat_interleave(2, -2)).abs().mean()) < 0.5
+    known = keep.expand_as(images) == 1
+    assert torch.equal(out[known], images[known])
+    with pytest.raises(ValueError, match="base_start"):
+        pipe.set_base_start(1000)
+    with pytest.raises(ValueError, match="eta"):
+        pipe.set_ddim(2.0)
+    pipe.set_base_start(None).set_upsample_start(None).set_ddim(None)
+    assert int(pipe.base_diffusion.timestep_map[-1]) == 999 and pipe.identity["base_start"] is None
