@@ -118,13 +118,15 @@ def main(argv=None) -> int:
     p.add_argument("--base-respacing", default="8")
     p.add_argument("--upsample-respacing", default="3")
     p.add_argument("--upsample-window", type=int, default=128)
-    p.add_argument("--upsample-start", type=int, default=None,
+    p.add_argument("--upsample-start", type=int, default=5,
                    help="upsampler starts from the noised upsample of the base result at this timestep "
-                        "(SDEdit; notebook 04's small-model default); omit: from pure noise")
-    p.add_argument("--base-start", type=int, default=None,
-                   help="base model starts from a noised smooth fill at this timestep (SDEdit); omit: pure noise")
-    p.add_argument("--ddim-eta", type=float, default=None,
-                   help="DDIM steps with this eta (notebook 04's small-model default: 0); omit: ancestral")
+                        "(SDEdit; default: notebook 04's small-model setting); 0: from pure noise")
+    p.add_argument("--base-start", type=int, default=250,
+                   help="base model starts from a noised smooth fill at this timestep (SDEdit; default: "
+                        "notebook 04's small-model setting); 0: from pure noise")
+    p.add_argument("--ddim-eta", type=float, default=0.0,
+                   help="DDIM steps with this eta (default 0: notebook 04's small-model setting); -1: the "
+                        "original's ancestral steps")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--prompt", default="an image of measles on dark skin")
     p.add_argument("--seed", type=int, default=0)
@@ -132,6 +134,8 @@ def main(argv=None) -> int:
     p.add_argument("--figure", default="benchmarks/glide_fill.png")
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     a = p.parse_args(argv)
+    a.base_start, a.upsample_start = a.base_start or None, a.upsample_start or None
+    a.ddim_eta = None if a.ddim_eta < 0 else a.ddim_eta
     if a.threads:
         torch.set_num_threads(a.threads)
     rows = list_crop_rows(a.crops, None if a.split == "all" else a.split)[:a.n]
@@ -177,7 +181,8 @@ def main(argv=None) -> int:
     metrics = list(table["original"])
     print(f"{n} {a.split}-split crops of {a.crops}, one {SIDE} px square each; weights {a.weights}: "
           f"{trained.name}; respacing {a.base_respacing}/{a.upsample_respacing}, upsampler window "
-          f"{a.upsample_window}; torch threads {torch.get_num_threads()}")
+          f"{a.upsample_window}, starts {a.base_start}/{a.upsample_start}, DDIM eta {a.ddim_eta}, guidance "
+          f"{a.guidance}; torch threads {torch.get_num_threads()}")
     print(f"{'fill':16s}" + "".join(f"{m:>22s}" for m in metrics))
     for name, vals in table.items():
         print(f"{name:16s}" + "".join(f"{vals[m]:22.3f}" for m in metrics))
@@ -220,7 +225,8 @@ def figure(fills, table, metrics, corners, a, label: str, n: int) -> None:
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_ylabel("error vs surrounding skin\n(lower = better; symlog)", fontsize=8)
     ax.legend(fontsize=7, ncol=len(names))
-    fig.suptitle(f"What fills a {SIDE} px square of held-out SYNTHETIC demo crops ({a.split} split, n={n}); "
+    held = "held-out " if a.split == "test" else ""
+    fig.suptitle(f"What fills a {SIDE} px square of {held}SYNTHETIC demo crops ({a.split} split, n={n}); "
                  f"trained small = {label}", fontsize=8, wrap=True)
     fig.tight_layout()
     Path(a.figure).parent.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,12 @@ def glide_settings(samples: Path) -> str:
         model = g["model"].get("weights_label") or f"GLIDE weights {g['model'].get('weights', '?')}"
         if g["model"].get("upsample_window"):
             model += f", upsampler window {g['model']['upsample_window']} px"
+        if g["model"].get("ddim_eta") is not None:
+            model += f", DDIM steps (eta {g['model']['ddim_eta']})"
+        starts = [f"{k} from t={g['model'][k + '_start']}" for k in ("base", "upsample")
+                  if g["model"].get(k + "_start") is not None]
+        if starts:
+            model += ", SDEdit starts: " + ", ".join(starts)
     return (f"{model}; prompt \"{g['prompt']}\", {g['runs']} runs x {g['steps']} steps, sampler "
             f"{g['sampler']}{', zoom ' + str(g['zoom']) if g.get('zoom') else ''}, guidance {g['guidance']}, "
             f"respacing base {g['model'].get('base_respacing', '?')} / upsampler "

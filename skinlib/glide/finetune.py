@@ -608,7 +608,7 @@ def official_weights_present(folder=None, cache_dir=None) -> bool:
 
 def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, cache_dir=None,
                     finetune_steps: int = 0, finetune_batch: int = 4, finetune_lr: float = 1e-5,
-                    small_images: int = 96, small_steps: int = 100, small_upsample_steps: int = 300,
+                    small_images: int = 96, small_steps: int = 300, small_upsample_steps: int = 100,
                     small_batch: int = 8, small_lr: float = 1e-3, seed: int = 0, log=print) -> str:
     """Decide (and train) the weights of notebook 04; returns the ``weights`` argument of
     :meth:`GlideInpainter.from_pretrained`.
