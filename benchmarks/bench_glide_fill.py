@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     p.add_argument("--ring", type=int, default=16, help="width of the ring of unedited skin, px")
     p.add_argument("--base-respacing", default="8")
     p.add_argument("--upsample-respacing", default="3")
-    p.add_argument("--upsample-window", type=int, default=128)
+    p.add_argument("--upsample-window", type=int, default=128, help="0: the whole image")
     p.add_argument("--upsample-start", type=int, default=5,
                    help="upsampler starts from the noised upsample of the base result at this timestep "
                         "(SDEdit; default: notebook 04's small-model setting); 0: from pure noise")
@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="also write the table as JSON here")
     a = p.parse_args(argv)
     a.base_start, a.upsample_start = a.base_start or None, a.upsample_start or None
+    a.upsample_window = a.upsample_window or None
     a.ddim_eta = None if a.ddim_eta < 0 else a.ddim_eta
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -126,16 +126,27 @@ def glide_fill_figure(run: Path, out: Path) -> str:
     sys.path.insert(0, str(HERE.parent / "benchmarks"))
     import bench_glide_fill
 
+    # the sampler notebook 04 used in this run (generation.json), not the benchmark's defaults
+    g = load_json(run / "glide" / "samples" / "generation.json")
+    model = g["model"]
+    sampler = ["--base-respacing", str(model.get("base_respacing", "8")),
+               "--upsample-respacing", str(model.get("upsample_respacing", "3")),
+               "--upsample-window", str(model.get("upsample_window") or 0),
+               "--base-start", str(model.get("base_start") or 0),
+               "--upsample-start", str(model.get("upsample_start") or 0),
+               "--ddim-eta", str(-1 if model.get("ddim_eta") is None else model["ddim_eta"]),
+               "--guidance", str(g["guidance"]), "--prompt", g["prompt"]]
     table_path = out / ".glide_fill.json"
     bench_glide_fill.main(["--crops", str(run / "crops"), "--weights", str(weights), "--figure",
-                           str(out / "glide_fill_benchmark.png"), "--json", str(table_path)])
+                           str(out / "glide_fill_benchmark.png"), "--json", str(table_path)] + sampler)
     res = load_json(table_path)
     table_path.unlink()
     t, m = res["table"], list(res["table"]["original"])
     better = {b: sum(t[b][k] > t["trained small"][k] for k in m) for b in ("mean colour", "blurred", "random weights")}
     return (f"What fills a 60 px square of {res['n']} held-out ({res['split']}-split) SYNTHETIC demo crops "
             f"(benchmarks/bench_glide_fill.py): errors of the square vs the surrounding unedited skin "
-            f"(colour, contrast, texture, seam; lower is better). Trained small = {res['weights']}. "
+            f"(colour, contrast, texture, seam; lower is better). Trained small = {res['weights']}, "
+            f"sampled as in the run's notebook 04 ({glide_settings(run / 'glide' / 'samples')}). "
             f"The trained model has the lower error on " + ", ".join(f"{v}/{len(m)} metrics vs {b}" for b, v in better.items())
             + f"; {run_provenance(run)}.")
 

@@ -25,4 +25,4 @@ from . import _moved
 
 _moved.install()
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

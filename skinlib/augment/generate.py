@@ -136,8 +136,22 @@ def _on_cpu(inpainter) -> bool:
 
 
 def _comparable(identity: dict) -> dict:
-    """The identity without where it runs (a CPU shard and a GPU shard may share a folder)."""
-    return {k: v for k, v in identity.items() if "device" not in k.lower()}
+    """The identity without where it runs (a CPU shard and a GPU shard may share a folder) and
+    without sampler options left at None (their default), so folders written before an option
+    existed still resume."""
+    return {k: v for k, v in identity.items() if "device" not in k.lower() and v is not None}
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: folder X, now Y`` for each differing (nested) setting."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: folder {json.dumps(a, default=str)[:80]}, now {json.dumps(b, default=str)[:80]}")
+    return out
 
 
 def _checkpoint_label(identity: dict, is_random: bool) -> str:
@@ -331,6 +345,8 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     settings_path = out_dir / "generation.json"
     if settings_path.is_file():
         old = json.loads(json.dumps(load_json(settings_path), default=str))
+        if isinstance(old.get("model"), dict):  # written before None options were dropped
+            old["model"] = {k: v for k, v in old["model"].items() if v is not None}
         new = json.loads(json.dumps(settings, default=str))
         diff = sorted(k for k in set(old) | set(new) if k != "crops_dir" and old.get(k) != new.get(k)
                       # threads matter between CPU runs; a CPU and a GPU shard may share a folder
@@ -343,7 +359,8 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
         elif diff:
             raise ValueError(
                 f"{out_dir} already holds variants made with other settings (differing: "
-                f"{', '.join(diff)}; see {settings_path}). Use a new out_dir, or delete the folder "
+                f"{'; '.join(_differences({k: old.get(k) for k in diff}, {k: new.get(k) for k in diff}))}; "
+                f"see {settings_path}). Use a new out_dir, or delete the folder "
                 f"to start over. Resuming and sharding need exactly the same settings, batch_size "
                 f"included (it fixes which variants share an engine call, and batched arithmetic "
                 f"can differ in the last bits)"

@@ -170,6 +170,8 @@ class GaussianDiffusion:
         sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar)) * math.sqrt(1 - abar / abar_prev)
         mean = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps
         out["mean"] = mean
+        # the variance this step really uses (the model's learned one plays no part in DDIM)
+        out["log_variance"] = torch.full_like(mean, 2 * math.log(sigma) if sigma > 0 else float("-inf"))
         out["sample"] = mean + (sigma if j != 0 else 0.0) * noise
         return out
 

@@ -372,6 +372,11 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         if cuda and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step = int(state["step"])
+        if step > stop:
+            raise CheckpointError(
+                f"{ckpt_path} is at step {step}, beyond the {stop} steps asked for: using it would give "
+                f"a model trained longer than its settings say. Ask for at least {step} steps "
+                f"(max_steps / small_steps / small_upsample_steps), or delete {run_dir} to train afresh.")
         if (run_dir / LOSSES).is_file():
             rows_log = [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items()}
                         for r in skio.read_csv(run_dir / LOSSES)]

@@ -97,6 +97,19 @@ def sample_upsample_inpaint(model: GlideUNet, diffusion: GaussianDiffusion, text
     )
 
 
+def _diffusion(options, respacing: str, start: Optional[int], stage: str) -> GaussianDiffusion:
+    """The stage's respaced diffusion, truncated at ``start`` (None: whole schedule), with an
+    error that names the start and the respacing when they do not fit together."""
+    try:
+        return GaussianDiffusion.create(options["noise_schedule"], int(options["diffusion_steps"]), respacing,
+                                        start=None if start is None else int(start))
+    except ValueError as exc:
+        if start is None:
+            raise
+        raise ValueError(f"{stage}_start={start} does not fit the {stage} respacing {respacing!r} ({exc}): "
+                         f"use fewer respaced steps than {int(start) + 1} or a later start") from exc
+
+
 def smooth_fill(images: torch.Tensor, keep_mask: torch.Tensor, sigma: float) -> torch.Tensor:
     """Known pixels kept, holes filled by a normalised Gaussian blur of the known pixels
     (blur(image * keep) / blur(keep); beyond the kernel's reach, the known pixels' mean). images [N, C, H, W] in [-1, 1], keep_mask [N, 1, H, W]
@@ -227,9 +240,9 @@ class GlideInpainter:
         steps = int(self.upsampler.options["diffusion_steps"])
         if start is not None and not 0 < int(start) < steps:
             raise ValueError(f"upsample_start must be a timestep in 1..{steps - 1} (or None), got {start}")
-        self.upsample_start = None if start is None else int(start)
-        self.upsample_diffusion = GaussianDiffusion.create(
-            self.upsampler.options["noise_schedule"], steps, self._upsample_respacing, start=self.upsample_start)
+        self.upsample_diffusion = _diffusion(self.upsampler.options, self._upsample_respacing, start, "upsample")
+        # recorded: the timestep sampling really starts at (a respacing such as fast27 may drop start itself)
+        self.upsample_start = None if start is None else int(self.upsample_diffusion.timestep_map[-1])
         self.identity["upsample_start"] = self.upsample_start
         return self
 
@@ -244,9 +257,8 @@ class GlideInpainter:
         steps = int(self.base.options["diffusion_steps"])
         if start is not None and not 0 < int(start) < steps:
             raise ValueError(f"base_start must be a timestep in 1..{steps - 1} (or None), got {start}")
-        self.base_start = None if start is None else int(start)
-        self.base_diffusion = GaussianDiffusion.create(
-            self.base.options["noise_schedule"], steps, self._base_respacing, start=self.base_start)
+        self.base_diffusion = _diffusion(self.base.options, self._base_respacing, start, "base")
+        self.base_start = None if start is None else int(self.base_diffusion.timestep_map[-1])
         self.identity["base_start"] = self.base_start
         return self
 

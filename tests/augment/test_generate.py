@@ -366,3 +366,22 @@ def test_command_line_user_masks(tmp_path, tiny_engine, capsys):
         with pytest.raises(SystemExit):
             main(args + bad)
         assert match in capsys.readouterr().err
+
+
+def test_folder_from_before_new_sampler_options_still_resumes(tmp_path):
+    """Engine options that default to None (e.g. base_start, ddim_eta, added later) neither block
+    resuming a folder written without them nor hide a real change, which the error names."""
+    crops = make_crops(tmp_path / "crops", n=1)
+    out = tmp_path / "out"
+    generate_variants(crops, out, inpainter=FakeInpainter(), **SETTINGS)
+    settings = json.loads((out / "generation.json").read_text())
+    assert "base_start" not in settings["model"]
+    settings["model"]["base_start"] = None          # as written by the previous version
+    (out / "generation.json").write_text(json.dumps(settings))
+    newer = FakeInpainter()
+    newer.identity = {**newer.identity, "base_start": None, "ddim_eta": None}
+    assert generate_variants(crops, out, inpainter=newer, **SETTINGS)["made"] == 0
+    changed = FakeInpainter()
+    changed.identity = {**changed.identity, "base_start": 250}
+    with pytest.raises(ValueError, match=r"model\.base_start: folder .*, now 250"):
+        generate_variants(crops, out, inpainter=changed, **SETTINGS)

@@ -240,6 +240,9 @@ def test_interrupted_then_resumed_equals_uninterrupted(crops, tmp_path, monkeypa
     # other settings or other crops: refused with the difference named
     with pytest.raises(finetune.CheckpointError, match="lr"):
         finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, lr=5e-4))
+    # fewer steps than the checkpoint already has: refused, never a silently longer-trained model
+    with pytest.raises(finetune.CheckpointError, match="step 6, beyond the 4 steps"):
+        finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, max_steps=4))
 
 
 def test_train_split_only_and_clear_error_without_split(crops, tmp_path):

@@ -227,8 +227,15 @@ def test_small_model_sampling_starts_from_noised_fills_and_is_recorded():
     assert float((low_res - base_steps[-1]["sample"].repeat_interleave(2, -1).repeat_interleave(2, -2)).abs().mean()) < 0.5
     known = keep.expand_as(images) == 1
     assert torch.equal(out[known], images[known])
+    # DDIM with eta 0: no step adds fresh noise; ancestral steps do and give another result
+    assert all(torch.equal(d["sample"], d["mean"]) for d in base_steps + up_steps)
+    ancestral = pipe.set_ddim(None).inpaint(images, keep, "rash", [7])
+    assert float((ancestral - out).abs().max()) > 1e-3
+    pipe.set_ddim(0.0)
     with pytest.raises(ValueError, match="base_start"):
         pipe.set_base_start(1000)
+    with pytest.raises(ValueError, match="base_start=1 does not fit the base respacing '3'"):
+        pipe.set_base_start(1)
     with pytest.raises(ValueError, match="eta"):
         pipe.set_ddim(2.0)
     pipe.set_base_start(None).set_upsample_start(None).set_ddim(None)
