@@ -25,7 +25,7 @@ ALLOWED = {
     "__init__": {"_moved"},            # skinlib/__init__.py installs the old paths
     "data": {"io", "errors"},
     "viz": {"io", "data"},
-    "glide": {"io", "errors", "data", "viz"},     # only glide.finetune reads crops / plots losses
+    "glide": {"io", "errors", "data", "viz"},     # only glide.finetune reads crops / plots losses (MODULE_ONLY)
     "baselines": {"io", "errors", "data", "viz"},
     "augment": {"io", "errors", "data", "viz", "glide"},
     "evaluation": {"io", "errors", "data", "viz", "glide", "baselines", "augment"},
@@ -125,6 +125,10 @@ def find_cycles(graph: dict[str, set]) -> list[list[str]]:
     return out
 
 
+# parts that only one module of a folder may import
+MODULE_ONLY = {("glide", "data"): "skinlib.glide.finetune", ("glide", "viz"): "skinlib.glide.finetune"}
+
+
 def layer_violations(graph: dict[str, set]) -> list[str]:
     bad = []
     for mod, targets in sorted(graph.items()):
@@ -136,6 +140,8 @@ def layer_violations(graph: dict[str, set]) -> list[str]:
             there = part_of(t)
             if there != here and there not in ALLOWED[here]:
                 bad.append(f"{mod} imports {t}: {here} may import only {sorted(ALLOWED[here])}")
+            elif MODULE_ONLY.get((here, there), mod) != mod:
+                bad.append(f"{mod} imports {t}: in {here}, only {MODULE_ONLY[(here, there)]} may import {there}")
     return bad
 
 
@@ -172,6 +178,8 @@ def test_the_checks_catch_a_forbidden_import_and_a_cycle(tmp_path):
     bad = {k: set(v) for k, v in graph.items()}
     bad["skinlib.glide.finetune"].add("skinlib.baselines.train")
     assert any("skinlib.glide.finetune imports skinlib.baselines.train" in v for v in layer_violations(bad))
+    bad["skinlib.glide.pipeline"].add("skinlib.data.dataset")
+    assert any("only skinlib.glide.finetune may import data" in v for v in layer_violations(bad))
     bad["skinlib.data.crops"].add("skinlib.evaluation.downstream")   # downstream imports data.crops
     assert any("skinlib.data.crops" in c and "skinlib.evaluation.downstream" in c for c in find_cycles(bad))
     # and a source file that imports an old flat path is reported
