@@ -44,6 +44,21 @@ def new_name(old: str) -> str | None:
     return None
 
 
+def warn_moved(old: str, new: str, note: str = "", stacklevel: int = 2) -> None:
+    """The DeprecationWarning of an old import path (``stacklevel`` as for warnings.warn, counted
+    from the caller of this function)."""
+    warnings.warn(f"{old} moved to {new} (package layout by pipeline stage); the old path works until "
+                  f"the next release: import {new}.{' ' + note if note else ''}",
+                  DeprecationWarning, stacklevel=stacklevel + 1)
+
+
+def alias_module(old: str, new: str, note: str = "") -> None:
+    """For a module kept at its old path as an entry point (``python -m skinlib.generate``):
+    importing it warns and makes ``sys.modules[old]`` the new module itself."""
+    warn_moved(old, new, note, stacklevel=3)  # caller's caller: the module importing the old path
+    sys.modules[old] = importlib.import_module(new)
+
+
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Answers only for old paths; the module it returns is the new one, already imported."""
 
@@ -58,9 +73,7 @@ class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
     def create_module(self, spec):
         new = spec.origin
-        warnings.warn(f"{spec.name} moved to {new} (package layout by pipeline stage); the old "
-                      f"path works until the next release: import {new}.",
-                      DeprecationWarning, stacklevel=2)  # warnings skips importlib's frames
+        warn_moved(spec.name, new, stacklevel=2)  # warnings skips importlib's frames
         module = importlib.import_module(new)
         self._specs[module.__name__] = module.__spec__
         return module

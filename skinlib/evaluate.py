@@ -11,11 +11,6 @@ if __name__ == "__main__":
 
     sys.exit(main())
 else:
-    import warnings
+    from skinlib._moved import alias_module
 
-    from skinlib.evaluation import evaluate as _module
-
-    warnings.warn("skinlib.evaluate moved to skinlib.evaluation.evaluate (package layout by pipeline stage); the "
-                  "old import path works until the next release: import skinlib.evaluation.evaluate. "
-                  "`python -m skinlib.evaluate` stays.", DeprecationWarning, stacklevel=2)
-    sys.modules[__name__] = _module
+    alias_module(__name__, "skinlib.evaluation.evaluate", "`python -m skinlib.evaluate` stays.")

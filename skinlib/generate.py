@@ -11,11 +11,6 @@ if __name__ == "__main__":
 
     sys.exit(main())
 else:
-    import warnings
+    from skinlib._moved import alias_module
 
-    from skinlib.augment import generate as _module
-
-    warnings.warn("skinlib.generate moved to skinlib.augment.generate (package layout by pipeline stage); the "
-                  "old import path works until the next release: import skinlib.augment.generate. "
-                  "`python -m skinlib.generate` stays.", DeprecationWarning, stacklevel=2)
-    sys.modules[__name__] = _module
+    alias_module(__name__, "skinlib.augment.generate", "`python -m skinlib.generate` stays.")

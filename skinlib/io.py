@@ -119,6 +119,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def remove_files(paths: Iterable, message: str, log=print) -> None:
+    """Delete those of ``paths`` that exist, after logging "``message`` (N files)." (a fresh run
+    clearing an earlier run's files); nothing is logged when none exist."""
+    old = [Path(p) for p in paths if Path(p).is_file()]
+    if old:
+        log(f"{message} ({len(old)} files).")
+        for path in old:
+            path.unlink()
+
+
 def make_run_dir(root, name: str | None = None) -> Path:
     """Create (or reuse) ``root/name``; ``name`` defaults to a timestamp ``YYYYmmdd-HHMMSS``."""
     import time

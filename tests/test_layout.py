@@ -31,8 +31,8 @@ ALLOWED = {
     "evaluation": {"io", "errors", "data", "viz", "glide", "baselines", "augment"},
     "stages": {"io", "data"},
     "__main__": {"io", "stages"},
-    "generate": {"augment"},           # `python -m skinlib.generate`
-    "evaluate": {"evaluation"},        # `python -m skinlib.evaluate`
+    "generate": {"augment", "_moved"},  # `python -m skinlib.generate`; importing it warns (_moved)
+    "evaluate": {"evaluation", "_moved"},  # `python -m skinlib.evaluate`; importing it warns (_moved)
 }
 FOLDERS = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").is_file())
 ENTRY_SHIMS = {"skinlib.generate", "skinlib.evaluate"}   # warn when imported (by design)

@@ -138,7 +138,7 @@ def _on_cpu(inpainter) -> bool:
 def _comparable(identity: dict) -> dict:
     """The identity without where it runs (a CPU shard and a GPU shard may share a folder) and
     without sampler options left at None (their default), so folders written before an option
-    existed still resume."""
+    existed still resume. Applied to the new identity and to the one a folder recorded."""
     return {k: v for k, v in identity.items() if "device" not in k.lower() and v is not None}
 
 
@@ -345,8 +345,8 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     settings_path = out_dir / "generation.json"
     if settings_path.is_file():
         old = json.loads(json.dumps(load_json(settings_path), default=str))
-        if isinstance(old.get("model"), dict):  # written before None options were dropped
-            old["model"] = {k: v for k, v in old["model"].items() if v is not None}
+        if isinstance(old.get("model"), dict):  # may have been written before None options were dropped
+            old["model"] = _comparable(old["model"])
         new = json.loads(json.dumps(settings, default=str))
         diff = sorted(k for k in set(old) | set(new) if k != "crops_dir" and old.get(k) != new.get(k)
                       # threads matter between CPU runs; a CPU and a GPU shard may share a folder

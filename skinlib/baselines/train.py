@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import crops_content_sha256
 from ..errors import CheckpointError, NonFiniteLossError
-from ..io import LOSSES, read_csv, read_losses, save_json, save_torch, write_csv
+from ..io import LOSSES, read_csv, read_losses, remove_files, save_json, save_torch, write_csv
 from .models import build_model, check_image_size
 
 CHECKPOINT = "checkpoint.pt"
@@ -448,13 +448,8 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
 def _clear_run(run_dir: Path) -> None:
     """A fresh start replaces an earlier run in ``run_dir``: remove its checkpoint, losses and
     epoch grids so that nothing of it can be mistaken for (or resumed into) the new run."""
-    old = [run_dir / CHECKPOINT, run_dir / LOSSES, *sorted((run_dir / GRIDS).glob("epoch_*.png"))]
-    old = [p for p in old if p.is_file()]
-    if old:
-        print(f"Starting a fresh run in {run_dir}: removing the previous run's checkpoint, "
-              f"losses and grids ({len(old)} files).")
-        for path in old:
-            path.unlink()
+    remove_files([run_dir / CHECKPOINT, run_dir / LOSSES, *sorted((run_dir / GRIDS).glob("epoch_*.png"))],
+                 f"Starting a fresh run in {run_dir}: removing the previous run's checkpoint, losses and grids")
 
 
 def _fieldnames(rows: List[dict]) -> List[str]:

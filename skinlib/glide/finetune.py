@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +50,8 @@ from . import checkpoints, configs
 from .checkpoints import OPTIONS_FILE, SMALL_LABEL, WEIGHTS_FORMAT, read_weights_json
 from .diffusion import GaussianDiffusion, PerItemNoise
 from .losses import HybridLoss
-from .masks import DEFAULT_PROBS, random_keep_masks, square_mask
-from .pipeline import (encode_prompts, quantize_8bit, random_model, sample_base_inpaint,
+from .masks import DEFAULT_PROBS, random_keep_masks
+from .pipeline import (encode_prompts, random_model, sample_base_inpaint,
                        sample_upsample_inpaint)
 from .tokenizer import load_tokenizer
 from .unet import GlideUNet
@@ -538,14 +538,10 @@ def _train_step(model, ema, opt, scaler, loss_fn: HybridLoss, tokenizer, gen: to
 
 
 def _clear_run(run_dir: Path, log) -> None:
-    old = [run_dir / CHECKPOINT, run_dir / LOSSES, run_dir / "losses.png",
-           *sorted((run_dir / "samples").glob("epoch_*.png"))]
-    old = [p for p in old if p.is_file()]
-    if old:
-        log(f"Starting afresh in {run_dir}: removing the previous run's checkpoint, losses and samples "
-            f"({len(old)} files).")
-        for p in old:
-            p.unlink()
+    skio.remove_files([run_dir / CHECKPOINT, run_dir / LOSSES, run_dir / "losses.png",
+                       *sorted((run_dir / "samples").glob("epoch_*.png"))],
+                      f"Starting afresh in {run_dir}: removing the previous run's checkpoint, losses and samples",
+                      log)
 
 
 # ----------------------------------------------------------------------------- command line

@@ -237,14 +237,7 @@ class GlideInpainter:
         steps over 0..start. Meant for the small CPU model: its upsampler, trained for minutes,
         predicts x0 poorly from near-pure noise (t > 500) but refines a noised upsample well;
         OpenAI's upsampler needs no such help. Recorded in ``identity``."""
-        steps = int(self.upsampler.options["diffusion_steps"])
-        if start is not None and not 0 < int(start) < steps:
-            raise ValueError(f"upsample_start must be a timestep in 1..{steps - 1} (or None), got {start}")
-        self.upsample_diffusion = _diffusion(self.upsampler.options, self._upsample_respacing, start, "upsample")
-        # recorded: the timestep sampling really starts at (a respacing such as fast27 may drop start itself)
-        self.upsample_start = None if start is None else int(self.upsample_diffusion.timestep_map[-1])
-        self.identity["upsample_start"] = self.upsample_start
-        return self
+        return self._set_start("upsample", start)
 
     def set_base_start(self, start: Optional[int]) -> "GlideInpainter":
         """Start the base model at original timestep ``start`` from a smooth fill of each hole
@@ -254,12 +247,19 @@ class GlideInpainter:
         small CPU model: trained for minutes, its x0 predictions from near-pure noise drift
         to a pale grey that later steps never correct; from a noised fill it keeps the
         surrounding skin's colour and re-draws the detail. Recorded in ``identity``."""
-        steps = int(self.base.options["diffusion_steps"])
-        if start is not None and not 0 < int(start) < steps:
-            raise ValueError(f"base_start must be a timestep in 1..{steps - 1} (or None), got {start}")
-        self.base_diffusion = _diffusion(self.base.options, self._base_respacing, start, "base")
-        self.base_start = None if start is None else int(self.base_diffusion.timestep_map[-1])
-        self.identity["base_start"] = self.base_start
+        return self._set_start("base", start)
+
+    def _set_start(self, stage: str, start: Optional[int]) -> "GlideInpainter":
+        """``stage`` "base" / "upsample": its diffusion truncated at ``start`` (None: whole schedule);
+        records the timestep sampling really starts at (a respacing such as fast27 may drop
+        ``start`` itself) as ``<stage>_start`` and in ``identity``."""
+        model, respacing = ((self.base, self._base_respacing) if stage == "base"
+                            else (self.upsampler, self._upsample_respacing))
+        diffusion = _diffusion(model.options, respacing, start, stage)
+        actual = None if start is None else int(diffusion.timestep_map[-1])
+        setattr(self, f"{stage}_diffusion", diffusion)
+        setattr(self, f"{stage}_start", actual)
+        self.identity[f"{stage}_start"] = actual
         return self
 
     def set_ddim(self, eta: Optional[float]) -> "GlideInpainter":

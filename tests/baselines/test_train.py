@@ -11,7 +11,7 @@ from skinlib.baselines.models import CVAE, DCGAN
 from skinlib.baselines.train import TrainConfig, load_checkpoint, load_model, train
 from skinlib.errors import CheckpointError, NonFiniteLossError
 from skinlib.io import read_losses
-from _toy_crops import make_crops  # noqa: F401  (re-exported for older imports)
+from _toy_crops import make_crops
 
 TINY_GAN = dict(generator_channels=4, discriminator_channels=4, max_channels=16, z_dim=8)
 TINY_VAE = dict(base_channels=4, max_channels=16, latent_dim=4)
