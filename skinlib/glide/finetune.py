@@ -17,6 +17,15 @@ for the base model, linear for the upsampler, 1000 steps), conditioned as at inf
   empty prompt with probability ``p_uncond`` (0.2) so classifier-free guidance keeps working;
 * crops of the ``split`` side (default "train") of notebook 01's patient split only.
 
+Two options shape the objective for a model trained from scratch on a CPU budget (both off by
+default, recorded in the checkpoint and ``glide_options.json``): ``loss_region="hole"`` scores
+the loss on the pixels to synthesise only (:mod:`skinlib.glide.losses`; upsampler patches are
+then centred near a hole pixel), and ``max_t`` draws timesteps from 0..max_t only, for a model
+that is always sampled from an SDEdit start at or below max_t (the pipeline refuses to sample
+it from higher up). Notebook 04's small model uses both (250 base / 20 upsampler): on the
+demo crops its fills lost their colour speckle and seam error (README, "Training and
+fine-tuning GLIDE").
+
 ``out_dir`` is a *weights folder* that :meth:`GlideInpainter.from_pretrained(out_dir)
 <skinlib.glide.pipeline.GlideInpainter.from_pretrained>` loads: the EMA weights in the
 released checkpoints' state-dict format (``base_inpaint.pt`` / ``upsample_inpaint.pt``, the
@@ -52,7 +61,7 @@ from .diffusion import GaussianDiffusion, PerItemNoise
 from .losses import HybridLoss
 from .masks import DEFAULT_PROBS, random_keep_masks
 from .pipeline import (encode_prompts, random_model, sample_base_inpaint,
-                       sample_upsample_inpaint)
+                       sample_upsample_inpaint, smooth_fill)
 from .tokenizer import load_tokenizer
 from .unet import GlideUNet
 
@@ -60,12 +69,15 @@ FORMAT = "skinlib-glide-train-v1"
 CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.csv"
 KINDS = {"base": "base-inpaint", "upsampler": "upsample-inpaint"}
+LOSS_REGIONS = ("image", "hole")
 DEFAULT_PROMPT = "an image of measles on dark skin"
 
 #: settings that shape the trajectory: a resumed run must use the checkpoint's values
 RESUME_KEYS = ("model", "init", "batch_size", "lr", "weight_decay", "ema_rate", "grad_clip", "prompt",
                "p_uncond", "mask_probs", "patch_size", "low_res_size", "max_images", "split", "seed",
-               "flip")
+               "flip", "loss_region", "max_t")
+#: settings added after checkpoints were first written, with the value those checkpoints used
+ADDED_RESUME_KEYS = {"loss_region": "image", "max_t": None}
 
 
 @dataclass
@@ -90,6 +102,8 @@ class FinetuneConfig:
     max_images: Optional[int] = None  # use a seeded random subset of this many crops
     split: Optional[str] = "train"   # crops of this patient-split side; None: every crop (recorded)
     flip: bool = True                # random horizontal flips
+    loss_region: str = "image"       # "image": every pixel (as OpenAI trained); "hole": only the pixels to synthesise
+    max_t: Optional[int] = None      # train on timesteps 0..max_t only (None: all); sampling must then start at <= max_t
     seed: int = 0
     checkpoint_every: int = 200      # steps
     sample_every: int = 1            # epochs between sample figures and loss plots (0: never)
@@ -204,8 +218,9 @@ def _check_resume(state: dict, path: Path, kind: str, cfg: dict, data_id: dict) 
     fresh = f"or start afresh: another out_dir, resume=False, or delete {path}"
     if state["kind"] != kind:
         raise CheckpointError(f"{path} trains the {state['kind']} model, not the {kind}: {fresh}.")
-    diffs = [f"{k}: checkpoint {state['config'].get(k)!r}, now {cfg.get(k)!r}" for k in RESUME_KEYS
-             if json.dumps(state["config"].get(k)) != json.dumps(cfg.get(k))]
+    saved = {k: state["config"].get(k, ADDED_RESUME_KEYS.get(k)) for k in RESUME_KEYS}
+    diffs = [f"{k}: checkpoint {saved[k]!r}, now {cfg.get(k)!r}" for k in RESUME_KEYS
+             if json.dumps(saved[k]) != json.dumps(cfg.get(k))]
     if diffs:
         raise CheckpointError(f"{path} was trained with other settings ({'; '.join(diffs)}); exact "
                               f"resume needs the same values: set them as in the checkpoint, {fresh}.")
@@ -240,9 +255,12 @@ def mark_official(out_dir, kind: str) -> None:
 # ----------------------------------------------------------------------------- sampling figure
 @torch.no_grad()
 def sample_figure(model: GlideUNet, kind: str, tokenizer, images: torch.Tensor, low_res: Optional[torch.Tensor],
-                  prompt: str, respacing: str, guidance: float, seed: int = 0) -> torch.Tensor:
+                  prompt: str, respacing: str, guidance: float, seed: int = 0,
+                  start: Optional[int] = None) -> torch.Tensor:
     """Inpaint the centre square (15/64 of the side) of each image with ``model``; returns a
-    uint8 grid [3, H', W']: row 1 masked input, row 2 inpainting, row 3 original."""
+    uint8 grid [3, H', W']: row 1 masked input, row 2 inpainting, row 3 original. ``start``:
+    sample from that timestep (a model trained with ``max_t``), starting from the noised smooth
+    fill (base) or the noised upsample of ``low_res`` (upsampler), as the pipeline does."""
     from torchvision.utils import make_grid
 
     model.eval()
@@ -255,16 +273,25 @@ def sample_figure(model: GlideUNet, kind: str, tokenizer, images: torch.Tensor, 
     mask = F.interpolate(m, size=(size, size), mode="nearest").expand(n, 1, size, size).to(dev)
     x0 = images.to(dev)
     noise = PerItemNoise.from_seeds([seed + i for i in range(n)])
+    if start is not None and respacing.isdigit():  # a truncated schedule has at most start + 1 steps
+        respacing = str(min(int(respacing), start + 1))
     diffusion = GaussianDiffusion.create(model.options["noise_schedule"], int(model.options["diffusion_steps"]),
-                                         respacing)
+                                         respacing, start=start)
+    init = noise.draw((3, size, size), dev) * (1.0 if kind == "base" else 0.997)
+    if start is not None:
+        guess = (smooth_fill(x0, mask, sigma=size / 16) if kind == "base" else
+                 torch.where(mask.bool(), x0, F.interpolate(low_res.to(dev), size=(size, size), mode="bilinear",
+                                                            align_corners=False)))
+        abar = float(diffusion.alphas_cumprod[-1])
+        init = math.sqrt(abar) * guess + math.sqrt(1 - abar) * init
     if kind == "base":
         text = encode_prompts(model, tokenizer, [prompt] * n + [""] * n)
         out = sample_base_inpaint(model, diffusion, text, x0 * mask, mask, guidance_scale=guidance,
-                                  initial_noise=noise.draw((3, size, size), dev), noise=noise)
+                                  initial_noise=init, noise=noise)
     else:
         text = encode_prompts(model, tokenizer, [prompt] * n)
         out = sample_upsample_inpaint(model, diffusion, text, x0 * mask, mask, low_res.to(dev),
-                                      initial_noise=noise.draw((3, size, size), dev) * 0.997, noise=noise)
+                                      initial_noise=init, noise=noise)
     out = torch.where(mask.bool(), x0, out.clamp(-1, 1))
     rows = torch.cat([x0 * mask + (1 - mask) * 0.0, out, x0]).cpu()
     return make_grid(((rows + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), nrow=n, padding=2)
@@ -288,6 +315,8 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"FinetuneConfig.p_uncond={cfg.p_uncond!r} must lie in [0, 1]")
     if not 0 <= cfg.ema_rate < 1:
         raise ValueError(f"FinetuneConfig.ema_rate={cfg.ema_rate!r} must lie in [0, 1)")
+    if cfg.loss_region not in LOSS_REGIONS:
+        raise ValueError(f"FinetuneConfig.loss_region={cfg.loss_region!r} must be one of {LOSS_REGIONS}")
 
 
 def _prompts(template: str, diseases: list[str], drop: torch.Tensor) -> list[str]:
@@ -318,6 +347,9 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     if patch is not None and (patch % ratio or not ratio <= patch <= size):
         raise ValueError(f"patch_size={patch} must be a multiple of {ratio} between {ratio} and {size}")
     grid = low_res_size or size  # masks are drawn on the base model's grid
+    steps_t = int(options["diffusion_steps"])
+    if cfg.max_t is not None and (isinstance(cfg.max_t, bool) or not 0 <= int(cfg.max_t) < steps_t):
+        raise ValueError(f"max_t={cfg.max_t!r} must be an integer in 0..{steps_t - 1} (None: all timesteps)")
 
     rows = select_rows(crops_dir, cfg.split, cfg.max_images, cfg.seed)
     n = len(rows)
@@ -419,7 +451,7 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         figures_at.append(step)
         g = sample_figure(ema, kind, tokenizer, _f(images[fixed]),
                           _f(low_res[fixed]) if low_res is not None else None,
-                          sample_prompt, respacing, cfg.guidance, seed=cfg.seed)
+                          sample_prompt, respacing, cfg.guidance, seed=cfg.seed, start=cfg.max_t)
         skio.save_png(run_dir / "samples" / f"epoch_{epoch:04d}.png", g.permute(1, 2, 0).numpy())
         if rows_log:
             fig = plot_losses(run_dir, columns=["loss", "mse", "vlb"])
@@ -484,7 +516,8 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     entry = {"options": options, "config": cfg.model, "init": init_info["init"], "init_info": init_info,
              "steps": step, "epochs": step / per_epoch, "batch_size": cfg.batch_size, "lr": cfg.lr,
              "ema_rate": cfg.ema_rate, "prompt": cfg.prompt, "p_uncond": cfg.p_uncond,
-             "patch_size": patch, "crops_dir": str(crops_dir), **data_id}
+             "patch_size": patch, "loss_region": cfg.loss_region, "max_t": cfg.max_t,
+             "crops_dir": str(crops_dir), **data_id}
     weights = _write_weights(out_dir, kind, ema.state_dict(), entry)
     log(f"GLIDE {kind}: {step} steps done ({done} now, {seconds:.0f} s); EMA weights -> {weights}")
     return FinetuneResult(kind, out_dir, run_dir, weights, step, total, resumed_from, rows_log, seconds)
@@ -503,7 +536,7 @@ def _train_step(model, ema, opt, scaler, loss_fn: HybridLoss, tokenizer, gen: to
         x0 = torch.where(flips[:, None, None, None], x0.flip(-1), x0)
         if lo is not None:
             lo = torch.where(flips[:, None, None, None], lo.flip(-1), lo)
-    t = torch.randint(0, loss_fn.num_timesteps, (b,), generator=gen)
+    t = torch.randint(0, loss_fn.num_timesteps if cfg.max_t is None else cfg.max_t + 1, (b,), generator=gen)
     out_size = patch or size
     noise = torch.randn(b, 3, out_size, out_size, generator=gen)
     mask = random_keep_masks(b, grid, gen, probs=cfg.mask_probs)
@@ -511,7 +544,10 @@ def _train_step(model, ema, opt, scaler, loss_fn: HybridLoss, tokenizer, gen: to
     prompts = _prompts(cfg.prompt, diseases, drop)
     mask = F.interpolate(mask, size=(size, size), mode="nearest") if grid != size else mask
     if patch:
-        offs = torch.randint(0, (size - patch) // ratio + 1, (b, 2), generator=gen) * ratio
+        if cfg.loss_region == "hole":  # every patch must hold pixels to score
+            offs = patch_offsets_on_holes(mask, patch, ratio, gen)
+        else:
+            offs = torch.randint(0, (size - patch) // ratio + 1, (b, 2), generator=gen) * ratio
         x0 = torch.stack([x[:, y:y + patch, z:z + patch] for x, (y, z) in zip(x0, offs.tolist())])
         mask = torch.stack([m[:, y:y + patch, z:z + patch] for m, (y, z) in zip(mask, offs.tolist())])
         lp = patch // ratio
@@ -524,7 +560,7 @@ def _train_step(model, ema, opt, scaler, loss_fn: HybridLoss, tokenizer, gen: to
         text = encode_prompts(model, tokenizer, prompts)
         x_t = loss_fn.q_sample(x0, t, noise)
         out = model(x_t, t, text=text, inpaint_image=x0 * mask, inpaint_mask=mask, low_res=lo)
-    terms = loss_fn(out.float(), x0, x_t, t, noise)
+    terms = loss_fn(out.float(), x0, x_t, t, noise, region=1 - mask if cfg.loss_region == "hole" else None)
     scaler.scale(terms["loss"]).backward()
     if cfg.grad_clip:
         scaler.unscale_(opt)
@@ -535,6 +571,19 @@ def _train_step(model, ema, opt, scaler, loss_fn: HybridLoss, tokenizer, gen: to
     with torch.no_grad():
         torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
     return terms
+
+
+def patch_offsets_on_holes(mask: torch.Tensor, patch: int, ratio: int, gen: torch.Generator) -> torch.Tensor:
+    """Top-left corners int64 [B, 2] (multiples of ``ratio``) of ``patch``-px patches of the
+    keep-masks ``mask`` [B, 1, S, S] (0 = hole), each centred near a hole pixel drawn
+    uniformly from ``gen``, so that every patch holds part of its example's hole."""
+    size = mask.shape[-1]
+    offs = []
+    for m in mask[:, 0]:
+        holes = (m < 0.5).nonzero()
+        y, x = holes[int(torch.randint(0, len(holes), (1,), generator=gen))].tolist()
+        offs.append([min(max(c - patch // 2, 0), size - patch) // ratio * ratio for c in (y, x)])
+    return torch.tensor(offs, dtype=torch.long)
 
 
 def _clear_run(run_dir: Path, log) -> None:
@@ -573,6 +622,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default=d.device)
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-flip", action="store_true")
+    p.add_argument("--max-t", type=int, default=None,
+                   help="train on timesteps 0..MAX_T only (a model for SDEdit starts at or below it, as notebook "
+                        "04 samples the small model: 250 base / 20 upsampler); default: all 1000")
+    p.add_argument("--loss-region", default=d.loss_region, choices=LOSS_REGIONS,
+                   help='"image": loss on every pixel (as OpenAI trained the released models); "hole": only on '
+                        'the pixels the model has to synthesise (what notebook 04 uses for the small model)')
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--threads", type=int, default=0)
@@ -584,6 +639,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, ema_rate=a.ema_rate,
         grad_clip=a.grad_clip or None, prompt=a.prompt, p_uncond=a.p_uncond, patch_size=a.patch_size,
         max_images=a.max_images, split=None if a.split == "all" else a.split, flip=not a.no_flip, seed=a.seed,
+        loss_region=a.loss_region, max_t=a.max_t,
         checkpoint_every=a.checkpoint_every, sample_every=a.sample_every, n_samples=a.n_samples,
         sample_respacing=a.sample_respacing, guidance=a.guidance, log_every=a.log_every, amp=not a.no_amp,
         device=a.device, max_steps=a.max_steps, progress=not a.no_progress)
@@ -610,7 +666,8 @@ def official_weights_present(folder=None, cache_dir=None) -> bool:
 def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, cache_dir=None,
                     finetune_steps: int = 0, finetune_batch: int = 4, finetune_lr: float = 1e-5,
                     small_images: int = 96, small_steps: int = 300, small_upsample_steps: int = 100,
-                    small_batch: int = 8, small_lr: float = 1e-3, seed: int = 0, log=print) -> str:
+                    small_batch: int = 8, small_lr: float = 1e-3, small_base_max_t: Optional[int] = 250,
+                    small_upsample_max_t: Optional[int] = 20, seed: int = 0, log=print) -> str:
     """Decide (and train) the weights of notebook 04; returns the ``weights`` argument of
     :meth:`GlideInpainter.from_pretrained`.
 
@@ -621,7 +678,9 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
       ``model_dir/finetuned``);
     * "small": train :data:`configs.SMALL_BASE` / ``SMALL_UPSAMPLE`` from scratch for
       ``small_steps`` (base) and ``small_upsample_steps`` (upsampler, on 64 px patches) steps
-      on ``small_images`` crops (``model_dir/small``; resumes);
+      on ``small_images`` crops (``model_dir/small``; resumes), with the loss on the pixels to
+      synthesise only (``loss_region="hole"``) and on timesteps 0..``small_base_max_t`` /
+      ``small_upsample_max_t`` only (None: all), where notebook 04 samples them;
       in ``smoke`` mode the "tiny" config for 2 steps instead (labelled as such);
     * a folder written by this module: used as it is; "tiny-random": smoke runs only.
     """
@@ -650,14 +709,15 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
         out = model_dir / ("tiny-smoke" if smoke else "small")
         if smoke:
             cfg = FinetuneConfig(model="tiny", batch_size=2, max_images=4, epochs=1, max_steps=2, lr=1e-3,
-                                 ema_rate=0.9, n_samples=1, sample_respacing="2", seed=seed)
+                                 ema_rate=0.9, n_samples=1, sample_respacing="2", seed=seed, loss_region="hole")
         else:
             cfg = FinetuneConfig(model="small", batch_size=small_batch, max_images=small_images, epochs=10**6,
                                  max_steps=small_steps, lr=small_lr, ema_rate=0.98, n_samples=4,
-                                 sample_every=10**6, seed=seed, checkpoint_every=50)
-        train("base", crops_dir, out, cfg, sample_respacing=cfg.sample_respacing or "10", log=log)
+                                 sample_every=10**6, seed=seed, checkpoint_every=50, loss_region="hole")
+        train("base", crops_dir, out, cfg, sample_respacing=cfg.sample_respacing or "10", log=log,
+              max_t=small_base_max_t)
         train("upsampler", crops_dir, out, cfg, patch_size=64, sample_respacing=cfg.sample_respacing or "3",
-              log=log, **({} if smoke else {"max_steps": small_upsample_steps}))
+              log=log, max_t=small_upsample_max_t, **({} if smoke else {"max_steps": small_upsample_steps}))
         return str(out)
     # OpenAI's weights (cache: "official"; or a folder), optionally fine-tuned
     if finetune_steps <= 0:

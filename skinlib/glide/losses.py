@@ -15,11 +15,20 @@ the reverse-step variance is ``log σ² = frac·log β_t + (1 − frac)·log β�
   t = 0. The model mean inside ``L_vlb`` is computed from a **detached** ε, so this term trains
   only the variance (v); the mean is trained by ``L_simple`` alone.
 
+Both terms are per-pixel means. ``region`` (optional, float [B, 1, H, W] in {0, 1}) restricts
+them to the pixels where it is 1: for inpainting, the pixels to synthesise (the keep-mask's
+holes). The known pixels reach the network unnoised through its ``inpaint_image`` input and
+are re-imposed at every sampling step, so their ε is never used; fitting it anyway (``region``
+None: the whole image, as OpenAI trained the released models) spends much of a small model's
+training on computing ``(x_t − sqrt(ᾱ)·x0) / sqrt(1 − ᾱ)``, which is hardest at small t.
+
 Shapes: images float [B, 3, H, W] in [-1, 1]; t int64 [B] (original timesteps 0..T−1).
 """
 from __future__ import annotations
 
 import math
+from typing import Optional
+
 import numpy as np
 import torch
 
@@ -31,6 +40,14 @@ VLB_WEIGHT = 0.001  # λ of the hybrid loss
 def _extract(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """arr[t] (float64 table) as float32 [B, 1, 1, 1] on like's device."""
     return torch.from_numpy(arr).to(device=t.device)[t].float().view(-1, *([1] * (like.dim() - 1)))
+
+
+def _pixel_mean(x: torch.Tensor, region: Optional[torch.Tensor]) -> torch.Tensor:
+    """Per-example mean [B] of x [B, C, H, W] over all elements, or over the pixels where
+    region [B, 1, H, W] is 1 (every channel of them)."""
+    if region is None:
+        return x.flatten(1).mean(1)
+    return (x * region).flatten(1).sum(1) / (region.flatten(1).sum(1) * x.shape[1])
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -87,21 +104,30 @@ class HybridLoss:
         return mean, logvar
 
     def vlb_terms(self, model_out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-                  t: torch.Tensor) -> torch.Tensor:
-        """L_t per example [B] in bits/dim: KL(q ‖ p) for t > 0, decoder NLL at t = 0."""
+                  t: torch.Tensor, region: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """L_t per example [B] in bits/dim: KL(q ‖ p) for t > 0, decoder NLL at t = 0, averaged
+        over the pixels of ``region`` (None: all)."""
         true_mean, true_logvar = self.q_posterior(x0, x_t, t)
         mean, logvar = self.p_mean_logvar(model_out, x_t, t)
-        kl = normal_kl(true_mean, true_logvar, mean, logvar).flatten(1).mean(1) / math.log(2.0)
-        nll = -discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar).flatten(1).mean(1) / math.log(2.0)
+        kl = _pixel_mean(normal_kl(true_mean, true_logvar, mean, logvar), region) / math.log(2.0)
+        nll = -_pixel_mean(discretized_gaussian_log_likelihood(x0, mean, 0.5 * logvar), region) / math.log(2.0)
         return torch.where(t == 0, nll, kl)
 
     def __call__(self, model_out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
-                 noise: torch.Tensor) -> dict[str, torch.Tensor]:
+                 noise: torch.Tensor, region: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Per-batch means: ``loss`` (hybrid), ``mse`` (L_simple), ``vlb`` (L_t, bits/dim).
-        model_out [B, 6, H, W]; x0, x_t, noise [B, 3, H, W]; t [B]."""
+        model_out [B, 6, H, W]; x0, x_t, noise [B, 3, H, W]; t [B]; region [B, 1, H, W] in
+        {0, 1} (None: every pixel; each example needs at least one pixel of it)."""
         model_out = model_out.float()
-        mse = ((noise - model_out[:, :3]) ** 2).flatten(1).mean(1)
+        if region is not None:
+            region = region.float()
+            if tuple(region.shape) != (x0.shape[0], 1, *x0.shape[2:]):
+                raise ValueError(f"region must be [B, 1, H, W] = {(x0.shape[0], 1, *x0.shape[2:])}, "
+                                 f"got {tuple(region.shape)}")
+            if bool((region.flatten(1).sum(1) == 0).any()):
+                raise ValueError("region has an example without a single pixel to score")
+        mse = _pixel_mean((noise - model_out[:, :3]) ** 2, region)
         frozen = torch.cat([model_out[:, :3].detach(), model_out[:, 3:]], dim=1)  # stop the mean's gradient
-        vlb = self.vlb_terms(frozen, x0.float(), x_t.float(), t)
+        vlb = self.vlb_terms(frozen, x0.float(), x_t.float(), t, region)
         loss = mse + self.vlb_weight * self.num_timesteps * vlb
         return {"loss": loss.mean(), "mse": mse.mean(), "vlb": vlb.mean()}

@@ -307,7 +307,26 @@ class GlideInpainter:
         engine = cls._load(weights, **kwargs).set_upsample_window(upsample_window).set_ddim(ddim_eta)
         if base_start is not None:
             engine.set_base_start(base_start)
-        return engine.set_upsample_start(upsample_start) if upsample_start is not None else engine
+        if upsample_start is not None:
+            engine.set_upsample_start(upsample_start)
+        engine.check_trained_timesteps()
+        return engine
+
+    def check_trained_timesteps(self) -> None:
+        """Refuse to sample a model above the timesteps it was trained on: a weights folder
+        trained with ``max_t`` (:mod:`skinlib.glide.finetune`) records it, and sampling must
+        then start at or below it (``set_base_start`` / ``set_upsample_start``). Called by
+        :meth:`from_pretrained` and :meth:`inpaint`."""
+        for stage, key in (("base", "base"), ("upsample", "upsampler")):
+            info = self.identity.get(key)
+            max_t = info.get("max_t") if isinstance(info, dict) else None
+            top = int(getattr(self, f"{stage}_diffusion").timestep_map[-1])
+            if max_t is not None and top > int(max_t):
+                raise ValueError(
+                    f"the {key} model of {self.identity.get('weights')} was trained on timesteps 0..{max_t} "
+                    f"only (max_t), but sampling would start at t = {top}: set_{stage}_start({max_t}) or "
+                    f"lower (from_pretrained({stage}_start=...); notebook 04: small_{stage}_start), or train "
+                    f"it without max_t")
 
     @classmethod
     def _load(cls, weights: str = "official", *, device=None, dtype=None, cache_dir=None,
@@ -407,6 +426,7 @@ class GlideInpainter:
             raise ValueError("keep_mask values must lie in [0, 1] (1 = keep)")
         if float(images.min()) < -1.0001 or float(images.max()) > 1.0001:
             raise ValueError("images must be scaled to [-1, 1]")
+        self.check_trained_timesteps()
         prompts = [prompts] * n if isinstance(prompts, str) else list(prompts)
         if len(prompts) != n or len(seeds) != n:
             raise ValueError(f"need {n} prompts and {n} seeds, got {len(prompts)} and {len(seeds)}")

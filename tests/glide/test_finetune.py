@@ -93,6 +93,44 @@ def test_vlb_term_matches_direct_computation(schedule):
     assert float(grad_v.abs().max()) == 0.0 and float(grad_eps.abs().max()) > 0
 
 
+def test_loss_region_scores_only_its_pixels():
+    g = torch.Generator().manual_seed(1)
+    t = torch.tensor([0, 3, 500, 999])
+    x0 = (torch.randint(0, 256, (4, 3, 6, 6), generator=g) / 127.5 - 1).float()
+    noise = torch.randn(4, 3, 6, 6, generator=g)
+    out = torch.cat([noise + 0.3 * torch.randn(4, 3, 6, 6, generator=g),
+                     torch.rand(4, 3, 6, 6, generator=g) * 2 - 1], dim=1).requires_grad_(True)
+    loss = HybridLoss("squaredcos_cap_v2")
+    x_t = loss.q_sample(x0, t, noise)
+    everywhere = loss(out, x0, x_t, t, noise)
+    ones = loss(out, x0, x_t, t, noise, region=torch.ones(4, 1, 6, 6))
+    assert all(torch.allclose(everywhere[k], ones[k]) for k in everywhere)
+    # a region of the top two rows scores exactly what the loss of those rows alone does
+    region = torch.zeros(4, 1, 6, 6)
+    region[:, :, :2] = 1
+    part = loss(out, x0, x_t, t, noise, region=region)
+    rows = loss(out[:, :, :2], x0[:, :, :2], x_t[:, :, :2], t, noise[:, :, :2])
+    assert all(torch.allclose(part[k], rows[k]) for k in part)
+    assert not torch.allclose(part["loss"], everywhere["loss"])
+    grad = torch.autograd.grad(part["loss"], out)[0]
+    assert float(grad[:, :, 2:].abs().max()) == 0.0 and float(grad[:, :, :2].abs().min()) > 0
+    with pytest.raises(ValueError, match="without a single pixel"):
+        loss(out, x0, x_t, t, noise, region=torch.cat([region[:3], torch.zeros(1, 1, 6, 6)]))
+    with pytest.raises(ValueError, match="region must be"):
+        loss(out, x0, x_t, t, noise, region=region[:, :, :3])
+
+
+def test_patches_on_holes_hold_part_of_the_hole():
+    g = torch.Generator().manual_seed(0)
+    masks = torch.nn.functional.interpolate(random_keep_masks(200, 16, g), size=(64, 64), mode="nearest")
+    offs = finetune.patch_offsets_on_holes(masks, 16, 4, g)
+    assert offs.shape == (200, 2) and bool((offs % 4 == 0).all())
+    assert bool((offs >= 0).all()) and bool((offs <= 64 - 16).all())
+    for m, (y, x) in zip(masks, offs.tolist()):
+        assert bool((m[0, y:y + 16, x:x + 16] == 0).any())
+    assert len(set(map(tuple, offs.tolist()))) > 50  # spread, not one fixed place
+
+
 def test_keep_masks_kinds_and_determinism():
     a = random_keep_masks(60, 64, torch.Generator().manual_seed(1))
     b = random_keep_masks(60, 64, torch.Generator().manual_seed(1))
@@ -240,9 +278,54 @@ def test_interrupted_then_resumed_equals_uninterrupted(crops, tmp_path, monkeypa
     # other settings or other crops: refused with the difference named
     with pytest.raises(finetune.CheckpointError, match="lr"):
         finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, lr=5e-4))
+    with pytest.raises(finetune.CheckpointError, match="loss_region: checkpoint 'image', now 'hole'"):
+        finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, loss_region="hole"))
+    # a checkpoint written before loss_region existed trained on every pixel: it resumes as "image"
+    path = tmp_path / "cut/train_upsampler/checkpoint.pt"
+    old = finetune.load_train_checkpoint(path)
+    del old["config"]["loss_region"]
+    torch.save(old, path)
+    assert finetune.train("upsampler", crops, tmp_path / "cut", **cfg).resumed_from == 6
     # fewer steps than the checkpoint already has: refused, never a silently longer-trained model
     with pytest.raises(finetune.CheckpointError, match="step 6, beyond the 4 steps"):
         finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, max_steps=4))
+
+
+def test_max_t_trains_only_those_timesteps_and_sampling_respects_it(crops, tmp_path, monkeypatch):
+    seen = []
+    real = HybridLoss.q_sample
+
+    def spy(self, x0, t, noise):
+        seen.append(t.clone())
+        return real(self, x0, t, noise)
+
+    monkeypatch.setattr(HybridLoss, "q_sample", spy)
+    out = tmp_path / "w"
+    finetune.train("base", crops, out, epochs=3, max_t=40, loss_region="hole", sample_every=3, **FAST)
+    finetune.train("upsampler", crops, out, epochs=1, max_t=7, patch_size=16, loss_region="hole", **FAST)
+    monkeypatch.setattr(HybridLoss, "q_sample", real)
+    base_t, up_t = torch.cat(seen[:6]), torch.cat(seen[6:])
+    assert int(base_t.max()) <= 40 and int(up_t.max()) <= 7 and len(base_t.unique()) > 10
+    assert (out / "train_base/samples/epoch_0003.png").is_file()  # drawn from t = 40, not pure noise
+    entry = checkpoints.read_weights_json(out)["models"]
+    assert (entry["base"]["max_t"], entry["upsampler"]["max_t"], entry["base"]["loss_region"]) == (40, 7, "hole")
+
+    kw = dict(device="cpu", base_respacing="2", upsample_respacing="2")
+    with pytest.raises(ValueError, match=r"base model .* trained on timesteps 0\.\.40 only .* t = 999"):
+        GlideInpainter.from_pretrained(str(out), **kw)
+    with pytest.raises(ValueError, match=r"upsampler model .* 0\.\.7 only .* t = 20.*set_upsample_start\(7\)"):
+        GlideInpainter.from_pretrained(str(out), base_start=40, upsample_start=20, **kw)
+    engine = GlideInpainter.from_pretrained(str(out), base_start=40, upsample_start=7, **kw)
+    assert engine.identity["base"]["max_t"] == 40
+    images = torch.zeros(1, 3, 32, 32)
+    keep = torch.ones(1, 1, 32, 32)
+    keep[..., 8:16, 8:16] = 0
+    assert engine.inpaint(images, keep, "x", [0], guidance_scale=1.0).shape == (1, 3, 32, 32)
+    engine.set_base_start(None)  # sampling from pure noise again: refused at the call too
+    with pytest.raises(ValueError, match="trained on timesteps 0..40"):
+        engine.inpaint(images, keep, "x", [0])
+    with pytest.raises(ValueError, match="max_t=1000 must be an integer in 0..999"):
+        finetune.train("base", crops, tmp_path / "bad", max_t=1000, **FAST)
 
 
 def test_train_split_only_and_clear_error_without_split(crops, tmp_path):
