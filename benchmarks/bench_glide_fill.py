@@ -205,19 +205,25 @@ def figure(fills, table, metrics, corners, a, label: str, n: int) -> None:
     import matplotlib.pyplot as plt
 
     names = ["original", "mean colour", "blurred", "random weights", "trained small"]
-    show = min(4, n)
-    fig = plt.figure(figsize=(2.2 * len(names), 2.2 * show + 3.2))
-    grid = fig.add_gridspec(show + 1, len(names), height_ratios=[1] * show + [1.4])
-    for r in range(show):
-        y, x = corners[r]
+    show = min(5, n)
+    picks = sorted({round(i * (n - 1) / max(show - 1, 1)) for i in range(show)})  # spread over the crops
+    fig = plt.figure(figsize=(2.2 * len(names), 2.2 * len(picks) + 3.2))
+    grid = fig.add_gridspec(len(picks) + 1, len(names), height_ratios=[1] * len(picks) + [1.4])
+    for r, i in enumerate(picks):
+        y, x = corners[i]
+        m = 24  # px of context around the square: the view is zoomed so that the fill is visible
+        top, left = max(y - m, 0), max(x - m, 0)
         for c, name in enumerate(names):
             ax = fig.add_subplot(grid[r, c])
-            img = ((fills[name][r].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
-            ax.imshow(img)
-            ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), SIDE, SIDE, fill=False, ec="yellow", lw=0.8, ls=":"))
+            img = ((fills[name][i].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()
+            ax.imshow(img[top:y + SIDE + m, left:x + SIDE + m], interpolation="nearest")
+            ax.add_patch(plt.Rectangle((x - left - 0.5, y - top - 0.5), SIDE, SIDE, fill=False, ec="yellow",
+                                       lw=0.8, ls=":"))
             ax.set_axis_off()
             if r == 0:
                 ax.set_title(name, fontsize=9)
+            if c == 0:
+                ax.text(2, 8, f"crop {i}", fontsize=7, color="white")
     ax = fig.add_subplot(grid[show, :])
     width = 0.8 / len(names)
     for k, name in enumerate(names):
@@ -227,8 +233,9 @@ def figure(fills, table, metrics, corners, a, label: str, n: int) -> None:
     ax.set_ylabel("error vs surrounding skin\n(lower = better; symlog)", fontsize=8)
     ax.legend(fontsize=7, ncol=len(names))
     held = "held-out " if a.split == "test" else ""
-    fig.suptitle(f"What fills a {SIDE} px square of {held}SYNTHETIC demo crops ({a.split} split, n={n}); "
-                 f"trained small = {label}", fontsize=8, wrap=True)
+    fig.suptitle(f"What fills a {SIDE} px square of {held}SYNTHETIC demo crops ({a.split} split, n={n}; "
+                 f"views zoomed to the square and its surroundings); trained small = {label}", fontsize=8,
+                 wrap=True)
     fig.tight_layout()
     Path(a.figure).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(a.figure, dpi=90)

@@ -83,6 +83,14 @@ def glide_settings(samples: Path) -> str:
                   if g["model"].get(k + "_start") is not None]
         if starts:
             model += ", SDEdit starts: " + ", ".join(starts)
+        trained = [g["model"].get(k) for k in ("base", "upsampler")]
+        if all(isinstance(e, dict) and e.get("steps") for e in trained):  # models trained by skinlib
+            b, u = trained
+            model += f", trained {b['steps']} + {u['steps']} steps"
+            if b.get("loss_region") or u.get("loss_region"):
+                model += f" with the loss on the {b.get('loss_region', 'image')} only"
+            if b.get("max_t") is not None or u.get("max_t") is not None:
+                model += f" and t up to {b.get('max_t', 999)} / {u.get('max_t', 999)}"
     return (f"{model}; prompt \"{g['prompt']}\", {g['runs']} runs x {g['steps']} steps, sampler "
             f"{g['sampler']}{', zoom ' + str(g['zoom']) if g.get('zoom') else ''}, guidance {g['guidance']}, "
             f"respacing base {g['model'].get('base_respacing', '?')} / upsampler "
@@ -100,8 +108,9 @@ def glide_figures(run: Path, out: Path) -> dict[str, str]:
     captions = {}
     save_figure(generate.plot_variants_grid(samples, crops, n_sources=5, max_runs=5),
                 out / "glide_examples.png")
+    shown = min(5, len({r["run"] for r in rows}))
     captions["glide_examples.png"] = (f"GLIDE iterative inpainting of {src} (notebook 04): each row a source "
-                                      f"crop, then Gen 1..5. {settings}; {run_provenance(run)}, "
+                                      f"crop, then Gen 1..{shown}. {settings}; {run_provenance(run)}, "
                                       f"`glide/samples/`.")
     gif_rows = [r for r in rows if r.get("gif")]
     if gif_rows:

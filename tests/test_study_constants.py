@@ -115,6 +115,13 @@ def test_glide_constants_of_the_command_line(monkeypatch, tmp_path, capsys):
         RUNS, STEPS, PROMPT, GUIDANCE, UPSAMPLE_TEMP)
     assert isinstance(job["sampler"], inpaint.RandomSquares) and job["sampler"].side == SQUARE_SIDE
     assert job["zoom"] is None
+    # the study's sampler unless asked: no SDEdit starts, ancestral steps, the whole image
+    assert [engine[k] for k in ("base_start", "upsample_start", "ddim_eta", "upsample_window")] == [None] * 4
+    # the small model's sampler (notebook 04's) reaches the engine from the command line
+    assert generate.main(["--crops", str(tmp_path), "--out", str(tmp_path / "out"), "--base-start", "250",
+                          "--upsample-start", "5", "--ddim-eta", "0", "--upsample-window", "128"]) == 0
+    assert [seen["engine"][k] for k in ("base_start", "upsample_start", "ddim_eta", "upsample_window")] == [
+        250, 5, 0.0, 128]
 
 
 NOTEBOOK_04_RUNS = 2   # decided in 7cd413e: the notebook's default keeps a CPU run short (study: 5)

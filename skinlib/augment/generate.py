@@ -688,6 +688,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gifs", default="first-run", choices=["first-run", "all", "none"])
     p.add_argument("--base-respacing", default="100")
     p.add_argument("--upsample-respacing", default="fast27")
+    p.add_argument("--base-start", type=int, default=None,
+                   help="SDEdit start of the base model (GlideInpainter.set_base_start; default: pure noise)")
+    p.add_argument("--upsample-start", type=int, default=None,
+                   help="SDEdit start of the upsampler (set_upsample_start; default: pure noise)")
+    p.add_argument("--ddim-eta", type=float, default=None,
+                   help="DDIM steps with this eta (set_ddim; default: the original's ancestral steps)")
+    p.add_argument("--upsample-window", type=int, default=None,
+                   help="upsampler window around each square, px (set_upsample_window; default: whole image)")
     p.add_argument("--shard-index", type=int, default=env_shard)
     p.add_argument("--num-shards", type=int, default=env_shards)
     p.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when CUDA is available, else cpu")
@@ -711,7 +719,9 @@ def main(argv: list[str] | None = None) -> int:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     inpainter = GlideInpainter.from_pretrained(a.weights, device=device, cache_dir=a.cache_dir,
                                                base_respacing=a.base_respacing,
-                                               upsample_respacing=a.upsample_respacing)
+                                               upsample_respacing=a.upsample_respacing,
+                                               base_start=a.base_start, upsample_start=a.upsample_start,
+                                               ddim_eta=a.ddim_eta, upsample_window=a.upsample_window)
     summary = generate_variants(
         a.crops, a.out, inpainter=inpainter, runs=a.runs, steps=a.steps, prompt=a.prompt,
         guidance=a.guidance, upsample_temp=a.upsample_temp, sampler=sampler, zoom=a.zoom,

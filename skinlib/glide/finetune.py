@@ -23,7 +23,7 @@ the loss on the pixels to synthesise only (:mod:`skinlib.glide.losses`; upsample
 then centred near a hole pixel), and ``max_t`` draws timesteps from 0..max_t only, for a model
 that is always sampled from an SDEdit start at or below max_t (the pipeline refuses to sample
 it from higher up). Notebook 04's small model uses both (250 base / 20 upsampler): on the
-demo crops its fills lost their colour speckle and seam error (README, "Training and
+demo crops its fills lost their colour speckle and most of their seam error (README, "Training and
 fine-tuning GLIDE").
 
 ``out_dir`` is a *weights folder* that :meth:`GlideInpainter.from_pretrained(out_dir)
@@ -253,14 +253,28 @@ def mark_official(out_dir, kind: str) -> None:
 
 
 # ----------------------------------------------------------------------------- sampling figure
+def figure_diffusion(options: dict, respacing: str, start: Optional[int]) -> GaussianDiffusion:
+    """The sample figures' diffusion: ``respacing`` over the whole schedule, or over 0..start
+    (a numeric respacing is capped at the start + 1 steps such a schedule has)."""
+    if start is not None and respacing.isdigit():
+        respacing = str(min(int(respacing), start + 1))
+    try:
+        return GaussianDiffusion.create(options["noise_schedule"], int(options["diffusion_steps"]), respacing,
+                                        start=start)
+    except ValueError as exc:
+        raise ValueError(f"sample_respacing={respacing!r} does not fit the sample figures' schedule "
+                         f"(start {start}): {exc}; pass another sample_respacing, e.g. a number") from exc
+
+
 @torch.no_grad()
 def sample_figure(model: GlideUNet, kind: str, tokenizer, images: torch.Tensor, low_res: Optional[torch.Tensor],
                   prompt: str, respacing: str, guidance: float, seed: int = 0,
-                  start: Optional[int] = None) -> torch.Tensor:
+                  start: Optional[int] = None, ddim_eta: Optional[float] = None) -> torch.Tensor:
     """Inpaint the centre square (15/64 of the side) of each image with ``model``; returns a
     uint8 grid [3, H', W']: row 1 masked input, row 2 inpainting, row 3 original. ``start``:
     sample from that timestep (a model trained with ``max_t``), starting from the noised smooth
-    fill (base) or the noised upsample of ``low_res`` (upsampler), as the pipeline does."""
+    fill (base) or the noised upsample of ``low_res`` (upsampler), as the pipeline does;
+    ``ddim_eta``: DDIM steps (None: ancestral)."""
     from torchvision.utils import make_grid
 
     model.eval()
@@ -273,10 +287,7 @@ def sample_figure(model: GlideUNet, kind: str, tokenizer, images: torch.Tensor, 
     mask = F.interpolate(m, size=(size, size), mode="nearest").expand(n, 1, size, size).to(dev)
     x0 = images.to(dev)
     noise = PerItemNoise.from_seeds([seed + i for i in range(n)])
-    if start is not None and respacing.isdigit():  # a truncated schedule has at most start + 1 steps
-        respacing = str(min(int(respacing), start + 1))
-    diffusion = GaussianDiffusion.create(model.options["noise_schedule"], int(model.options["diffusion_steps"]),
-                                         respacing, start=start)
+    diffusion = figure_diffusion(model.options, respacing, start)
     init = noise.draw((3, size, size), dev) * (1.0 if kind == "base" else 0.997)
     if start is not None:
         guess = (smooth_fill(x0, mask, sigma=size / 16) if kind == "base" else
@@ -287,11 +298,11 @@ def sample_figure(model: GlideUNet, kind: str, tokenizer, images: torch.Tensor, 
     if kind == "base":
         text = encode_prompts(model, tokenizer, [prompt] * n + [""] * n)
         out = sample_base_inpaint(model, diffusion, text, x0 * mask, mask, guidance_scale=guidance,
-                                  initial_noise=init, noise=noise)
+                                  initial_noise=init, noise=noise, ddim_eta=ddim_eta)
     else:
         text = encode_prompts(model, tokenizer, [prompt] * n)
         out = sample_upsample_inpaint(model, diffusion, text, x0 * mask, mask, low_res.to(dev),
-                                      initial_noise=init, noise=noise)
+                                      initial_noise=init, noise=noise, ddim_eta=ddim_eta)
     out = torch.where(mask.bool(), x0, out.clamp(-1, 1))
     rows = torch.cat([x0 * mask + (1 - mask) * 0.0, out, x0]).cpu()
     return make_grid(((rows + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), nrow=n, padding=2)
@@ -348,8 +359,10 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         raise ValueError(f"patch_size={patch} must be a multiple of {ratio} between {ratio} and {size}")
     grid = low_res_size or size  # masks are drawn on the base model's grid
     steps_t = int(options["diffusion_steps"])
-    if cfg.max_t is not None and (isinstance(cfg.max_t, bool) or not 0 <= int(cfg.max_t) < steps_t):
-        raise ValueError(f"max_t={cfg.max_t!r} must be an integer in 0..{steps_t - 1} (None: all timesteps)")
+    if cfg.max_t is not None:
+        if isinstance(cfg.max_t, bool) or int(cfg.max_t) != cfg.max_t or not 1 <= int(cfg.max_t) < steps_t:
+            raise ValueError(f"max_t={cfg.max_t!r} must be an integer in 1..{steps_t - 1} (None: all timesteps)")
+        cfg.max_t = int(cfg.max_t)
 
     rows = select_rows(crops_dir, cfg.split, cfg.max_images, cfg.seed)
     n = len(rows)
@@ -424,6 +437,8 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     fixed = list(range(min(cfg.n_samples, n)))
     sample_prompt = cfg.prompt.replace("{disease}", diseases[0] or "skin disease")
     respacing = cfg.sample_respacing or ("25" if kind == "base" else "10")
+    if cfg.sample_every:  # fail now, not at the first figure after minutes of training
+        figure_diffusion(options, respacing, cfg.max_t)
     label = (SMALL_LABEL if cfg.model == "small" and cfg.init == "scratch"
              else f"{cfg.model} GLIDE {kind} ({cfg.init} init)")
     log(f"GLIDE {kind}: {label}; {n} crops (split {cfg.split or 'all'}), {per_epoch} steps/epoch, "
@@ -451,7 +466,8 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         figures_at.append(step)
         g = sample_figure(ema, kind, tokenizer, _f(images[fixed]),
                           _f(low_res[fixed]) if low_res is not None else None,
-                          sample_prompt, respacing, cfg.guidance, seed=cfg.seed, start=cfg.max_t)
+                          sample_prompt, respacing, cfg.guidance, seed=cfg.seed, start=cfg.max_t,
+                          ddim_eta=0.0 if cfg.loss_region == "hole" else None)
         skio.save_png(run_dir / "samples" / f"epoch_{epoch:04d}.png", g.permute(1, 2, 0).numpy())
         if rows_log:
             fig = plot_losses(run_dir, columns=["loss", "mse", "vlb"])
@@ -516,8 +532,9 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     entry = {"options": options, "config": cfg.model, "init": init_info["init"], "init_info": init_info,
              "steps": step, "epochs": step / per_epoch, "batch_size": cfg.batch_size, "lr": cfg.lr,
              "ema_rate": cfg.ema_rate, "prompt": cfg.prompt, "p_uncond": cfg.p_uncond,
-             "patch_size": patch, "loss_region": cfg.loss_region, "max_t": cfg.max_t,
-             "crops_dir": str(crops_dir), **data_id}
+             "patch_size": patch, "crops_dir": str(crops_dir), **data_id,
+             # recorded when not the defaults, so folders written before these options keep their identity
+             **{k: getattr(cfg, k) for k, v in ADDED_RESUME_KEYS.items() if getattr(cfg, k) != v}}
     weights = _write_weights(out_dir, kind, ema.state_dict(), entry)
     log(f"GLIDE {kind}: {step} steps done ({done} now, {seconds:.0f} s); EMA weights -> {weights}")
     return FinetuneResult(kind, out_dir, run_dir, weights, step, total, resumed_from, rows_log, seconds)
@@ -582,7 +599,11 @@ def patch_offsets_on_holes(mask: torch.Tensor, patch: int, ratio: int, gen: torc
     for m in mask[:, 0]:
         holes = (m < 0.5).nonzero()
         y, x = holes[int(torch.randint(0, len(holes), (1,), generator=gen))].tolist()
-        offs.append([min(max(c - patch // 2, 0), size - patch) // ratio * ratio for c in (y, x)])
+        corner = []
+        for c in (y, x):
+            o = min(max(c - patch // 2, 0), size - patch) // ratio * ratio
+            corner.append(o + ratio if o + patch <= c else o)  # rounding down must not drop c
+        offs.append(corner)
     return torch.tensor(offs, dtype=torch.long)
 
 
@@ -623,8 +644,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--max-t", type=int, default=None,
-                   help="train on timesteps 0..MAX_T only (a model for SDEdit starts at or below it, as notebook "
-                        "04 samples the small model: 250 base / 20 upsampler); default: all 1000")
+                   help="train on timesteps 0..MAX_T only (1..999; a model for SDEdit starts at or below it, as "
+                        "notebook 04 samples the small model: 250 base / 20 upsampler); default: all 1000")
     p.add_argument("--loss-region", default=d.loss_region, choices=LOSS_REGIONS,
                    help='"image": loss on every pixel (as OpenAI trained the released models); "hole": only on '
                         'the pixels the model has to synthesise (what notebook 04 uses for the small model)')

@@ -18,9 +18,11 @@ the reverse-step variance is ``log σ² = frac·log β_t + (1 − frac)·log β�
 Both terms are per-pixel means. ``region`` (optional, float [B, 1, H, W] in {0, 1}) restricts
 them to the pixels where it is 1: for inpainting, the pixels to synthesise (the keep-mask's
 holes). The known pixels reach the network unnoised through its ``inpaint_image`` input and
-are re-imposed at every sampling step, so their ε is never used; fitting it anyway (``region``
-None: the whole image, as OpenAI trained the released models) spends much of a small model's
-training on computing ``(x_t − sqrt(ᾱ)·x0) / sqrt(1 − ᾱ)``, which is hardest at small t.
+their x0 is re-imposed at every sampling step, so their ε is never used; fitting it anyway
+(``region`` None: the whole image, as OpenAI trained the released models) spends much of a
+small model's training on computing ``(x_t − sqrt(ᾱ)·x0) / sqrt(1 − ᾱ)``, which is hardest at
+small t. The variance output is then untrained outside the region: ancestral sampling would
+use it there, DDIM does not (the pipeline refuses ancestral steps for such a model).
 
 Shapes: images float [B, 3, H, W] in [-1, 1]; t int64 [B] (original timesteps 0..T−1).
 """
@@ -44,10 +46,10 @@ def _extract(arr: np.ndarray, t: torch.Tensor, like: torch.Tensor) -> torch.Tens
 
 def _pixel_mean(x: torch.Tensor, region: Optional[torch.Tensor]) -> torch.Tensor:
     """Per-example mean [B] of x [B, C, H, W] over all elements, or over the pixels where
-    region [B, 1, H, W] is 1 (every channel of them)."""
+    region [B, 1, H, W] is 1 (every channel of them; 0 for an example without such pixels)."""
     if region is None:
         return x.flatten(1).mean(1)
-    return (x * region).flatten(1).sum(1) / (region.flatten(1).sum(1) * x.shape[1])
+    return (x * region).flatten(1).sum(1) / (region.flatten(1).sum(1) * x.shape[1]).clamp(min=1)
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -117,15 +119,13 @@ class HybridLoss:
                  noise: torch.Tensor, region: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """Per-batch means: ``loss`` (hybrid), ``mse`` (L_simple), ``vlb`` (L_t, bits/dim).
         model_out [B, 6, H, W]; x0, x_t, noise [B, 3, H, W]; t [B]; region [B, 1, H, W] in
-        {0, 1} (None: every pixel; each example needs at least one pixel of it)."""
+        {0, 1} (None: every pixel; an example without a pixel of it scores 0)."""
         model_out = model_out.float()
         if region is not None:
-            region = region.float()
             if tuple(region.shape) != (x0.shape[0], 1, *x0.shape[2:]):
                 raise ValueError(f"region must be [B, 1, H, W] = {(x0.shape[0], 1, *x0.shape[2:])}, "
                                  f"got {tuple(region.shape)}")
-            if bool((region.flatten(1).sum(1) == 0).any()):
-                raise ValueError("region has an example without a single pixel to score")
+            region = region.to(device=model_out.device, dtype=torch.float32)
         mse = _pixel_mean((noise - model_out[:, :3]) ** 2, region)
         frozen = torch.cat([model_out[:, :3].detach(), model_out[:, 3:]], dim=1)  # stop the mean's gradient
         vlb = self.vlb_terms(frozen, x0.float(), x_t.float(), t, region)

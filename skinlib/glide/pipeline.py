@@ -309,24 +309,31 @@ class GlideInpainter:
             engine.set_base_start(base_start)
         if upsample_start is not None:
             engine.set_upsample_start(upsample_start)
-        engine.check_trained_timesteps()
         return engine
 
     def check_trained_timesteps(self) -> None:
-        """Refuse to sample a model above the timesteps it was trained on: a weights folder
-        trained with ``max_t`` (:mod:`skinlib.glide.finetune`) records it, and sampling must
-        then start at or below it (``set_base_start`` / ``set_upsample_start``). Called by
-        :meth:`from_pretrained` and :meth:`inpaint`."""
+        """Refuse to sample a model the way it was not trained for (called by :meth:`inpaint`):
+        a weights folder trained with ``max_t`` (:mod:`skinlib.glide.finetune`) must be sampled
+        from a start at or below it (``set_base_start`` / ``set_upsample_start``), and one
+        trained with ``loss_region="hole"`` with DDIM steps (``set_ddim``): its variance output
+        was not trained outside the hole, and ancestral steps would use it there."""
         for stage, key in (("base", "base"), ("upsample", "upsampler")):
             info = self.identity.get(key)
-            max_t = info.get("max_t") if isinstance(info, dict) else None
+            info = info if isinstance(info, dict) else {}
+            max_t = info.get("max_t")
             top = int(getattr(self, f"{stage}_diffusion").timestep_map[-1])
             if max_t is not None and top > int(max_t):
                 raise ValueError(
                     f"the {key} model of {self.identity.get('weights')} was trained on timesteps 0..{max_t} "
-                    f"only (max_t), but sampling would start at t = {top}: set_{stage}_start({max_t}) or "
-                    f"lower (from_pretrained({stage}_start=...); notebook 04: small_{stage}_start), or train "
-                    f"it without max_t")
+                    f"only (max_t), but sampling would start at t = {top}: start at {max_t} or lower "
+                    f"(set_{stage}_start / from_pretrained({stage}_start=...); python -m skinlib.generate "
+                    f"--{stage}-start; notebook 04: small_{stage}_start), or train it without max_t")
+            if info.get("loss_region") == "hole" and self.ddim_eta is None:
+                raise ValueError(
+                    f"the {key} model of {self.identity.get('weights')} was trained with loss_region='hole' "
+                    f"(its variance output is untrained outside the hole), but sampling uses ancestral steps: "
+                    f"use DDIM (set_ddim(0.0) / from_pretrained(ddim_eta=0.0); python -m skinlib.generate "
+                    f"--ddim-eta 0; notebook 04: small_ddim_eta = 0.0)")
 
     @classmethod
     def _load(cls, weights: str = "official", *, device=None, dtype=None, cache_dir=None,

@@ -114,10 +114,16 @@ def test_loss_region_scores_only_its_pixels():
     assert not torch.allclose(part["loss"], everywhere["loss"])
     grad = torch.autograd.grad(part["loss"], out)[0]
     assert float(grad[:, :, 2:].abs().max()) == 0.0 and float(grad[:, :, :2].abs().min()) > 0
-    with pytest.raises(ValueError, match="without a single pixel"):
-        loss(out, x0, x_t, t, noise, region=torch.cat([region[:3], torch.zeros(1, 1, 6, 6)]))
+    # an example without region pixels scores 0 and leaves the others unchanged
+    some = loss(out, x0, x_t, t, noise, region=torch.cat([region[:3], torch.zeros(1, 1, 6, 6)]))
+    assert torch.allclose(some["mse"] * 4, part["mse"] * 4 - rows_mse_last(out, noise))
     with pytest.raises(ValueError, match="region must be"):
         loss(out, x0, x_t, t, noise, region=region[:, :, :3])
+
+
+def rows_mse_last(out, noise):
+    """L_simple of the last example over the top two rows."""
+    return ((noise[-1:, :, :2] - out[-1:, :3, :2]) ** 2).mean()
 
 
 def test_patches_on_holes_hold_part_of_the_hole():
@@ -129,6 +135,10 @@ def test_patches_on_holes_hold_part_of_the_hole():
     for m, (y, x) in zip(masks, offs.tolist()):
         assert bool((m[0, y:y + 16, x:x + 16] == 0).any())
     assert len(set(map(tuple, offs.tolist()))) > 50  # spread, not one fixed place
+    # patches as small as one low-res pixel still hold the hole (rounding to the grid must not drop it)
+    offs = finetune.patch_offsets_on_holes(masks, 4, 4, g)
+    for m, (y, x) in zip(masks, offs.tolist()):
+        assert bool((m[0, y:y + 4, x:x + 4] == 0).any())
 
 
 def test_keep_masks_kinds_and_determinism():
@@ -238,8 +248,10 @@ def test_corrupt_or_mismatched_weights_are_refused(crops, tmp_path):
         GlideInpainter.from_pretrained(str(out), device="cpu")
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(crops, tmp_path, monkeypatch):
-    cfg = dict(FAST, epochs=3, checkpoint_every=2, patch_size=16, ema_rate=0.9, seed=5, sample_every=3)
+@pytest.mark.parametrize("region", ["image", "hole"])
+def test_interrupted_then_resumed_equals_uninterrupted(crops, tmp_path, monkeypatch, region):
+    cfg = dict(FAST, epochs=3, checkpoint_every=2, patch_size=16, ema_rate=0.9, seed=5, sample_every=3,
+               loss_region=region, **({"max_t": 30} if region == "hole" else {}))
     full = finetune.train("upsampler", crops, tmp_path / "full", **cfg)
     assert full.step == 6
 
@@ -278,14 +290,19 @@ def test_interrupted_then_resumed_equals_uninterrupted(crops, tmp_path, monkeypa
     # other settings or other crops: refused with the difference named
     with pytest.raises(finetune.CheckpointError, match="lr"):
         finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, lr=5e-4))
-    with pytest.raises(finetune.CheckpointError, match="loss_region: checkpoint 'image', now 'hole'"):
-        finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, loss_region="hole"))
-    # a checkpoint written before loss_region existed trained on every pixel: it resumes as "image"
-    path = tmp_path / "cut/train_upsampler/checkpoint.pt"
-    old = finetune.load_train_checkpoint(path)
-    del old["config"]["loss_region"]
-    torch.save(old, path)
-    assert finetune.train("upsampler", crops, tmp_path / "cut", **cfg).resumed_from == 6
+    other = "image" if region == "hole" else "hole"
+    with pytest.raises(finetune.CheckpointError, match=f"loss_region: checkpoint '{region}', now '{other}'"):
+        finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, loss_region=other))
+    if region == "image":
+        # a checkpoint written before loss_region / max_t existed trained on every pixel and every t:
+        # it resumes with those values, and the weights entry stays as such folders wrote it
+        path = tmp_path / "cut/train_upsampler/checkpoint.pt"
+        old = finetune.load_train_checkpoint(path)
+        del old["config"]["loss_region"], old["config"]["max_t"]
+        torch.save(old, path)
+        assert finetune.train("upsampler", crops, tmp_path / "cut", **cfg).resumed_from == 6
+        entry = checkpoints.read_weights_json(tmp_path / "cut")["models"]["upsampler"]
+        assert "loss_region" not in entry and "max_t" not in entry
     # fewer steps than the checkpoint already has: refused, never a silently longer-trained model
     with pytest.raises(finetune.CheckpointError, match="step 6, beyond the 4 steps"):
         finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, max_steps=4))
@@ -300,32 +317,39 @@ def test_max_t_trains_only_those_timesteps_and_sampling_respects_it(crops, tmp_p
         return real(self, x0, t, noise)
 
     monkeypatch.setattr(HybridLoss, "q_sample", spy)
+    starts, real_fig = [], finetune.figure_diffusion
+    monkeypatch.setattr(finetune, "figure_diffusion", lambda o, r, s: starts.append(s) or real_fig(o, r, s))
     out = tmp_path / "w"
     finetune.train("base", crops, out, epochs=3, max_t=40, loss_region="hole", sample_every=3, **FAST)
     finetune.train("upsampler", crops, out, epochs=1, max_t=7, patch_size=16, loss_region="hole", **FAST)
     monkeypatch.setattr(HybridLoss, "q_sample", real)
     base_t, up_t = torch.cat(seen[:6]), torch.cat(seen[6:])
     assert int(base_t.max()) <= 40 and int(up_t.max()) <= 7 and len(base_t.unique()) > 10
-    assert (out / "train_base/samples/epoch_0003.png").is_file()  # drawn from t = 40, not pure noise
+    assert (out / "train_base/samples/epoch_0003.png").is_file() and set(starts) == {40, 7}  # not pure noise
     entry = checkpoints.read_weights_json(out)["models"]
     assert (entry["base"]["max_t"], entry["upsampler"]["max_t"], entry["base"]["loss_region"]) == (40, 7, "hole")
 
     kw = dict(device="cpu", base_respacing="2", upsample_respacing="2")
-    with pytest.raises(ValueError, match=r"base model .* trained on timesteps 0\.\.40 only .* t = 999"):
-        GlideInpainter.from_pretrained(str(out), **kw)
-    with pytest.raises(ValueError, match=r"upsampler model .* 0\.\.7 only .* t = 20.*set_upsample_start\(7\)"):
-        GlideInpainter.from_pretrained(str(out), base_start=40, upsample_start=20, **kw)
-    engine = GlideInpainter.from_pretrained(str(out), base_start=40, upsample_start=7, **kw)
-    assert engine.identity["base"]["max_t"] == 40
     images = torch.zeros(1, 3, 32, 32)
     keep = torch.ones(1, 1, 32, 32)
     keep[..., 8:16, 8:16] = 0
-    assert engine.inpaint(images, keep, "x", [0], guidance_scale=1.0).shape == (1, 3, 32, 32)
-    engine.set_base_start(None)  # sampling from pure noise again: refused at the call too
-    with pytest.raises(ValueError, match="trained on timesteps 0..40"):
+    engine = GlideInpainter.from_pretrained(str(out), ddim_eta=0.0, **kw)  # setters may follow loading
+    with pytest.raises(ValueError, match=r"base model .* trained on timesteps 0\.\.40 only .* t = 999"):
         engine.inpaint(images, keep, "x", [0])
-    with pytest.raises(ValueError, match="max_t=1000 must be an integer in 0..999"):
-        finetune.train("base", crops, tmp_path / "bad", max_t=1000, **FAST)
+    engine.set_base_start(40).set_upsample_start(20)
+    with pytest.raises(ValueError, match=r"upsampler model .* 0\.\.7 only .* t = 20.*--upsample-start"):
+        engine.inpaint(images, keep, "x", [0])
+    engine.set_upsample_start(7)
+    assert engine.identity["base"]["max_t"] == 40
+    assert engine.inpaint(images, keep, "x", [0], guidance_scale=1.0).shape == (1, 3, 32, 32)
+    engine.set_ddim(None)  # its variance output is untrained outside the hole: no ancestral steps
+    with pytest.raises(ValueError, match="loss_region='hole'.*use DDIM"):
+        engine.inpaint(images, keep, "x", [0])
+    for bad in (0, 1000, 2.5):
+        with pytest.raises(ValueError, match=f"max_t={bad} must be an integer in 1..999"):
+            finetune.train("base", crops, tmp_path / "bad", max_t=bad, **FAST)
+    with pytest.raises(ValueError, match="sample_respacing='fast27' does not fit"):
+        finetune.train("base", crops, tmp_path / "bad2", max_t=10, **dict(FAST, sample_respacing="fast27"))
 
 
 def test_train_split_only_and_clear_error_without_split(crops, tmp_path):
