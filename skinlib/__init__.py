@@ -25,4 +25,4 @@ from . import _moved
 
 _moved.install()
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
