@@ -224,7 +224,7 @@ def figure(fills, table, metrics, corners, a, label: str, n: int) -> None:
                 ax.set_title(name, fontsize=9)
             if c == 0:
                 ax.text(2, 8, f"crop {i}", fontsize=7, color="white")
-    ax = fig.add_subplot(grid[show, :])
+    ax = fig.add_subplot(grid[len(picks), :])
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         ax.bar(np.arange(len(metrics)) + k * width, [table[name][m] for m in metrics], width, label=name)

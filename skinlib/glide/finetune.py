@@ -60,8 +60,8 @@ from .checkpoints import OPTIONS_FILE, SMALL_LABEL, WEIGHTS_FORMAT, read_weights
 from .diffusion import GaussianDiffusion, PerItemNoise
 from .losses import HybridLoss
 from .masks import DEFAULT_PROBS, random_keep_masks
-from .pipeline import (encode_prompts, random_model, sample_base_inpaint,
-                       sample_upsample_inpaint, smooth_fill)
+from .pipeline import (encode_prompts, noised_start, random_model, sample_base_inpaint,
+                       sample_upsample_inpaint, smooth_fill, upsample_guess)
 from .tokenizer import load_tokenizer
 from .unet import GlideUNet
 
@@ -289,12 +289,9 @@ def sample_figure(model: GlideUNet, kind: str, tokenizer, images: torch.Tensor, 
     noise = PerItemNoise.from_seeds([seed + i for i in range(n)])
     diffusion = figure_diffusion(model.options, respacing, start)
     init = noise.draw((3, size, size), dev) * (1.0 if kind == "base" else 0.997)
-    if start is not None:
-        guess = (smooth_fill(x0, mask, sigma=size / 16) if kind == "base" else
-                 torch.where(mask.bool(), x0, F.interpolate(low_res.to(dev), size=(size, size), mode="bilinear",
-                                                            align_corners=False)))
-        abar = float(diffusion.alphas_cumprod[-1])
-        init = math.sqrt(abar) * guess + math.sqrt(1 - abar) * init
+    if start is not None:  # SDEdit, as the pipeline starts such a model
+        guess = smooth_fill(x0, mask, sigma=size / 16) if kind == "base" else upsample_guess(x0, mask, low_res.to(dev))
+        init = noised_start(diffusion, guess, init)
     if kind == "base":
         text = encode_prompts(model, tokenizer, [prompt] * n + [""] * n)
         out = sample_base_inpaint(model, diffusion, text, x0 * mask, mask, guidance_scale=guidance,

@@ -131,6 +131,20 @@ def smooth_fill(images: torch.Tensor, keep_mask: torch.Tensor, sigma: float) -> 
     return torch.where(keep_mask.bool(), images, est.clamp(-1, 1))
 
 
+def noised_start(diffusion: GaussianDiffusion, guess: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """SDEdit's initial sample: ``guess`` noised to the level of the diffusion's first (highest)
+    timestep, sqrt(abar)·guess + sqrt(1 − abar)·noise (same shapes, [-1, 1] scale)."""
+    abar = float(diffusion.alphas_cumprod[-1])
+    return math.sqrt(abar) * guess + math.sqrt(1 - abar) * noise
+
+
+def upsample_guess(images: torch.Tensor, keep_mask: torch.Tensor, low_res: torch.Tensor) -> torch.Tensor:
+    """The upsampler's SDEdit guess: the known pixels of ``images`` [N, 3, H, W], elsewhere the
+    bilinear upsample of ``low_res`` [N, 3, h, w] to H x W; keep_mask [N, 1, H, W] (1 = known)."""
+    up = F.interpolate(low_res, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.where(keep_mask.bool(), images, up)
+
+
 # ----------------------------------------------------------------------------- random weights
 def random_model(options, seed: int) -> GlideUNet:
     """Model with seeded random weights, following the fixtures' recipe (spec 3.2): PyTorch
@@ -451,9 +465,8 @@ class GlideInpainter:
         base_text = encode_prompts(self.base, self.tokenizer, prompts + [""] * n)
         base_noise = noise.draw((3, base_size, base_size), dev)
         if self.base_start is not None:  # SDEdit: a noised smooth fill of the hole
-            abar = float(self.base_diffusion.alphas_cumprod[-1])
-            base_noise = (math.sqrt(abar) * smooth_fill(image_base, mask_base, sigma=base_size / 16)
-                          + math.sqrt(1 - abar) * base_noise)
+            base_noise = noised_start(self.base_diffusion, smooth_fill(image_base, mask_base, sigma=base_size / 16),
+                                      base_noise)
         base_out = sample_base_inpaint(
             self.base, self.base_diffusion, base_text, image_base * mask_base, mask_base,
             guidance_scale=guidance_scale, initial_noise=base_noise,
@@ -473,10 +486,7 @@ class GlideInpainter:
                                    for lr, (y, x, _) in zip(low_res, boxes)])
         up_noise = noise.draw(tuple(up_images.shape[1:]), dev) * upsample_temp
         if self.upsample_start is not None:  # SDEdit: the noised upsample of the base result
-            guess = F.interpolate(low_res, size=up_images.shape[-2:], mode="bilinear", align_corners=False)
-            guess = torch.where(up_mask.bool(), up_images, guess)
-            abar = float(self.upsample_diffusion.alphas_cumprod[-1])
-            up_noise = math.sqrt(abar) * guess + math.sqrt(1 - abar) * up_noise
+            up_noise = noised_start(self.upsample_diffusion, upsample_guess(up_images, up_mask, low_res), up_noise)
         out = sample_upsample_inpaint(
             self.upsampler, self.upsample_diffusion, up_text, up_images * up_mask, up_mask,
             low_res, initial_noise=up_noise, noise=noise, progress=progress,
