@@ -348,6 +348,8 @@ def test_max_t_trains_only_those_timesteps_and_sampling_respects_it(crops, tmp_p
     for bad in (0, 1000, 2.5):
         with pytest.raises(ValueError, match=f"max_t={bad} must be an integer in 1..999"):
             finetune.train("base", crops, tmp_path / "bad", max_t=bad, **FAST)
+    with pytest.raises(ValueError, match=r"loss_region='pixels' must be one of \('image', 'hole'\)"):
+        finetune.train("base", crops, tmp_path / "bad", loss_region="pixels", **FAST)
     with pytest.raises(ValueError, match="sample_respacing='fast27' does not fit"):
         finetune.train("base", crops, tmp_path / "bad2", max_t=10, **dict(FAST, sample_respacing="fast27"))
 
