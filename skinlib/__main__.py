@@ -201,6 +201,19 @@ def merge_earlier_stages(out: Path, results: list[dict[str, Any]]) -> list[dict[
     return merged
 
 
+def package_versions() -> dict[str, str]:
+    """name -> version of every installed distribution (what ``pip freeze`` would list), so a
+    run's numbers can be traced to the exact library versions that made them."""
+    from importlib.metadata import distributions
+
+    out = {}
+    for d in distributions():
+        name = d.metadata.get("Name")
+        if name:
+            out[name] = d.version
+    return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
+
+
 def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     import torch
 
@@ -209,6 +222,7 @@ def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, A
         "command": sys.argv, "data": args.data or "synthetic demo dataset", "smoke": args.smoke,
         "params_file": args.params, "git_commit": _git_commit(), "python": platform.python_version(),
         "torch": torch.__version__, "platform": platform.platform(), "stages": results,
+        "packages": package_versions(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
     lines = [f"# Run summary: {out}", "",

@@ -11,3 +11,9 @@ class CheckpointError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
     """A loss became NaN or infinite during training."""
+
+
+class ArmDataError(ValueError):
+    """One arm of the evaluation cannot be trained on its data (e.g. no image of a class): that
+    arm is reported ``failed`` with the reason and the others go on. Any other exception inside
+    an arm (a programming error) stops the evaluation."""

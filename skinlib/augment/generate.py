@@ -210,11 +210,31 @@ class _Progress:
 # ----------------------------------------------------------------------------------------
 # sources
 # ----------------------------------------------------------------------------------------
+def spread_over_patients(rows: list[dict], n: int) -> list[dict]:
+    """``n`` rows taken in turn from each patient (first the first crop of every patient, then the
+    second, ...; patients in natural order), returned in manifest order: a budget of a few sources
+    covers as many patients as it can instead of the first patient's overlapping crops."""
+    from ..data.photos import natural_key
+
+    by_patient: dict[str, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_patient.setdefault(r.get("patient", ""), []).append(i)
+    order = sorted(by_patient, key=natural_key)
+    chosen: list[int] = []
+    depth = 0
+    while len(chosen) < min(n, len(rows)):
+        for p in order:
+            if depth < len(by_patient[p]) and len(chosen) < n:
+                chosen.append(by_patient[p][depth])
+        depth += 1
+    return [rows[i] for i in sorted(chosen)]
+
+
 def _source_rows(crops_dir: Path, max_sources: int | None, split: str | None = "train") -> list[dict]:
     from ..data.dataset import list_crop_rows
 
     rows = list_crop_rows(crops_dir, split)
-    return rows[:max_sources] if max_sources else rows
+    return spread_over_patients(rows, max_sources) if max_sources else rows
 
 
 def weights_provenance(identity: dict, is_random: bool) -> dict:
@@ -310,7 +330,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     or a :class:`~skinlib.augment.inpaint.MaskSampler`), ``zoom``: the algorithm's settings (see
     :class:`~skinlib.augment.inpaint.IterativeInpainting`); ``seed``: job seed; ``batch_size``: variants
     per engine call (runs of a source and several sources share a batch); ``max_sources``: use
-    only the first sources; ``gifs``: "first-run" (one animation per source), "all" or "none";
+    only this many sources, spread over the patients (:func:`spread_over_patients`); ``gifs``: "first-run" (one animation per source), "all" or "none";
     ``restart_if_changed``: when ``out_dir`` holds variants made with other settings (or other
     crops), delete them and start over instead of raising ValueError (for smoke runs);
     ``split``: augment only the crops of this side of notebook 01's patient split ("train",
@@ -334,6 +354,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     mine = shard_batches(plan_batches(len(rows), runs, batch_size), shard_index, num_shards)
     settings = {"generator": GENERATOR, "crops_dir": str(crops_dir), "runs": runs, "seed": seed,
                 "n_sources": len(rows), "max_sources": max_sources, "split": split or "all",
+                "n_source_patients": len({r.get("patient", "") for r in rows}),
                 "image_size": IMAGE_SIZE,
                 "sources_sha256": crops_content_sha256(crops_dir, rows),
                 "gifs": gifs, "batch_size": batch_size, "model_is_random": is_random,
@@ -684,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--zoom", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=10)
-    p.add_argument("--max-sources", type=int, default=None)
+    p.add_argument("--max-sources", type=int, default=None,
+                   help="use only this many source crops, taken in turn from each train patient")
     p.add_argument("--gifs", default="first-run", choices=["first-run", "all", "none"])
     p.add_argument("--base-respacing", default="100")
     p.add_argument("--upsample-respacing", default="fast27")

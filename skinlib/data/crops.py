@@ -47,16 +47,18 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import MANIFEST
+from .metadata import skin_group
 from .photos import (MASK_THRESHOLD, MAX_PIXELS, BadInputError, PhotoPair, encode_png, find_pairs,
                      load_pair)
 from ..io import atomic_write_bytes, load_json, save_json, write_csv
 
-METHOD_VERSION = "crops-v2"   # bump when the method changes: invalidates resume markers
+METHOD_VERSION = "crops-v3"   # bump when the method changes: invalidates resume markers
 LOW_CONTRAST_DIR = "low_contrast"
 HEALTHY_DIR = "healthy"
 PROGRESS_DIR = ".progress"
 _CROP_FILE = re.compile(r"^\d{6}(_mask|_mask2)?\.png$")
 
+CONTRAST_METHODS = ("relative", "study")
 MANIFEST_FIELDS = ["image", "mask", "mask2", "source", "mask_source", "disease", "patient", "example",
                    "x0", "y0", "x1", "y1", "coverage", "contrast", "ill_colour", "healthy_colour",
                    "photo_width", "photo_height"]
@@ -74,6 +76,8 @@ class CropParams:
     min_coverage: float = 0.1             # keep windows with ill fraction > this
     nms_iou: float = 0.4                  # suppress windows with IoU > this vs a kept one
     low_contrast_fraction: float = 0.05   # skimage is_low_contrast fraction_threshold
+    low_contrast_method: str = "relative"  # "relative": measured after scaling the crop to mid-grey brightness
+                                           # (fair to skin tone); "study": skimage's absolute measure
     low_contrast_lower_percentile: float = 1.0
     low_contrast_upper_percentile: float = 99.0
     kmeans_k: int = 5                     # clusters for the dominant colours
@@ -92,6 +96,8 @@ class CropParams:
             raise ValueError(f"min_coverage must be in [0, 1), got {self.min_coverage}")
         if not 0 <= self.nms_iou <= 1:
             raise ValueError(f"nms_iou must be in [0, 1], got {self.nms_iou}")
+        if self.low_contrast_method not in CONTRAST_METHODS:
+            raise ValueError(f"low_contrast_method must be one of {CONTRAST_METHODS}, got {self.low_contrast_method!r}")
         if self.kmeans_k < 1:
             raise ValueError(f"kmeans_k must be >= 1, got {self.kmeans_k}")
         if self.healthy_max_coverage is not None and not 0 <= self.healthy_max_coverage < self.min_coverage:
@@ -202,17 +208,29 @@ def select_healthy_windows(mask: np.ndarray, n: int, *, window: int = 256, strid
     return boxes[kept], cov[kept]
 
 
-def contrast_ratio(crop: np.ndarray, lower_percentile: float = 1.0, upper_percentile: float = 99.0) -> float:
-    """scikit-image's ``is_low_contrast`` measure of an RGB uint8 crop: the spread between the
-    given percentiles of its grey levels divided by the dtype's range (``rgb2gray`` gives
-    floats, whose range scikit-image takes as [-1, 1]). Low contrast when below the fraction."""
+def contrast_ratio(crop: np.ndarray, lower_percentile: float = 1.0, upper_percentile: float = 99.0,
+                   method: str = "study") -> float:
+    """Contrast of an RGB uint8 crop; low contrast when below ``low_contrast_fraction``.
+
+    ``"study"``: scikit-image's ``is_low_contrast`` measure, the spread between the given
+    percentiles of the grey levels divided by the dtype's range (``rgb2gray`` gives floats, whose
+    range scikit-image takes as [-1, 1]). Skin texture and lighting modulate reflected light
+    multiplicatively, so this absolute spread scales with the skin's brightness: it calls most
+    crops of dark skin (Fitzpatrick V-VI) low-contrast. ``"relative"``: the same measure after
+    scaling the grey levels to a mean of 0.5 (mid-grey), i.e. the spread relative to the crop's own
+    brightness, equal to ``"study"`` for a crop of mean grey 0.5 and independent of skin tone."""
     from skimage.color import rgb2gray
     from skimage.util.dtype import dtype_limits
 
+    if method not in CONTRAST_METHODS:
+        raise ValueError(f"method must be one of {CONTRAST_METHODS}, got {method!r}")
     gray = rgb2gray(crop)
     lo, hi = dtype_limits(gray, clip_negative=False)
     p = np.percentile(gray, [lower_percentile, upper_percentile])
-    return float((p[1] - p[0]) / (hi - lo))
+    spread = float(p[1] - p[0])
+    if method == "relative":
+        spread *= 0.5 / max(float(gray.mean()), 1e-3)
+    return spread / (hi - lo)
 
 
 def region_pixels(crop: np.ndarray, mask: np.ndarray, samples: int | None = 4096, seed: int = 0) -> np.ndarray:
@@ -277,7 +295,8 @@ def _crop(photo: np.ndarray, mask: np.ndarray, box, coverage: float, p: CropPara
     x0, y0, x1, y1 = box
     img = np.ascontiguousarray(photo[y0:y1, x0:x1])
     m = np.ascontiguousarray(mask[y0:y1, x0:x1])
-    contrast = contrast_ratio(img, p.low_contrast_lower_percentile, p.low_contrast_upper_percentile)
+    contrast = contrast_ratio(img, p.low_contrast_lower_percentile, p.low_contrast_upper_percentile,
+                              p.low_contrast_method)
     mask2, ill, healthy = two_colour_mask(img, m, k=p.kmeans_k, samples=p.kmeans_samples,
                                           n_init=p.kmeans_n_init, seed=p.seed)
     return Crop((x0, y0, x1, y1), coverage, contrast, contrast < p.low_contrast_fraction, img, m, mask2, ill, healthy)
@@ -379,7 +398,8 @@ def _relative(path: str, root: Path) -> str:
 
 
 def extract_crops(data_dir, out_dir, *, window: int = 256, stride: int = 32, min_coverage: float = 0.1,
-                  nms_iou: float = 0.4, low_contrast_fraction: float = 0.05, kmeans_k: int = 5,
+                  nms_iou: float = 0.4, low_contrast_fraction: float = 0.05, low_contrast_method: str = "relative",
+                  kmeans_k: int = 5,
                   kmeans_samples: int | None = 4096, kmeans_n_init: int = 1, seed: int = 0,
                   mask_threshold: float = MASK_THRESHOLD, max_pixels: int = MAX_PIXELS,
                   healthy_max_coverage: float | None = 0.01, healthy_per_photo: int | None = None,
@@ -396,7 +416,8 @@ def extract_crops(data_dir, out_dir, *, window: int = 256, stride: int = 32, min
     from tqdm.auto import tqdm
 
     params = CropParams(window=window, stride=stride, min_coverage=min_coverage, nms_iou=nms_iou,
-                        low_contrast_fraction=low_contrast_fraction, kmeans_k=kmeans_k,
+                        low_contrast_fraction=low_contrast_fraction, low_contrast_method=low_contrast_method,
+                        kmeans_k=kmeans_k,
                         kmeans_samples=kmeans_samples, kmeans_n_init=kmeans_n_init, seed=seed,
                         mask_threshold=mask_threshold, max_pixels=max_pixels,
                         healthy_max_coverage=healthy_max_coverage, healthy_per_photo=healthy_per_photo)
@@ -452,6 +473,7 @@ def _files_present(out_dir: Path, marker: dict) -> bool:
 
 def _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed) -> dict:
     from .demo import is_synthetic_dataset
+    from .metadata import dataset_skin_types
 
     rows = [r for m in markers for r in m["rows"]]
     low_rows = [r for m in markers for r in m["low_rows"]]
@@ -497,12 +519,42 @@ def _finish(data_dir, out_dir, params, pairs, markers, skip_rows, resumed) -> di
         "healthy_low_contrast": sum(m.get("healthy_low_contrast", 0) for m in markers), "crops_per_disease": dict(sorted(per_disease.items())),
         "patients": len({(r["disease"], r["patient"]) for r in rows}),
         "params": asdict(params), "method": METHOD_VERSION,
+        "per_skin_group": per_skin_group(markers, dataset_skin_types(data_dir)),
     }
     save_json(out_dir / "summary.json", summary)
     write_csv(out_dir / MANIFEST, rows, MANIFEST_FIELDS)   # last: its presence marks a finished folder
     summary["resumed_photos"] = resumed       # not saved: differs between a fresh and a resumed run
     summary["out_dir"] = str(out_dir)
     return summary
+
+
+def per_skin_group(markers: list[dict], types: dict[str, int]) -> dict:
+    """What the crop filters kept per Fitzpatrick group (empty when skin types are unknown):
+    patients, ill-skin crops kept, low-contrast crops set aside, healthy windows kept and set
+    aside, and the patients left with no crop / no healthy window. A filter that drops one group
+    shows here at once."""
+    if not types:
+        return {}
+    per_patient: dict[str, dict[str, int]] = {}
+    for m in markers:
+        if m["status"] != "ok":
+            continue
+        c = per_patient.setdefault(m["patient"], {"crops": 0, "low_contrast": 0, "healthy": 0, "healthy_low_contrast": 0})
+        c["crops"] += len(m["rows"])
+        c["low_contrast"] += len(m["low_rows"])
+        c["healthy"] += len(m["healthy_rows"])
+        c["healthy_low_contrast"] += m.get("healthy_low_contrast", 0)
+    out: dict[str, dict[str, int]] = {}
+    for patient, c in sorted(per_patient.items()):
+        g = skin_group(patient, types) or "unknown"
+        o = out.setdefault(g, {"patients": 0, "crops": 0, "low_contrast": 0, "healthy": 0, "healthy_low_contrast": 0,
+                               "patients_without_crops": 0, "patients_without_healthy": 0})
+        o["patients"] += 1
+        for k, v in c.items():
+            o[k] += v
+        o["patients_without_crops"] += c["crops"] == 0
+        o["patients_without_healthy"] += c["healthy"] == 0
+    return dict(sorted(out.items()))
 
 
 def make_demo_crops(out_dir, smoke: bool = False, *, progress: bool = True) -> Path:
@@ -595,6 +647,14 @@ def format_report(out_dir, max_rows: int = 20) -> str:
              and r["low_contrast"] == "0"]
     parts.append(f"Photos with no window above the coverage threshold: {len(empty)}")
     parts += [f"  {r['source']}" for r in empty[:max_rows]]
+    summary_path = out_dir / "summary.json"
+    groups = load_json(summary_path).get("per_skin_group", {}) if summary_path.is_file() else {}
+    if groups:
+        parts.append("Kept per Fitzpatrick group (patients: crops kept / low-contrast set aside; healthy windows kept / "
+                     "set aside; patients left without a crop / without a healthy window):")
+        parts += [f"  {g}: {c['patients']} patients: {c['crops']} / {c['low_contrast']}; {c['healthy']} / "
+                  f"{c['healthy_low_contrast']}; {c['patients_without_crops']} / {c['patients_without_healthy']}"
+                  for g, c in groups.items()]
     return "\n".join(parts)
 
 

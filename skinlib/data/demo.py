@@ -44,8 +44,9 @@ RENDERER_VERSION = "demo-v2"
 
 # Sizes used by notebook 01 and by skinlib.data.crops.make_demo_crops (the main job's default data).
 # One disease (maculopapular rash), as the study's data; enough patients that a patient-level
-# split leaves 10 test patients and a data-efficiency curve down to a quarter of the 22 train patients.
-DEMO_DEFAULTS = dict(n_diseases=1, n_patients=32, n_examples=1, n_photos=1, min_side=600, max_side=1200)  # 32 photos
+# split holds about 20 test patients (at least 3 per Fitzpatrick group: skin types cycle I..VI over
+# the patients) and a data-efficiency curve down to a quarter of the ~45 train patients.
+DEMO_DEFAULTS = dict(n_diseases=1, n_patients=64, n_examples=1, n_photos=1, min_side=600, max_side=1000)  # 64 photos
 # Smoke mode: eight small photos of four patients (2 train, 2 test), made in a few seconds; large
 # enough that both sides of the split have healthy-skin windows.
 DEMO_SMOKE = dict(n_diseases=1, n_patients=4, n_examples=1, n_photos=2, min_side=640, max_side=800)  # 8 photos

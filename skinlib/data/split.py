@@ -1,6 +1,7 @@
 """The patient-level train/test split, decided once by notebook 01 and honoured by every stage.
 
-Every patient is assigned to ``train`` or ``test`` (stratified by disease, seeded); the
+Every patient is assigned to ``train`` or ``test`` (stratified by disease and, where the
+dataset's metadata knows skin types, by Fitzpatrick group; seeded); the
 assignment is written as a ``split`` column into every manifest of the crops folder
 (``manifest.csv``, ``healthy/manifest.csv``, ``low_contrast/manifest.csv``) and as
 ``split.csv`` (one row per patient). Generators (notebooks 02-04) train on / augment the
@@ -20,6 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .dataset import MANIFEST, SPLITS
+from .metadata import skin_group, skin_types
 from .photos import natural_key
 from ..io import load_json, read_csv, save_json, write_csv
 
@@ -34,11 +36,28 @@ def n_test_patients(n: int, test_share: float) -> int:
     return max(MIN_TEST_PATIENTS, int(math.floor(test_share * n + 0.5)))
 
 
-def split_patients(patients: Mapping[str, str], test_share: float = 0.3, seed: int = 0) -> dict[str, str]:
+def _allocate(total: int, sizes: Mapping[str, int]) -> dict[str, int]:
+    """Split ``total`` over groups of ``sizes`` proportionally (largest remainder, ties by name)."""
+    n = sum(sizes.values())
+    exact = {g: total * k / n for g, k in sizes.items()}
+    out = {g: min(sizes[g], int(math.floor(v))) for g, v in exact.items()}
+    for g in sorted(sizes, key=lambda g: (-(exact[g] - out[g]), g)):
+        if sum(out.values()) >= total:
+            break
+        if out[g] < sizes[g]:
+            out[g] += 1
+    return out
+
+
+def split_patients(patients: Mapping[str, str], test_share: float = 0.3, seed: int = 0,
+                   strata: Mapping[str, str] | None = None) -> dict[str, str]:
     """Assign each patient to ``"train"`` or ``"test"``.
 
-    ``patients`` maps patient id -> disease. Per disease (sorted ids, seeded shuffle) the first
-    ``max(2, round(test_share * n))`` patients are ``test``, the rest ``train``. Raises
+    ``patients`` maps patient id -> disease. Per disease ``max(2, round(test_share * n))``
+    patients are ``test``, the rest ``train``, drawn by a seeded shuffle; with ``strata``
+    (patient -> e.g. Fitzpatrick group, "" when unknown) the test patients of a disease are
+    shared out over its strata in proportion to their sizes, so every skin group gets its share
+    of test patients. Raises
     ValueError naming the disease and the number of patients needed when a disease has fewer
     than ``MIN_TEST_PATIENTS + MIN_TRAIN_PATIENTS`` patients.
     """
@@ -62,8 +81,17 @@ def split_patients(patients: Mapping[str, str], test_share: float = 0.3, seed: i
                 f"or remove the disease folder.")
         order = sorted(ids)
         perm = np.random.default_rng([seed, d]).permutation(n)
-        for rank, i in enumerate(perm):
-            out[order[i]] = "test" if rank < n_test else "train"
+        if not strata:
+            for rank, i in enumerate(perm):
+                out[order[i]] = "test" if rank < n_test else "train"
+            continue
+        cells: dict[str, list[str]] = {}
+        for i in perm:                                  # seeded order within each stratum
+            cells.setdefault(strata.get(order[i], ""), []).append(order[i])
+        quota = _allocate(n_test, {g: len(m) for g, m in cells.items()})
+        for g, members in cells.items():
+            for rank, pid in enumerate(members):
+                out[pid] = "test" if rank < quota[g] else "train"
     return out
 
 
@@ -88,7 +116,9 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, 
             counts.setdefault(r["patient"], {}).setdefault(r["disease"], 0)
             counts[r["patient"]][r["disease"]] += path == main   # stratify by the kept ill-skin crops
     patients = {p: max(sorted(c), key=lambda d: c[d]) for p, c in counts.items()}
-    assignment = split_patients(patients, test_share, seed)
+    types = skin_types(crops_dir)
+    groups = {p: skin_group(p, types) for p in patients} if types else None
+    assignment = split_patients(patients, test_share, seed, strata=groups)
     for path, rows in tables.items():
         for r in rows:
             r["split"] = assignment[r["patient"]]
@@ -98,6 +128,8 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, 
     per_patient = []
     for p in sorted(assignment, key=natural_key):
         row = {"patient": p, "disease": patients[p], "split": assignment[p]}
+        if groups:
+            row["skin_group"] = groups[p] or "unknown"
         for path, rows in tables.items():
             name = "crops" if path == main else path.parent.name
             row[name] = sum(r["patient"] == p for r in rows)
@@ -107,6 +139,7 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, 
     if summary_path.is_file():
         summary = load_json(summary_path)
         summary["split"] = {"test_share": test_share, "seed": seed,
+                            "stratified_by": ["disease"] + (["Fitzpatrick group"] if groups else []),
                             "train_patients": sum(v == "train" for v in assignment.values()),
                             "test_patients": sum(v == "test" for v in assignment.values())}
         save_json(summary_path, summary)

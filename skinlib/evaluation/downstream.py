@@ -31,6 +31,7 @@ per batch.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -42,7 +43,10 @@ from torch import nn
 
 from ..data.crops import HEALTHY_DIR
 from ..data.dataset import MANIFEST, list_crop_rows
+from ..errors import ArmDataError
+from ..data.metadata import SKIN_GROUPS, skin_types
 from ..data.photos import natural_key
+from .images import load_images, standard_augment, to_float
 from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
 from ..io import load_json, read_csv
 
@@ -51,7 +55,8 @@ REAL_ONLY = "real only"
 AUGMENT = "real + standard aug"
 COPIES = "real + copies"
 ORACLE = "real + oracle"
-SKIN_GROUPS = {1: "I-II", 2: "I-II", 3: "III-IV", 4: "III-IV", 5: "V-VI", 6: "V-VI"}
+ORACLE_ILL = "real + oracle (ill only)"
+DETECTORS = ("features", "cnn")
 
 
 @dataclass
@@ -59,7 +64,12 @@ class DownstreamConfig:
     """Settings shared by every arm (the "same budget")."""
 
     task: str = "auto"
-    image_size: int = 48              # classifier input side, px
+    detector: str = "features"        # "features": linear probe on frozen Inception features; "cnn": SmallCNN from scratch
+    image_size: int = 48              # CNN input side, px
+    feature_image_size: int = 256     # images are loaded at this side for the Inception features
+    probe_dim: int = 64               # probe: PCA components (fitted on each repetition's real train images)
+    probe_c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)  # probe: ridge penalties (chosen on train patients)
+    max_pairs_per_patient: int | None = 8   # at most this many crops of each class per patient (seeded; None: all)
     steps: int = 150                  # Adam steps per classifier (every arm)
     batch_size: int = 32
     lr: float = 2e-3
@@ -74,11 +84,19 @@ class DownstreamConfig:
     max_synthetic: int | None = 2000  # at most this many images per generator (seeded subset)
     synthetic_only: bool = True       # also train on synthetic ill-skin images only (100 % fraction)
     pair_per_photo: bool = True       # rash-vs-healthy: keep as many ill as healthy crops of each photo
+    augmented_generator_arms: bool = True   # also "real + standard aug + <generator>" for every generator
+    primary_fraction: float | None = None   # the primary endpoint's share (declared before the run; None: the smallest)
     device: str | None = None
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"detector must be one of {DETECTORS}, got {self.detector!r}")
+        if self.max_pairs_per_patient is not None and self.max_pairs_per_patient < 1:
+            raise ValueError(f"max_pairs_per_patient must be >= 1 or None, got {self.max_pairs_per_patient}")
+        if self.primary_fraction is not None and self.primary_fraction not in self.fractions:
+            raise ValueError(f"primary_fraction {self.primary_fraction} is not one of fractions {self.fractions}")
         if not self.fractions or any(not 0 < f <= 1 for f in self.fractions):
             raise ValueError(f"fractions must be in (0, 1], got {self.fractions}")
         if self.repetitions < 2:
@@ -98,6 +116,8 @@ class Examples:
     patient: list[str]
     file: list[str]
     group: list[str] = field(default_factory=list)
+    feats: torch.Tensor | None = None        # float32 [N, D] frozen features (detector "features")
+    feats_aug: torch.Tensor | None = None    # float32 [N, D] features of one standard-augmented view
 
     def __len__(self) -> int:
         return len(self.y)
@@ -105,42 +125,20 @@ class Examples:
     def subset(self, idx) -> "Examples":
         idx = [int(i) for i in idx]
         t = torch.as_tensor(idx, dtype=torch.long)
+        pick = (lambda a: None if a is None else a[t])
         return Examples(self.x[t], self.y[t], [self.patient[i] for i in idx], [self.file[i] for i in idx],
-                        [self.group[i] for i in idx] if self.group else [])
+                        [self.group[i] for i in idx] if self.group else [], pick(self.feats), pick(self.feats_aug))
 
     @staticmethod
     def concat(parts: Sequence["Examples"]) -> "Examples":
         parts = [p for p in parts if len(p)]
         if not parts:
             raise ValueError("no examples")
+        cat = (lambda name: torch.cat([getattr(p, name) for p in parts])
+               if all(getattr(p, name) is not None for p in parts) else None)
         return Examples(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
                         [a for p in parts for a in p.patient], [a for p in parts for a in p.file],
-                        [a for p in parts for a in (p.group or [""] * len(p))])
-
-
-def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, s, s] -> float32 in [-1, 1]."""
-    return x.float() / 127.5 - 1.0
-
-
-def load_images(paths: Sequence[Path], size: int, *, desc: str = "", progress: bool = False) -> torch.Tensor:
-    """uint8 [N, 3, size, size] of RGB images (antialiased bilinear resize); a missing or
-    unreadable file is an error naming it."""
-    from PIL import Image, UnidentifiedImageError
-    from tqdm.auto import tqdm
-
-    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
-    for i, p in enumerate(tqdm(paths, desc=desc or "loading images", disable=not progress, leave=False)):
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.BILINEAR)
-                out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
-        except (OSError, UnidentifiedImageError) as e:
-            raise ValueError(f"cannot read image {p}: {e}. Fix: re-create it (re-run the notebook that made "
-                             f"it) or remove its row from the manifest beside it.") from e
-    return out
+                        [a for p in parts for a in (p.group or [""] * len(p))], cat("feats"), cat("feats_aug"))
 
 
 # ----------------------------------------------------------------------------------------
@@ -164,32 +162,6 @@ def class_names(task: str, real_rows: Sequence[Mapping[str, str]]) -> list[str]:
     if task == "disease":
         return sorted({r["disease"] for r in real_rows})
     return ["healthy", "ill"]
-
-
-def skin_types(real_dir) -> dict[str, int]:
-    """patient -> Fitzpatrick type (1-6) where known: the demo dataset's ``demo_manifest.csv`` or
-    an optional ``metadata.csv`` (columns ``patient``, ``fitzpatrick``) in the dataset root
-    (see data_README.md); found through the crops' ``summary.json``. Empty when unknown."""
-    summary = Path(real_dir) / "summary.json"
-    if not summary.is_file():
-        return {}
-    root = Path(load_json(summary).get("data_dir", ""))
-    out: dict[str, int] = {}
-    for name in ("metadata.csv", "demo_manifest.csv"):
-        path = root / name
-        if path.is_file():
-            for r in read_csv(path):
-                value = (r.get("fitzpatrick") or "").strip()
-                if r.get("patient") and value:
-                    try:
-                        t = int(float(value))
-                    except ValueError as e:
-                        raise ValueError(f"{path}: fitzpatrick {value!r} of patient {r['patient']} is not 1-6. "
-                                         f"Fix the value or leave it empty.") from e
-                    if not 1 <= t <= 6:
-                        raise ValueError(f"{path}: fitzpatrick {t} of patient {r['patient']} is not 1-6.")
-                    out[r["patient"]] = t
-    return out
 
 
 @dataclass
@@ -224,7 +196,24 @@ def pair_per_photo(items: Sequence[tuple], seed: int = 0) -> list[tuple]:
     return out
 
 
-def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) -> RealData:
+def cap_per_patient(items: Sequence[tuple], cap: int | None, seed: int = 0) -> list[tuple]:
+    """At most ``cap`` items of each label per patient (``items``: ``(folder, row, label)``; a
+    seeded choice, order kept), so that every patient weighs about the same in training and in the
+    test metrics, whatever the extent of its rash. ``None``: all."""
+    if cap is None:
+        return list(items)
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault((it[1].get("patient", ""), int(it[2])), []).append(i)
+    keep: set[int] = set()
+    for k, (key, idx) in enumerate(sorted(groups.items())):
+        if len(idx) > cap:
+            idx = np.random.default_rng([seed, 7, k]).choice(idx, cap, replace=False).tolist()
+        keep.update(idx)
+    return [it for i, it in enumerate(items) if i in keep]
+
+
+def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False, log: list | None = None) -> RealData:
     """The real crops of notebook 01 (and, for rash-vs-healthy, its ``healthy/`` bucket) as
     classifier examples; every row must carry a ``split`` (clear error otherwise)."""
     real_dir = Path(real_dir)
@@ -247,20 +236,21 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) ->
         chosen += [(real_dir / HEALTHY_DIR, r, 0) for r in healthy]
         if cfg.pair_per_photo:
             chosen = pair_per_photo(chosen, cfg.seed)
+    chosen = cap_per_patient(chosen, cfg.max_pairs_per_patient, cfg.seed)
     for folder, r, label in chosen:
         files.append(folder / r["image"])
         labels.append(label)
         patients.append(r["patient"])
         splits.append(r["split"])
     types = skin_types(real_dir)
-    x = load_images(files, cfg.image_size, desc="real crops", progress=progress)
+    x = load_images(files, cfg.image_size, desc="real crops", progress=progress, log=log)
     ex = Examples(x, torch.as_tensor(labels, dtype=torch.long), patients, [str(f) for f in files],
                   [SKIN_GROUPS.get(types.get(p, 0), "") for p in patients])
     return RealData(ex, np.asarray(splits), classes, task)
 
 
 def synthetic_examples(folder, real: RealData, cfg: DownstreamConfig, *, name: str = "",
-                       progress: bool = False) -> tuple[Examples, str]:
+                       progress: bool = False, log: list | None = None) -> tuple[Examples, str]:
     """A generator's images as examples: ``(examples, note)``.
 
     Label: a ``label`` column (``ill`` / ``healthy``) where the generator says what it made (no
@@ -298,7 +288,8 @@ def synthetic_examples(folder, real: RealData, cfg: DownstreamConfig, *, name: s
     keep_rows = [keep_rows[i] for i in order]
     labels = [labels[i] for i in order]
     patients = [r.get("source_patient") or (r.get("patient", "") if r.get("source_crop") else "") for r in keep_rows]
-    x = load_images([folder / r["image"] for r in keep_rows], cfg.image_size, desc=f"{name} images", progress=progress)
+    x = load_images([folder / r["image"] for r in keep_rows], cfg.image_size, desc=f"{name} images", progress=progress,
+                    log=log)
     counts = np.bincount(labels, minlength=len(real.classes))
     note = (f"{len(keep_rows)} images used ("
             + ", ".join(f"{c}: {n}" for c, n in zip(real.classes, counts) if n) + ")"
@@ -330,26 +321,6 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3)))
 
 
-def standard_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """The standard-augmentation control: random horizontal/vertical flips, a random multiple of
-    90 degrees, and colour jitter (brightness, contrast, saturation x U(0.8, 1.2)) of a uint8
-    batch [N, 3, s, s]; returns uint8."""
-    n = len(x)
-    flips = torch.rand(n, 2, generator=g) < 0.5
-    x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
-    x = torch.where(flips[:, 1, None, None, None], x.flip(2), x)
-    k = torch.randint(0, 4, (n,), generator=g)
-    x = torch.stack([torch.rot90(xi, int(ki), dims=(1, 2)) for xi, ki in zip(x, k)])
-    f = x.float()
-    b, c, s = (0.8 + 0.4 * torch.rand(3, n, 1, 1, 1, generator=g))
-    f = f * b
-    mean = f.mean(dim=(1, 2, 3), keepdim=True)
-    f = mean + (f - mean) * c
-    grey = (0.299 * f[:, :1] + 0.587 * f[:, 1:2] + 0.114 * f[:, 2:3])
-    f = grey + (f - grey) * s
-    return f.clamp(0, 255).round().to(torch.uint8)
-
-
 def _device(name) -> torch.device:
     if name:
         return torch.device(name)
@@ -379,7 +350,7 @@ def train_classifier(real: Examples, num_classes: int, cfg: DownstreamConfig, *,
                for c in range(num_classes)]
     for c in range(num_classes):
         if not len(real_idx[c]) and not len(syn_idx[c]):
-            raise ValueError(f"class {c} has no training image (real or synthetic) in this arm")
+            raise ArmDataError(f"class {c} has no training image (real or synthetic) in this arm")
     model.train()
     for step in range(1, cfg.steps + 1):
         cls = torch.randint(0, num_classes, (cfg.batch_size,), generator=g)
@@ -492,6 +463,40 @@ def _summaries(plan: BootstrapPlan, y: np.ndarray, groups: np.ndarray, probas: l
     return out
 
 
+def _pool_draw(pool: Examples, seed: int, name: str) -> Examples:
+    """This repetition's synthetic images: ``len(pool)`` drawn with replacement (seeded by the
+    repetition and the generator, so the arms of one generator with and without standard
+    augmentation share the draw), as the CNN's batches draw them."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    return pool.subset(np.sort(rng.integers(0, len(pool), len(pool))))
+
+
+def _probe_job(real_tr: Examples, pool: Examples | None, arm: "Arm", cfg: DownstreamConfig, proj, c: float,
+               num_classes: int, real_classes: Sequence[int] | None, test_z: np.ndarray, seed: int) -> np.ndarray:
+    """Test probabilities of one (arm, share, repetition) with the linear probe."""
+    from .linear_probe import balanced_weights, fit_probe, probe_proba
+
+    allowed = set(range(num_classes) if real_classes is None else real_classes)
+    keep = np.isin(real_tr.y.numpy(), sorted(allowed))
+    feats, ys = [real_tr.feats[keep]], [real_tr.y[keep]]
+    if arm.augment:
+        feats.append(real_tr.feats_aug[keep])
+        ys.append(real_tr.y[keep])
+    n_real = sum(len(y) for y in ys)
+    if pool is not None and len(pool):
+        drawn = _pool_draw(pool, seed, arm.generator)
+        feats.append(drawn.feats)
+        ys.append(drawn.y)
+    x = torch.cat(feats).numpy()
+    y = torch.cat(ys).numpy()
+    syn = np.arange(len(y)) >= n_real
+    missing = sorted(set(range(num_classes)) - set(y.tolist()))
+    if missing:
+        raise ArmDataError(f"class(es) {missing} have no training image (real or synthetic) in this arm")
+    w = balanced_weights(y, syn, num_classes, cfg.synthetic_share)
+    return probe_proba(fit_probe(proj(x), y, w, c, num_classes), test_z, num_classes)
+
+
 def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: DownstreamConfig, real: RealData, *,
                    oracle: Examples | None = None, refused: Mapping[str, str] | None = None,
                    failed: Mapping[str, str] | None = None, progress: bool = True) -> DownstreamResult:
@@ -499,10 +504,15 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
 
     ``generators``: name -> that generator's examples (checked for leaks beforehand, see
     :mod:`skinlib.evaluation.provenance`); ``refused``: name -> why a generator was refused (its arm is
-    reported as refused, never trained); ``failed``: name -> why its images could not be used. A failure inside one arm marks that arm ``failed`` with
-    the reason; the others go on. Real examples enter as loaded (for rash-vs-healthy, paired per
-    photo by :func:`pair_per_photo`)."""
+    reported as refused, never trained); ``failed``: name -> why its images could not be used. A
+    data problem inside one arm (:class:`~skinlib.errors.ArmDataError`, a diverging loss) marks that
+    arm ``failed`` with the reason and the others go on; any other exception stops the evaluation.
+    Real examples enter as loaded (for rash-vs-healthy, paired per photo by :func:`pair_per_photo`).
+    With ``cfg.detector == "features"`` every example set must carry ``feats`` (and the real train
+    examples ``feats_aug``), see :func:`skinlib.evaluation.linear_probe.attach_features`."""
     from tqdm.auto import tqdm
+
+    from .linear_probe import Projector, choose_c, probe_proba, fit_probe, balanced_weights
 
     train, test = real.side("train"), real.side("test")
     if not len(test) or not len(train):
@@ -513,19 +523,32 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     if missing:
         raise ValueError(f"the test patients have no example of class(es) {missing}: re-run notebook 01 with "
                          f"another split seed or more patients")
+    features = cfg.detector == "features"
+    if features:
+        sets = {"real": real.examples, "oracle": oracle, **generators}
+        lacking = [n for n, e in sets.items() if e is not None and e.feats is None]
+        if lacking or real.examples.feats_aug is None:
+            raise ValueError(f"detector 'features' needs the features of every example set (missing: "
+                             f"{lacking or ['real (augmented view)']}): call linear_probe.attach_features first")
     positive = [num_classes - 1] if real.task == "rash-vs-healthy" else list(range(num_classes))
     arms = [Arm(REAL_ONLY), Arm(AUGMENT, augment=True),
             Arm(COPIES, pool=train.subset(np.flatnonzero(np.isin(train.y.numpy(), positive))), generator="copies")]
     if oracle is not None:
         arms.append(Arm(ORACLE, pool=oracle, generator="oracle"))
+        ill = np.flatnonzero(np.isin(oracle.y.numpy(), positive))
+        arms.append(Arm(ORACLE_ILL, pool=oracle.subset(ill), generator="oracle"))
     for name, ex in generators.items():
         arms.append(Arm(f"real + {name}", pool=ex, generator=name))
+    if cfg.augmented_generator_arms:
+        arms += [Arm(f"real + standard aug + {name}", pool=ex, augment=True, generator=name)
+                 for name, ex in generators.items()]
     arms += [Arm(f"real + {name}", generator=name) for name in {**(refused or {}), **(failed or {})}
              if name not in generators]
     syn_only = []
     if cfg.synthetic_only:
         syn_only = [Arm(f"synthetic only: {a.generator}", pool=a.pool, synthetic_only=True, generator=a.generator)
-                    for a in arms if a.pool is not None and a.generator != "copies"]
+                    for a in arms if a.pool is not None and a.generator != "copies" and not a.augment
+                    and a.name != ORACLE_ILL]
     strata = ({p: real.classes[int(y)] for p, y in zip(train.patient, train.y)} if real.task == "disease" else None)
     subsets = train_subsets(train.patient, cfg.fractions, cfg.repetitions, cfg.seed, strata=strata)
     full = max(cfg.fractions)
@@ -535,32 +558,55 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
         status[f"real + {name}"] = {"status": "refused", "reason": why}
     for name, why in (failed or {}).items():
         status[f"real + {name}"] = {"status": "failed", "reason": why}
+    notes: dict = {"detector": cfg.detector}
+    if features:
+        c, cv = choose_c(train.feats.numpy(), train.y.numpy(), train.patient, num_classes, cfg.probe_c_grid,
+                         cfg.probe_dim, seed=cfg.seed)
+        notes["probe"] = {"penalty": c, "cv_auroc": {str(k): v for k, v in cv.items()}, "pca_dim": cfg.probe_dim,
+                          "model": "weighted ridge classifier on PCA-projected frozen features",
+                          "chosen_on": "5-fold patient-grouped cross-validation of the train patients (real only)"}
     probas: dict[tuple[str, float], list[np.ndarray]] = {}
     per_run: list[dict] = []
-    bar = tqdm(total=len(jobs) * cfg.repetitions, desc="downstream classifiers", disable=not progress)
+    label_scorer = None
+    bar = tqdm(total=len(jobs) * cfg.repetitions, desc=f"downstream detectors ({cfg.detector})", disable=not progress)
     for r in range(cfg.repetitions):
         seed = cfg.seed * 1000 + r
+        projectors: dict[float, tuple] = {}
         for arm, f in jobs:
             bar.update(1)
             if status[arm.name]["status"] != "ok":
                 continue
+            pats = set(subsets[(f, r)])
+            real_tr = train.subset([i for i, p in enumerate(train.patient) if p in pats])
+            pool = arm.pool
+            if pool is not None and not arm.generator.startswith("oracle"):   # derived images: only of subset patients
+                pool = pool.subset([i for i, p in enumerate(pool.patient) if not p or p in pats])
             try:
-                pats = set(subsets[(f, r)])
-                real_tr = train.subset([i for i, p in enumerate(train.patient) if p in pats])
-                pool = arm.pool
-                if pool is not None and arm.generator != "oracle":   # derived images: only of subset patients
-                    pool = pool.subset([i for i, p in enumerate(pool.patient) if not p or p in pats])
                 if arm.synthetic_only:
                     real_cls = [c for c in range(num_classes) if c not in positive]
                     missing = [real.classes[c] for c in positive if pool is None or not (pool.y == c).any()]
                     if missing:
-                        raise ValueError(f"{arm.generator} made no image of class(es) {missing}")
+                        raise ArmDataError(f"{arm.generator} made no image of class(es) {missing}")
                 else:
                     real_cls = None
-                model = train_classifier(real_tr, num_classes, cfg, seed=seed, synthetic=pool,
-                                         augment=arm.augment, real_classes=real_cls)
-                p = predict_proba(model, test.x)
-            except Exception as e:     # the arm is reported failed with its reason; the others go on
+                if features:
+                    if f not in projectors:
+                        proj = Projector.fit(real_tr.feats.numpy(), cfg.probe_dim)
+                        projectors[f] = (proj, proj(test.feats.numpy()))
+                    proj, test_z = projectors[f]
+                    p = _probe_job(real_tr, pool, arm, cfg, proj, notes["probe"]["penalty"], num_classes, real_cls, test_z, seed)
+                    if arm.name == REAL_ONLY and f == full and r == 0:
+                        model = fit_probe(proj(real_tr.feats.numpy()), real_tr.y.numpy(),
+                                          balanced_weights(real_tr.y.numpy(), np.zeros(len(real_tr), bool), num_classes, 0),
+                                          notes["probe"]["penalty"], num_classes)
+                        label_scorer = (lambda ex, m=model, pj=proj: probe_proba(m, pj(ex.feats.numpy()), num_classes))
+                else:
+                    model = train_classifier(real_tr, num_classes, cfg, seed=seed, synthetic=pool,
+                                             augment=arm.augment, real_classes=real_cls)
+                    p = predict_proba(model, test.x)
+                    if arm.name == REAL_ONLY and f == full and r == 0:
+                        label_scorer = (lambda ex, m=model: predict_proba(m, ex.x))
+            except (ArmDataError, FloatingPointError) as e:   # a data problem fails this arm only
                 status[arm.name] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
                 continue
             probas.setdefault((arm.name, f), []).append(p)
@@ -571,18 +617,23 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                             **{m: float(metric_draws(m, ones, y_test, p, specificity=cfg.specificity)[0])
                                for m in METRICS}})
     bar.close()
+    if label_scorer is not None:
+        notes["label_check"] = label_check(label_scorer, {a.generator: a.pool for a in arms
+                                                          if a.pool is not None and not a.augment and a.name != ORACLE_ILL},
+                                           real.task, real.classes)
     plan = BootstrapPlan.make(test.patient, cfg.repetitions, cfg.n_boot, cfg.seed)
     groups = np.asarray(test.group or [""] * len(test))
     result_arms: dict = {}
     for arm in arms + syn_only:
         entry = dict(status[arm.name])
+        entry["generator"] = arm.generator
         entry["fractions"] = {}
         if entry["status"] == "ok":
             for f in ([full] if arm.synthetic_only else cfg.fractions):
                 pr = probas.get((arm.name, f), [])
                 base = probas.get((REAL_ONLY, f)) if arm.name != REAL_ONLY else None
                 if len(pr) != cfg.repetitions or (arm.name != REAL_ONLY and (base is None or len(base) != len(pr))):
-                    entry = {"status": "failed", "fractions": {}, "reason": (
+                    entry = {"status": "failed", "generator": arm.generator, "fractions": {}, "reason": (
                         f"incomplete at {f:.0%} of the train patients: {len(pr)} of {cfg.repetitions} repetitions"
                         + ("" if arm.name == REAL_ONLY or base else "; the real-only baseline failed, so no paired gain"))}
                     break
@@ -590,9 +641,30 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
         result_arms[arm.name] = entry
     n_test = {c: int((y_test == i).sum()) for i, c in enumerate(real.classes)}
     return DownstreamResult(real.task, real.classes, asdict(cfg), len(set(train.patient)), len(set(test.patient)),
-                            n_test, result_arms, per_run, {})
+                            n_test, result_arms, per_run, notes)
+
+
+def label_check(score, pools: Mapping[str, Examples], task: str, classes: Sequence[str]) -> dict:
+    """Do a generator's images show what their label says? ``score(examples) -> proba [N, K]`` is
+    the detector trained on all real train patients (real only); per pool: the share of its
+    images of each label that the detector assigns to that label (rash-vs-healthy: the share of
+    its "ill" images called ill). A generator whose ill images look healthy shows at once."""
+    out = {}
+    for name, pool in pools.items():
+        if pool is None or not len(pool):
+            continue
+        pred = score(pool).argmax(1)
+        y = pool.y.numpy()
+        row = {"n": int(len(y))}
+        for c, cname in enumerate(classes):
+            m = y == c
+            if m.any():
+                row[f"called_{cname}"] = float((pred[m] == c).mean())
+        out[name] = row
+    return out
 
 
 __all__ = ["DownstreamConfig", "Examples", "RealData", "real_examples", "synthetic_examples", "SmallCNN",
            "standard_augment", "train_classifier", "predict_proba", "train_subsets", "run_downstream",
-           "DownstreamResult", "REAL_ONLY", "AUGMENT", "COPIES", "ORACLE", "skin_types"]
+           "DownstreamResult", "REAL_ONLY", "AUGMENT", "COPIES", "ORACLE", "ORACLE_ILL", "skin_types",
+           "cap_per_patient", "label_check", "DETECTORS"]

@@ -37,7 +37,9 @@ import numpy as np
 import torch
 
 from . import downstream as D
+from . import power as P
 from .intervals import METRICS
+from ..data.crops import LOW_CONTRAST_DIR
 from ..data.dataset import crops_are_synthetic, list_crop_rows
 from ..io import atomic_write_text, read_csv, save_json, write_csv
 from .provenance import LeakError, check_generated_folder, crop_hashes
@@ -63,13 +65,35 @@ def _arm_entry(arm: str, res: D.DownstreamResult) -> dict:
     fr = e["fractions"]
     full = str(max(res.config["fractions"]))
     head = fr.get(full, {})
-    return {"status": e["status"], "reason": e["reason"],
+    return {"status": e["status"], "reason": e["reason"], "generator": e.get("generator", ""),
             "metrics": head.get("metrics", {}), "gain": head.get("gain", {}),
             "per_class": head.get("per_class", {}), "per_skin_type": head.get("per_skin_type", {}),
             "by_fraction": {f: {"metrics": s["metrics"], "gain": s["gain"]} for f, s in fr.items()}}
 
 
-def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, progress: bool = False) -> D.Examples:
+def _has_test_rows(folder: Path) -> bool:
+    """True when ``folder`` has a manifest with at least one test-patient row."""
+    manifest = folder / "manifest.csv"
+    return manifest.is_file() and any(r.get("split") == "test" for r in read_csv(manifest))
+
+
+def loading_record(logs: Mapping[str, list], folder_sets: Mapping[str, "M.FolderImages"], first: int = 5) -> dict:
+    """What happened while loading, per set: images converted / resized (count and the first few
+    with what was done) and images skipped as unreadable (count and the first few with why)."""
+    out = {}
+    for name, entries in logs.items():
+        if entries:
+            out[name] = {"converted_or_resized": len(entries), "first": [f"{f}: {why}" for f, why in entries[:first]]}
+    for name, g in folder_sets.items():
+        if g.skipped or g.notes:
+            out[f"image metrics: {name}"] = {"skipped": len(g.skipped),
+                                             "first_skipped": [f"{f}: {why}" for f, why in g.skipped[:first]],
+                                             "notes": list(g.notes[:first])}
+    return out
+
+
+def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, progress: bool = False,
+                    log: list | None = None) -> D.Examples:
     """Every crop of the oracle folder (ill-skin crops and healthy bucket; it has no patient
     split: all of it is training data) as examples."""
     oracle_crops = Path(oracle_crops)
@@ -80,9 +104,44 @@ def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, pro
         healthy = read_csv(oracle_crops / D.HEALTHY_DIR / "manifest.csv")
         files += [oracle_crops / D.HEALTHY_DIR / r["image"] for r in healthy]
         labels += [0] * len(healthy)
-    x = D.load_images(files, cfg.image_size, desc="oracle crops", progress=progress)
+    x = D.load_images(files, cfg.image_size, desc="oracle crops", progress=progress, log=log)
     return D.Examples(x, torch.as_tensor(labels, dtype=torch.long), [""] * len(files), [str(f) for f in files],
                       [""] * len(files))
+
+
+def _attach_detector_features(extractor, cache: dict, loaded: Mapping[str, "M.FolderImages"], real: D.RealData,
+                              syn: Mapping[str, D.Examples], oracle: D.Examples | None, cfg: D.DownstreamConfig,
+                              progress: bool, logs: dict | None = None) -> dict:
+    """Frozen features of every example of the detector (:mod:`skinlib.evaluation.linear_probe`),
+    each file embedded once by :func:`skinlib.evaluation.features.detector_extractor` (rows that
+    the image metrics already embedded with the same extractor are reused); the real train
+    examples also get one standard-augmented view (test rows of ``feats_aug`` are NaN: never
+    used). Returns what to record about the detector's features."""
+    from .features import detector_extractor
+    from .image_metrics import folder_features
+    from .linear_probe import attach_features
+
+    det = detector_extractor(extractor)
+    by_path: dict = {}
+    if det is extractor:
+        for images in loaded.values():
+            if images.images.shape[-1] == cfg.feature_image_size:
+                for row, f in zip(images.rows, folder_features(extractor, images, cache=cache, progress=False)):
+                    by_path[str(images.folder / row["image"])] = f.float()
+    logs = {} if logs is None else logs
+    kw = dict(cache=by_path, image_size=cfg.feature_image_size, progress=progress)
+    ex = real.examples
+    ex.feats = attach_features(ex.file, det, desc="detector features: real",
+                               log=logs.setdefault("detector features: real", []), **kw)
+    train_idx = np.flatnonzero(real.split == "train")
+    aug = torch.full_like(ex.feats, float("nan"))
+    aug[torch.as_tensor(train_idx, dtype=torch.long)] = attach_features(
+        [ex.file[i] for i in train_idx], det, augment_seed=cfg.seed, desc="detector features: augmented", **kw)
+    ex.feats_aug = aug
+    for name, e in {**syn, **({"oracle": oracle} if oracle is not None else {})}.items():
+        e.feats = attach_features(e.file, det, desc=f"detector features: {name}",
+                                  log=logs.setdefault(f"detector features: {name}", []), **kw)
+    return M.feature_settings(det, cfg.feature_image_size)
 
 
 def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
@@ -142,8 +201,11 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     train_feats = M.folder_features(extractor, train_imgs, cache=cache, progress=progress)
     kind = getattr(extractor, "kind", type(extractor).__name__)
     cache[("copies", len(copies_idx), kind)] = train_feats[torch.as_tensor(copies_idx)]   # same images: same features
+    test_extra = {sub: M.load_folder_images(real_crops / sub, image_size=image_size, split="test",
+                                            name=f"real test patients ({sub})", verbose=False)
+                  for sub in (D.HEALTHY_DIR, LOW_CONTRAST_DIR) if _has_test_rows(real_crops / sub)}
     mem = MEM.memorisation_check(train_imgs, test_imgs, img_sets, extractor=extractor, feature_cache=cache,
-                                 progress=progress)
+                                 progress=progress, test_extra=test_extra)
     for name, row in mem.rows.items():          # near-copies of TEST crops: a leak the manifest did not show
         leak = row.get("test_copy_fraction")
         if name in generators and generators[name]["status"] == "ok" and leak is not None and leak > max_test_copies:
@@ -153,24 +215,32 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
             usable.pop(name)
 
     # ---- downstream
-    real = D.real_examples(real_crops, cfg, progress=progress)
+    logs: dict[str, list] = {}
+    real = D.real_examples(real_crops, cfg, progress=progress, log=logs.setdefault("detector: real crops", []))
     syn: dict[str, D.Examples] = {}
     notes: dict[str, str] = {}
     refused = {n: g["reason"] for n, g in generators.items() if g["status"] == "refused"}
     failed: dict[str, str] = {}
     for name, folder in usable.items():
         try:
-            syn[name], notes[name] = D.synthetic_examples(folder, real, cfg, name=name, progress=progress)
+            syn[name], notes[name] = D.synthetic_examples(folder, real, cfg, name=name, progress=progress,
+                                                          log=logs.setdefault(f"detector: {name}", []))
         except ValueError as e:
             failed[name] = f"not usable for the {real.task} task: {e}"
             generators[name].update(status="failed", reason=failed[name])
     oracle = None
     oracle_note = ""
     if oracle_crops is not None:
-        oracle = oracle_examples(oracle_crops, real, cfg, progress=progress)
-        oracle_note = f"{len(oracle)} crops of new patients rendered by the demo renderer ({oracle_crops})"
+        oracle = oracle_examples(oracle_crops, real, cfg, progress=progress, log=logs.setdefault("detector: oracle", []))
+        n_ill = int((oracle.y == len(real.classes) - 1).sum()) if real.task == "rash-vs-healthy" else len(oracle)
+        oracle_note = (f"{len(oracle)} crops of new patients rendered by the demo renderer ({oracle_crops}); "
+                       f"the ill-only arm uses its {n_ill} ill-skin crops, as a generator adds them")
     else:
         oracle_note = "absent: an oracle (new patients from the true distribution) exists only for the demo data"
+    detector_features = None
+    if cfg.detector == "features":
+        detector_features = _attach_detector_features(extractor, cache, {"real train": train_imgs, "real test": test_imgs, **img_sets},
+                                  real, syn, oracle, cfg, progress, logs)
     res = D.run_downstream(real_crops, syn, cfg, real, oracle=oracle, refused=refused, failed=failed,
                            progress=progress)
 
@@ -191,8 +261,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     # ---- results
     arms = {a: _arm_entry(a, res) for a in res.arms}
     for a, e in arms.items():
-        gen = a.split("real + ", 1)[1] if a.startswith("real + ") else a.split(": ", 1)[1] if a.startswith("synthetic only: ") else ""
-        e["generator"] = gen
+        gen = e["generator"]
         if gen in notes:
             e["images"] = notes[gen]
     if D.ORACLE not in arms:
@@ -203,7 +272,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     feats = M.feature_settings(extractor, image_size)
     settings = {"real_crops": str(real_crops), "generated": {n: str(f) for n, f in generated.items()},
                 "oracle_crops": str(oracle_crops) if oracle_crops else None, "downstream": asdict(cfg),
-                "features": feats, "n_samples": n_samples, "metric_seeds": list(metric_seeds),
+                "features": feats, "detector_features": detector_features, "n_samples": n_samples, "metric_seeds": list(metric_seeds),
                 "image_size": image_size, "smoke": smoke, "torch": torch.__version__}
     results = {
         "task": res.task, "classes": res.classes,
@@ -215,7 +284,18 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
         "image_metrics": image_rows, "image_metric_labels": M.metric_labels(extractor),
         "diversity_ms_ssim": diversity, "inpainting_change": inpainting, "memorisation": mem.rows, "memorisation_thresholds": mem.thresholds,
         "settings": settings, "synthetic_data": crops_are_synthetic(real_crops),
+        "detector": res.notes.get("detector"), "probe": res.notes.get("probe"),
+        "label_check": res.notes.get("label_check", {}),
+        "memorisation_calibration": {
+            "nominal_percent": mem.thresholds["percentile"], "reference": "real test-patient crops vs train crops",
+            "reference_flagged": mem.thresholds["reference_flagged"],
+            "fresh_patients_flagged": mem.rows.get("oracle", {}).get("near_copy_fraction"),
+            "fresh_patients": "the oracle's new demo patients" if "oracle" in mem.rows else None},
+        "image_loading": loading_record(logs, {"real train patients": train_imgs, "real test patients": test_imgs,
+                                               **test_extra, **img_sets}),
     }
+    results["primary"] = primary_endpoint(results, cfg)
+    results["verdict"] = P.verdict(results["primary"], {"positive": D.ORACLE_ILL, "negative": D.COPIES})
     save_json(out_dir / "results.json", _jsonable(results))
     save_json(out_dir / "settings.json", _jsonable(settings))
     write_csv(out_dir / "downstream_runs.csv", res.per_run, _columns(res.per_run))
@@ -227,6 +307,17 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
         reasons = "; ".join(f"{a}: {e['status']} ({e['reason']})" for a, e in arms.items())
         raise EvaluationFailed(f"no arm of the evaluation ran ({reasons}); results written to {out_dir}")
     return results
+
+
+def primary_endpoint(results: dict, cfg: D.DownstreamConfig) -> dict:
+    """The primary analysis (:func:`skinlib.evaluation.power.primary_analysis`) at the declared
+    share (``cfg.primary_fraction``, default the smallest): the hypotheses are the generator arms
+    (with and without standard augmentation), not the controls."""
+    fraction = str(cfg.primary_fraction if cfg.primary_fraction is not None else min(cfg.fractions))
+    controls = {D.REAL_ONLY, D.AUGMENT, D.COPIES, D.ORACLE, D.ORACLE_ILL}
+    hypotheses = [a for a, e in results["arms"].items() if a not in controls and not a.startswith("synthetic only")
+                  and e.get("status") == "ok"]
+    return P.primary_analysis(results["arms"], fraction, hypotheses)
 
 
 def _columns(rows: Sequence[Mapping]) -> list[str]:
@@ -348,6 +439,22 @@ def comparison_markdown(results: dict) -> str:
             f"| {arm} | ok | {_fmt(f100.get('metrics', {}).get('auroc'))} | {_fmt(f100.get('gain', {}).get('auroc'), signed=True)} "
             f"| {_fmt(fs.get('metrics', {}).get('auroc'))} | {_fmt(fs.get('gain', {}).get('auroc'), signed=True)} "
             f"| {_fmt(f100.get('metrics', {}).get('sens_at_spec'))} | {kid} | {nc} |")
+    prim = results.get("primary")
+    if prim:
+        lines += ["", f"**Primary endpoint** (declared in the settings before the run): {prim['endpoint']}. "
+                      f"Minimum detectable gain at 80 % power: **{prim['design_mdg']:.3f}** ({prim['method']}).", "",
+                  "| arm | gain | 95 % interval | se (patients / one repetition's sd) | p | p (Holm) | MDG |",
+                  "|---|---|---|---|---|---|---|"]
+        for arm, r in prim["arms"].items():
+            holm = (f"{r['p_holm']:.3f}" + (" *" if r.get("significant_holm") else "")) if "p_holm" in r else "control"
+            lines.append(f"| {arm} | {r['gain']:+.3f} | [{r['low']:+.3f}, {r['high']:+.3f}] | {r['se']:.3f} "
+                         f"({r['se_patients']:.3f} / {r['sd_repetitions']:.3f}) | {r['p']:.3f} | {holm} | {r['mdg']:.3f} |")
+        lines += ["", f"**Verdict** (generated from these numbers): {results.get('verdict', '')}"]
+    checks = results.get("label_check") or {}
+    if checks:
+        lines += ["", "**Labels of the added images** (detector trained on all real train patients, real only): "
+                  + "; ".join(f"{n}: " + ", ".join(f"{k.replace('called_', 'called ')} {v:.0%}" for k, v in c.items() if k != "n")
+                              + f" of {c['n']}" for n, c in checks.items())]
     refused = {n: g for n, g in results["generators"].items() if g["status"] != "ok"}
     if refused:
         lines += ["", "Generators not evaluated:"]
@@ -455,7 +562,10 @@ def _save_figures(results, out_dir: Path, mem, train_imgs, img_sets) -> None:
                 f"Data efficiency: {results['task']} classifier on held-out patients", syn)),
             "gains.png": plot_gains(results, title=title("Paired gains vs real only (95 % intervals)", syn)),
             "memorisation.png": MEM.closest_pairs_figure(mem, train_imgs, img_sets, title=title(
-                "Closest generated / train pairs (memorisation check)", syn))}
+                "Closest generated / train pairs (memorisation check)", syn)),
+            "memorisation_calibration.png": MEM.calibration_figure(mem, title=title(
+                f"Memorisation check: thresholds flag {mem.thresholds['percentile']:g} % of real test crops; "
+                f"fresh patients (oracle) flagged {mem.rows.get('oracle', {}).get('near_copy_fraction', float('nan')):.1%}", syn))}
     for name, fig in figs.items():
         fig.savefig(out_dir / name, dpi=120)
         if backend_is_agg:

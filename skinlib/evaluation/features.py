@@ -13,9 +13,10 @@ offline-capable copies of it are supported:
   network), checked against a recorded sha256; we resize exactly as NVIDIA's file does
   (bilinear ``grid_sample``, float, no rounding) and scale ``(x - 128) / 128``.
 
-``"auto"`` / ``"inception"``: torchmetrics' network when its weights are named or cached (a
-named or cached file that is corrupt is an error naming it, never a fallback), otherwise the
-fid-helper file; no download, never random features. ``"local-random"`` is
+``"auto"`` / ``"inception"``: the fid-helper file, on every machine (so FID does not depend on
+what a machine's torch hub cache holds); torchmetrics' network only when its weights file is
+named (``inception_weights``; a corrupt file is an error naming it); no download, never random
+features. ``"local-random"`` is
 :class:`RandomConvFeatures`, a fixed-seed random conv net for tests and smoke runs, only when
 asked for by name: distances on it are *not* FID/KID and are always labelled so
 (:func:`metric_labels`).
@@ -261,6 +262,53 @@ class FidHelperInceptionFeatures(nn.Module):
         return self.net(x).float()
 
 
+class InceptionPoolFeatures(nn.Module):
+    """Frozen features for the downstream detector: the layers of the standard FID Inception
+    network (:class:`FidHelperInceptionFeatures`, same file and sha256) applied at
+    ``input_size`` px (default 160, about 3.5x cheaper than 299 on a CPU) with a global average
+    over the last feature map instead of the fixed 8x8 pool (which needs 299 px). uint8
+    [N, 3, H, W] -> float [N, 2048]. These are not FID features and are never used for FID/KID;
+    at ``input_size=299`` they equal the FID pool features."""
+
+    is_inception = False
+    kind = "inception-pool"
+
+    def __init__(self, fid_network: "FidHelperInceptionFeatures | None" = None, input_size: int = 160):
+        super().__init__()
+        if input_size < 75:
+            raise ValueError(f"input_size must be >= 75 px (Inception's smallest input), got {input_size}")
+        base = fid_network if fid_network is not None else FidHelperInceptionFeatures()
+        self.layers = nn.ModuleList(list(base.net.net.layers.children())[:-1])   # all but the fixed 8x8 pool
+        self.input_size = input_size
+        self.num_features = 2048
+        self.weights_path, self.weights_sha256 = base.weights_path, base.weights_sha256
+        self.short = f"Inception pool @{input_size}px"
+        self.name = f"Inception-v3 layers ({Path(base.weights_path).name}) at {input_size} px, global average pool"
+        self.resize = f"NVIDIA bilinear resize to {input_size}x{input_size}, then (x - 128) / 128"
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        x = images.float()
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            x = nvidia_bilinear_resize(x, self.input_size)
+        x = (x - 128.0) / 128.0
+        for layer in self.layers:
+            x = layer(x)
+        return x.mean(dim=(2, 3)).float()
+
+
+def detector_extractor(metric_extractor: nn.Module, input_size: int = 160) -> nn.Module:
+    """The downstream detector's features for an evaluation whose image metrics use
+    ``metric_extractor``: :class:`InceptionPoolFeatures` on the same Inception file when that is
+    the fid-helper network; the same extractor otherwise (random-conv features in smoke runs,
+    torchmetrics' Inception when named)."""
+    if isinstance(metric_extractor, FidHelperInceptionFeatures):
+        return InceptionPoolFeatures(metric_extractor, input_size)
+    return metric_extractor
+
+
 class RandomConvFeatures(nn.Module):
     """A fixed-seed RANDOM conv net as a cheap local feature extractor (NOT Inception).
 
@@ -308,11 +356,10 @@ def make_feature_extractor(features: str = "auto", *, inception_weights: str | N
                            download: bool = True, seed: int = 0, verbose: bool = True) -> nn.Module:
     """A feature extractor by name (uint8 [N, 3, H, W] -> float [N, D]); see the module docstring.
 
-    * ``"auto"`` / ``"inception"`` (same): torchmetrics' Inception when a weights file is named
-      (``inception_weights`` or ``$SKINLIB_INCEPTION_WEIGHTS``) or cached in torch hub's
-      checkpoints folder, else :class:`FidHelperInceptionFeatures`. A named, cached or shipped
-      file that is corrupt raises :class:`CorruptWeightsError` naming it; nothing is
-      downloaded and nothing falls back to random features.
+    * ``"auto"`` / ``"inception"`` (same): :class:`FidHelperInceptionFeatures` (shipped, sha256-
+      checked), whatever torch hub's cache holds; torchmetrics' Inception only when
+      ``inception_weights`` names a file. A corrupt file raises :class:`CorruptWeightsError`
+      naming it; nothing is downloaded and nothing falls back to random features.
     * ``"inception-torchmetrics"``: only torchmetrics' (downloads when absent and ``download``).
     * ``"inception-fid-helper"``: only the fid-helper file.
     * ``"local-random"``: :class:`RandomConvFeatures` (NOT FID), by explicit choice only.
@@ -327,14 +374,11 @@ def make_feature_extractor(features: str = "auto", *, inception_weights: str | N
         return FidHelperInceptionFeatures()
     if features == "inception-torchmetrics":
         return InceptionFeatures(inception_weights_path(inception_weights, download=download, verbose=verbose))
-    # "auto" / "inception": a named file must be good; a cached file must be good; else fid-helper's
-    if inception_weights or os.environ.get(INCEPTION_ENV):
+    # "auto" / "inception": always the shipped fid-helper file, whatever the machine's caches hold
+    # (a cache-dependent choice would make FID differ between machines); torchmetrics' copy only
+    # when a weights file is named
+    if inception_weights:
         return InceptionFeatures(inception_weights_path(inception_weights, download=False, verbose=verbose))
-    cached = _hub_checkpoint_dir() / INCEPTION_FILE
-    if cached.exists():
-        return InceptionFeatures(_validate_inception_file(cached))   # corrupt: CorruptWeightsError
-    _say(f"torchmetrics' Inception weights are not cached ({cached}): using the standard FID Inception "
-         f"shipped by {FID_HELPER_DIST} ({FID_HELPER_FILE}).", verbose)
     return FidHelperInceptionFeatures()
 
 

@@ -12,6 +12,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -158,3 +159,58 @@ def warn_sample_size(n: int, name: str, *, what: str = "FID/KID") -> str | None:
                f"images; compare only values computed with the same number of images.")
     warnings.warn(msg, SmallSampleWarning, stacklevel=2)
     return msg
+
+
+# ----------------------------------------------------------------------------------------
+# examples of the downstream detector
+# ----------------------------------------------------------------------------------------
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, 3, s, s] -> float32 in [-1, 1]."""
+    return x.float() / 127.5 - 1.0
+
+
+def load_images(paths: Sequence[Path], size: int, *, desc: str = "", progress: bool = False,
+                log: list | None = None) -> torch.Tensor:
+    """uint8 [N, 3, size, size] of RGB images (bilinear resize); a missing or unreadable file
+    is an error naming it. ``log``, when given, receives ``(file, what was done)`` for every image
+    that was converted to RGB or resized, so the caller can record it."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    out = torch.empty(len(paths), 3, size, size, dtype=torch.uint8)
+    for i, p in enumerate(tqdm(paths, desc=desc or "loading images", disable=not progress, leave=False)):
+        try:
+            with Image.open(p) as im:
+                if im.mode != "RGB":
+                    if log is not None:
+                        log.append((str(p), f"converted from {im.mode} to RGB"))
+                    im = im.convert("RGB")
+                if im.size != (size, size):
+                    if log is not None:
+                        log.append((str(p), f"resized from {im.size[0]}x{im.size[1]} to {size}x{size}"))
+                    im = im.resize((size, size), Image.BILINEAR)
+                out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot read image {p}: {e}. Fix: re-create it (re-run the notebook that made "
+                             f"it) or remove its row from the manifest beside it.") from e
+    return out
+
+
+def standard_augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The standard-augmentation control: random horizontal/vertical flips, a random multiple of
+    90 degrees, and colour jitter (brightness, contrast, saturation x U(0.8, 1.2)) of a uint8
+    batch [N, 3, s, s]; returns uint8."""
+    n = len(x)
+    flips = torch.rand(n, 2, generator=g) < 0.5
+    x = torch.where(flips[:, 0, None, None, None], x.flip(3), x)
+    x = torch.where(flips[:, 1, None, None, None], x.flip(2), x)
+    k = torch.randint(0, 4, (n,), generator=g)
+    x = torch.stack([torch.rot90(xi, int(ki), dims=(1, 2)) for xi, ki in zip(x, k)])
+    f = x.float()
+    b, c, s = (0.8 + 0.4 * torch.rand(3, n, 1, 1, 1, generator=g))
+    f = f * b
+    mean = f.mean(dim=(1, 2, 3), keepdim=True)
+    f = mean + (f - mean) * c
+    grey = (0.299 * f[:, :1] + 0.587 * f[:, 1:2] + 0.114 * f[:, 2:3])
+    f = grey + (f - grey) * s
+    return f.clamp(0, 255).round().to(torch.uint8)

@@ -149,7 +149,11 @@ def estimate(plan: BootstrapPlan, per_rep: Sequence[np.ndarray], point: Sequence
              baseline_per_rep: Sequence[np.ndarray] | None = None,
              baseline_point: Sequence[float] | None = None, confidence: float = CONFIDENCE,
              bounds: tuple[float, float] = (0.0, 1.0)) -> dict:
-    """``{"mean", "low", "high"}`` of a metric (or of its paired gain over the baseline).
+    """``{"mean", "low", "high", "se", "df", "se_patients", "sd_repetitions"}`` of a metric (or of
+    its paired gain over the baseline). ``se``: standard deviation of the bootstrap draws (both
+    sources); ``se_patients``: the same with the repetitions averaged, not resampled (test-patient
+    noise alone); ``sd_repetitions``: the spread of the per-repetition values on the full test
+    set (one repetition's training noise; the mean over R repetitions has sd_repetitions / sqrt(R)).
 
     ``per_rep[r]`` [B]: the metric of repetition r under every draw's patient weights;
     ``point[r]``: its value on the full test set. With a baseline, the gain is arm minus baseline
@@ -164,10 +168,17 @@ def estimate(plan: BootstrapPlan, per_rep: Sequence[np.ndarray], point: Sequence
     draws = draws[np.isfinite(draws)]
     mean = float(np.nanmean(p)) if np.isfinite(p).any() else float("nan")
     if len(draws) < 0.9 * len(plan.reps) or not np.isfinite(mean):   # degenerate draws (a class vanished)
-        return {"mean": mean, "low": float("nan"), "high": float("nan")}
-    half = t_quantile(confidence, plan.n_patients - 1) * float(np.std(draws, ddof=1))
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "se": float("nan"), "df": plan.n_patients - 1,
+                "se_patients": float("nan"), "sd_repetitions": float("nan")}
+    se = float(np.std(draws, ddof=1))
+    half = t_quantile(confidence, plan.n_patients - 1) * se
     lo_bound, hi_bound = bounds if baseline_per_rep is None else (bounds[0] - bounds[1], bounds[1] - bounds[0])
-    return {"mean": mean, "low": max(lo_bound, mean - half), "high": min(hi_bound, mean + half)}
+    by_patients = a.mean(1)                       # repetitions averaged: patient resampling alone
+    by_patients = by_patients[np.isfinite(by_patients)]
+    return {"mean": mean, "low": max(lo_bound, mean - half), "high": min(hi_bound, mean + half),
+            "se": se, "df": plan.n_patients - 1,
+            "se_patients": float(np.std(by_patients, ddof=1)) if len(by_patients) > 1 else float("nan"),
+            "sd_repetitions": float(np.std(p, ddof=1)) if len(p) > 1 else 0.0}
 
 
 def summarize_metric(plan: BootstrapPlan, y: np.ndarray, probas: Sequence[np.ndarray],

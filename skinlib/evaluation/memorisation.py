@@ -5,14 +5,15 @@ same extractor as the image metrics, Euclidean distance between feature vectors)
 space (RGB downsampled to ``pixel_size`` px, antialiased bilinear, values in [0, 1]; distance =
 root-mean-square difference, 0 = identical, 1 = black vs white).
 
-What counts as a near-copy is calibrated on real data, per space: the distance from each
-TEST-patient crop to its nearest train crop is what a genuinely new image (a new patient, same
-camera, same skin disease) achieves. A generated image is a **near-copy** when it is closer to a
-train crop than the ``percentile``-th percentile (default 1) of those real test-to-train
-distances, in feature space OR in pixel space (``copy_score = min(d_feat / t_feat,
-d_pix / t_pix) <= 1``). By construction about ``2 * percentile`` % of real test crops are flagged
-(each space flags ~percentile %); a generator that copies is flagged far above that, and exact
-copies (distance 0) always are.
+What counts as a near-copy is calibrated on real data: the distance from each TEST-patient crop
+to its nearest train crop is what a genuinely new image (a new patient, same camera, same skin
+disease) achieves. Each generated image's two distances are ranked among those reference
+distances (empirical CDFs ``F_feature``, ``F_pixel``); it is a **near-copy** when
+``u = min(F_feature, F_pixel)`` is at most ``u*``, the rank at which the two spaces *together*
+flag ``percentile`` % (default 1 %) of the real test crops (:func:`calibrate`); exact copies
+(distance 0) always are. Fresh patients (the demo's oracle) should then be flagged at about the
+nominal rate, which the evaluation reports as the calibration check; a generator that copies is
+flagged far above it.
 
 Why test-to-train and not train-to-train: crops are overlapping windows (stride 32 px in a
 256 px window) of the same photos, so a train crop's nearest other train crop is usually the
@@ -24,7 +25,8 @@ GLIDE variants keep their source crop's pixels outside the edited squares, so th
 that (train) crop by design: their near-copy share says how much of the source survives, which
 is the method, not a training failure of a generator; read it so.
 
-Test leaks: the same rule against the TEST crops gives ``test_copy_fraction``, the share of a
+Test leaks: the same rule against EVERY test-patient crop (ill-skin crops, healthy windows and
+the low-contrast bucket: ``test_extra``) gives ``test_copy_fraction``, the share of a
 generator's images that are near-copies of a test-patient crop. A generator trained or
 conditioned on test patients shows it (a planted leak of test-crop copies gives ~1); it must be
 ~0, and the evaluation should refuse a generator where it is not.
@@ -95,30 +97,60 @@ class MemorisationReport:
         return {"thresholds": dict(self.thresholds), "per_generator": {k: dict(v) for k, v in self.rows.items()}}
 
 
-def _row(d_feat: torch.Tensor, d_pix: torch.Tensor, t_feat: float, t_pix: float) -> tuple[dict, np.ndarray]:
-    score = torch.minimum(d_feat / t_feat if t_feat > 0 else torch.full_like(d_feat, np.inf),
-                          d_pix / t_pix if t_pix > 0 else torch.full_like(d_pix, np.inf))
-    # a distance of exactly 0 is a copy whatever the threshold (also when the threshold is 0)
-    near = (score <= 1.0) | (d_feat == 0) | (d_pix == 0)
-    row = {"near_copy_fraction": float(near.double().mean()),
-           "near_copy_fraction_feature": float(((d_feat <= t_feat) | (d_feat == 0)).double().mean()),
-           "near_copy_fraction_pixel": float(((d_pix <= t_pix) | (d_pix == 0)).double().mean()),
+def _ecdf(reference: np.ndarray, d: torch.Tensor) -> np.ndarray:
+    """Share of ``reference`` distances <= each of ``d`` (the empirical CDF of genuinely new images)."""
+    ref = np.sort(np.asarray(reference, dtype=np.float64))
+    return np.searchsorted(ref, d.numpy(), side="right") / len(ref)
+
+
+def _row(d_feat: torch.Tensor, d_pix: torch.Tensor, cal: dict) -> tuple[dict, np.ndarray]:
+    """Near-copy shares of one set: ``u = min(F_feature(d_feat), F_pixel(d_pix))`` (each distance's
+    rank among the reference's), near-copy when ``u <= cal["u"]`` or a distance is exactly 0.
+    Returns the row and the copy score ``u / cal["u"]`` (<= 1: near-copy)."""
+    u_f, u_p = _ecdf(cal["ref_feature"], d_feat), _ecdf(cal["ref_pixel"], d_pix)
+    u = np.minimum(u_f, u_p)
+    zero = ((d_feat == 0) | (d_pix == 0)).numpy()
+    near = (u <= cal["u"]) | zero
+    row = {"near_copy_fraction": float(near.mean()),
+           "near_copy_fraction_feature": float(((u_f <= cal["u"]) | (d_feat == 0).numpy()).mean()),
+           "near_copy_fraction_pixel": float(((u_p <= cal["u"]) | (d_pix == 0).numpy()).mean()),
            "median_nn_distance_feature": float(d_feat.median()),
            "median_nn_distance_pixel": float(d_pix.median()),
            "n": int(len(d_feat))}
-    return row, score.numpy()
+    score = np.where(zero, 0.0, u / cal["u"] if cal["u"] > 0 else np.where(u <= 0, 1.0, np.inf))
+    return row, score
+
+
+def calibrate(ref_feature: np.ndarray, ref_pixel: np.ndarray, nominal: float) -> dict:
+    """The rank ``u*`` such that the rule "``min(F_feature, F_pixel) <= u*``" flags at most
+    ``nominal`` % of the reference images themselves (both spaces together, not each; at least
+    the closest one when the reference is too small for the nominal share), and the per-space
+    distance thresholds it amounts to."""
+    ref_feature, ref_pixel = np.asarray(ref_feature, np.float64), np.asarray(ref_pixel, np.float64)
+    u_ref = np.minimum(_ecdf(ref_feature, torch.as_tensor(ref_feature)), _ecdf(ref_pixel, torch.as_tensor(ref_pixel)))
+    cand = np.unique(u_ref)
+    ok = [c for c in cand if (u_ref <= c).mean() <= nominal / 100 + 1e-12]
+    # fewer than 100 / nominal reference images: no rank flags as few as the nominal share; flag
+    # the closest reference image(s) then (the realised share is reported as reference_flagged)
+    u_star = float(ok[-1]) if ok else float(cand[0])
+    t_feat = float(np.sort(ref_feature)[max(0, int(np.floor(u_star * len(ref_feature))) - 1)]) if u_star > 0 else 0.0
+    t_pix = float(np.sort(ref_pixel)[max(0, int(np.floor(u_star * len(ref_pixel))) - 1)]) if u_star > 0 else 0.0
+    return {"u": u_star, "ref_feature": ref_feature, "ref_pixel": ref_pixel, "feature": t_feat, "pixel": t_pix,
+            "reference_flagged": float((u_ref <= u_star).mean()) if u_star > 0 else 0.0}
 
 
 def memorisation_check(train: FolderImages, test: FolderImages, generators: Mapping[str, FolderImages], *,
                        extractor: nn.Module, percentile: float = 1.0, pixel_size: int = 64,
-                       feature_cache: dict | None = None, device=None, progress: bool = True) -> MemorisationReport:
+                       feature_cache: dict | None = None, device=None, progress: bool = True,
+                       test_extra: Mapping[str, FolderImages] | None = None) -> MemorisationReport:
     """Nearest-train-crop distances and near-copy share of every generator (see the module
     docstring for the rule and why it is calibrated on test-to-train distances).
 
     ``train`` / ``test``: the real crops of the train / test patients (``load_folder_images(...,
     split=...)``); ``generators``: name -> its images (any size: pixel vectors are compared at
     ``pixel_size``). ``percentile`` (0-100): the share of real test crops that defines each
-    threshold. ``feature_cache``: the dict given to :func:`skinlib.evaluation.metrics.image_metrics`, so
+    threshold (both spaces together). ``test_extra``: the test patients' other crops (healthy
+    windows, low-contrast bucket), added to the bank of the test-leak check. ``feature_cache``: the dict given to :func:`skinlib.evaluation.metrics.image_metrics`, so
     features are extracted once. Returns a :class:`MemorisationReport`.
     """
     if not 0 < percentile < 50:
@@ -139,21 +171,29 @@ def memorisation_check(train: FolderImages, test: FolderImages, generators: Mapp
         return d_feat, i_feat, d_pix, i_pix
 
     ref = distances(test)
-    t_feat = float(np.percentile(ref[0].numpy(), percentile))
-    t_pix = float(np.percentile(ref[2].numpy(), percentile))
-    thresholds = {"feature": t_feat, "pixel": t_pix, "percentile": float(percentile), "pixel_size": pixel_size,
-                  "n_train": len(train), "n_test": len(test), "features": getattr(extractor, "name", ""),
-                  "rule": (f"near-copy: nearest-train-crop distance below the {percentile:g}th percentile of real "
-                           f"test-to-train nearest distances, in feature OR pixel space (RMS at {pixel_size} px)")}
+    cal = calibrate(ref[0].numpy(), ref[2].numpy(), percentile)
+    thresholds = {"feature": cal["feature"], "pixel": cal["pixel"], "percentile": float(percentile),
+                  "rank": cal["u"], "reference_flagged": cal["reference_flagged"], "pixel_size": pixel_size,
+                  "n_train": len(train), "n_test": len(test),
+                  "n_test_bank": len(test) + sum(len(b) for b in (test_extra or {}).values()),
+                  "features": getattr(extractor, "name", ""),
+                  "rule": (f"near-copy: nearest-train-crop distances whose rank among real test-to-train nearest "
+                           f"distances is at most {cal['u']:.4f} in feature OR pixel space (RMS at {pixel_size} px), "
+                           f"the rank at which the two spaces together flag {percentile:g} % of the real test crops")}
+    f_bank_test, p_bank_test = f_test, p_test
+    for extra in (test_extra or {}).values():          # leak check: every test-patient crop, healthy ones too
+        f_bank_test = torch.cat([f_bank_test, folder_features(extractor, extra, cache=feature_cache, device=device,
+                                                                progress=progress)])
+        p_bank_test = torch.cat([p_bank_test, pixel_vectors(extra.images, pixel_size)])
     rows, pairs = {}, {}
     for name, g in {REAL_TEST_ROW: test, **dict(generators)}.items():
         d_feat, i_feat, d_pix, i_pix = ref if name == REAL_TEST_ROW else distances(g)
-        rows[name], score = _row(d_feat, d_pix, t_feat, t_pix)
+        rows[name], score = _row(d_feat, d_pix, cal)
         if name == REAL_TEST_ROW:
             rows[name]["test_copy_fraction"] = None           # every test crop is its own copy
         else:                                                 # a leak: near-copies of TEST crops
-            leak = distances(g, f_test, p_test)
-            rows[name]["test_copy_fraction"] = _row(leak[0], leak[2], t_feat, t_pix)[0]["near_copy_fraction"]
+            leak = distances(g, f_bank_test, p_bank_test)
+            rows[name]["test_copy_fraction"] = _row(leak[0], leak[2], cal)[0]["near_copy_fraction"]
         pairs[name] = {"d_feature": d_feat.numpy(), "train_index_feature": i_feat.numpy(),
                        "d_pixel": d_pix.numpy(), "train_index_pixel": i_pix.numpy(), "copy_score": score}
     return MemorisationReport(rows, thresholds, pairs)
@@ -190,5 +230,35 @@ def closest_pairs_figure(report: MemorisationReport, train: FolderImages, genera
             ax_t.set_title(f"train #{j}\nfeat {p['d_feature'][i]:.3g} pix {p['d_pixel'][i]:.3g}", fontsize=7)
     fig.suptitle(title or (f"Closest generated / train pairs (near-copy thresholds: feature {t_feat:.3g}, "
                            f"pixel {t_pix:.3g})"), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def calibration_figure(report: MemorisationReport, *, title: str = ""):
+    """How the near-copy thresholds were set: per space (features, pixels), the empirical CDF of
+    the nearest-train-crop distances of the real test crops (the reference), of fresh patients
+    (the oracle, where present) and of each generator, with the threshold that flags the nominal
+    share of the reference. A set whose curve rises left of the line holds near-copies."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    t = report.thresholds
+    for ax, space, key in ((axes[0], "feature", "d_feature"), (axes[1], "pixel", "d_pixel")):
+        for name, p in report.pairs.items():
+            d = np.sort(p[key])
+            if not len(d):
+                continue
+            flagged = report.rows[name]["near_copy_fraction"]
+            style = dict(color="black", lw=2.0) if name == REAL_TEST_ROW else dict(lw=1.2)
+            ax.step(d, np.arange(1, len(d) + 1) / len(d), where="post",
+                    label=f"{name} (n={len(d)}, near-copies {flagged:.1%})", **style)
+        ax.axvline(t[space], color="red", ls="--", lw=1, label=f"threshold {t[space]:.3g}")
+        ax.set_xscale("symlog", linthresh=max(t[space], 1e-6) / 10)
+        ax.set_xlabel(f"distance to the nearest train crop ({space}{' RMS' if space == 'pixel' else ''})")
+        ax.set_ylabel("share of images")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=6, loc="lower right")
+    fig.suptitle(title or (f"Memorisation check calibration: the two spaces together flag {t['percentile']:g} % "
+                           f"of real test crops (here {t.get('reference_flagged', float('nan')):.1%})"), fontsize=9)
     fig.tight_layout()
     return fig

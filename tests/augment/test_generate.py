@@ -385,3 +385,14 @@ def test_folder_from_before_new_sampler_options_still_resumes(tmp_path):
     changed.identity = {**changed.identity, "base_start": 250}
     with pytest.raises(ValueError, match=r"model\.base_start: folder .*, now 250"):
         generate_variants(crops, out, inpainter=changed, **SETTINGS)
+
+
+def test_max_sources_are_spread_over_patients():
+    from skinlib.augment.generate import spread_over_patients
+
+    rows = [{"image": f"{i:06d}.png", "patient": f"persona{1 + i // 5}"} for i in range(40)]   # 8 patients x 5 crops
+    pick = spread_over_patients(rows, 12)
+    patients = [r["patient"] for r in pick]
+    assert len(pick) == 12 and len(set(patients)) == 8 and max(patients.count(p) for p in set(patients)) == 2
+    assert pick == sorted(pick, key=lambda r: r["image"])                 # manifest order kept
+    assert spread_over_patients(rows, 100) == rows

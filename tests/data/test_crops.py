@@ -359,3 +359,34 @@ def test_demo_crops_never_replace_unfinished_crops_of_other_data(tmp_path):
     with pytest.raises(ValueError, match="unfinished crops of other data"):
         make_demo_crops(tmp_path, smoke=True, progress=False)
     assert (crops / "000000.png").is_file()
+
+
+def test_relative_contrast_is_blind_to_skin_tone_and_study_measure_is_not():
+    """The same skin texture on light and on dark skin (a multiplicative change of brightness):
+    the study's absolute measure calls the dark one low-contrast, the relative one does not."""
+    rng = np.random.default_rng(0)
+    texture = 1 + 0.06 * rng.standard_normal((64, 64, 1))
+    light = np.clip(np.array([235, 200, 185]) * texture, 0, 255).astype(np.uint8)
+    dark = np.clip(np.array([85, 55, 40]) * texture, 0, 255).astype(np.uint8)
+    study = [crops.contrast_ratio(c, method="study") for c in (light, dark)]
+    rel = [crops.contrast_ratio(c, method="relative") for c in (light, dark)]
+    assert study[1] < 0.05 <= study[0]                     # the study's filter drops the dark crop only
+    assert rel[0] == pytest.approx(rel[1], rel=0.1) and min(rel) >= 0.05
+    mid = np.clip(np.full(3, 127.5) * texture, 0, 255).astype(np.uint8)   # mid-grey: both measures agree
+    assert crops.contrast_ratio(mid, method="relative") == pytest.approx(crops.contrast_ratio(mid, method="study"), rel=0.02)
+    with pytest.raises(ValueError, match="method"):
+        crops.contrast_ratio(mid, method="absolute")
+    with pytest.raises(ValueError, match="low_contrast_method"):
+        crops.CropParams(low_contrast_method="absolute")
+
+
+def test_summary_reports_what_each_skin_group_keeps():
+    markers = [{"status": "ok", "patient": p, "rows": [{}] * n, "low_rows": [{}] * low, "healthy_rows": [{}] * h,
+                "healthy_low_contrast": hl}
+               for p, n, low, h, hl in (("a", 3, 0, 2, 0), ("b", 0, 4, 0, 3), ("c", 2, 1, 1, 0))]
+    out = crops.per_skin_group(markers, {"a": 1, "b": 6, "c": 5})
+    assert out["I-II"] == {"patients": 1, "crops": 3, "low_contrast": 0, "healthy": 2, "healthy_low_contrast": 0,
+                           "patients_without_crops": 0, "patients_without_healthy": 0}
+    assert out["V-VI"] == {"patients": 2, "crops": 2, "low_contrast": 5, "healthy": 1, "healthy_low_contrast": 3,
+                           "patients_without_crops": 1, "patients_without_healthy": 1}
+    assert crops.per_skin_group(markers, {}) == {}

@@ -44,3 +44,18 @@ def test_write_split_marks_every_manifest_and_every_stage_sees_the_same_split(tm
     assert (crops / "manifest.csv").read_bytes() == before
     S.write_split(crops, test_share=0.5, seed=0)
     assert sum(v == "test" for v in S.read_split(crops).values()) == 4
+
+
+def test_split_shares_test_patients_over_skin_groups():
+    """With strata (Fitzpatrick groups), every group gets its proportional share of test patients;
+    a plain seeded draw can leave a group with one or none."""
+    patients = {f"p{i}": "rash" for i in range(60)}
+    groups = {f"p{i}": ("I-II", "III-IV", "V-VI")[i % 3] for i in range(60)}
+    for seed in range(5):
+        s = S.split_patients(patients, test_share=0.3, seed=seed, strata=groups)
+        per = {g: sum(s[p] == "test" for p in patients if groups[p] == g) for g in ("I-II", "III-IV", "V-VI")}
+        assert per == {"I-II": 6, "III-IV": 6, "V-VI": 6}, per
+    assert S.split_patients(patients, 0.3, 0, strata=groups) == S.split_patients(patients, 0.3, 0, strata=groups)
+    uneven = {p: ("V-VI" if i < 10 else "I-II") for i, p in enumerate(patients)}
+    s = S.split_patients(patients, test_share=0.3, seed=0, strata=uneven)
+    assert sum(s[p] == "test" for p in patients if uneven[p] == "V-VI") == 3      # 18 x 10 / 60

@@ -11,7 +11,8 @@ from skinlib.io import read_csv, write_csv
 
 from _eval_data import make_samples, make_split_crops
 
-TINY = dict(image_size=16, steps=40, batch_size=16, width=8, repetitions=2, fractions=(0.5, 1.0), n_boot=200)
+TINY = dict(image_size=16, steps=40, batch_size=16, width=8, repetitions=2, fractions=(0.5, 1.0), n_boot=200,
+            detector="cnn", max_pairs_per_patient=None, augmented_generator_arms=False)
 
 
 @pytest.fixture(scope="module")
@@ -112,28 +113,36 @@ def test_protocol_learns_the_task_and_reports_every_arm(crops, tmp_path):
     assert res.n_test_patients == 2 and res.n_train_patients == 6
 
 
-def test_a_failing_arm_is_reported_failed_and_the_others_run(crops, monkeypatch):
+def test_a_data_problem_fails_one_arm_and_a_programming_error_stops_the_evaluation(crops, monkeypatch):
+    from skinlib.errors import ArmDataError
+
     cfg = D.DownstreamConfig(**TINY)
     real = D.real_examples(crops, cfg)
     orig = D.train_classifier
+    planted = {"error": ArmDataError("planted data problem")}
 
     def broken(real_ex, num_classes, cfg, *, seed, synthetic=None, augment=False, real_classes=None):
         if augment:
-            raise RuntimeError("planted failure")
+            raise planted["error"]
         return orig(real_ex, num_classes, cfg, seed=seed, synthetic=synthetic, augment=augment, real_classes=real_classes)
 
     monkeypatch.setattr(D, "train_classifier", broken)
     res = D.run_downstream(crops, {}, cfg, real, progress=False)
-    assert res.arms[D.AUGMENT]["status"] == "failed" and "planted failure" in res.arms[D.AUGMENT]["reason"]
+    assert res.arms[D.AUGMENT]["status"] == "failed" and "planted data problem" in res.arms[D.AUGMENT]["reason"]
     assert res.arms[D.AUGMENT]["fractions"] == {}
     assert res.arms[D.REAL_ONLY]["status"] == "ok" and res.arms[D.REAL_ONLY]["fractions"]
+    for bug in (TypeError("planted bug"), AttributeError("planted bug"), RuntimeError("shape mismatch")):
+        planted["error"] = bug
+        with pytest.raises(type(bug), match="planted bug|shape mismatch"):
+            D.run_downstream(crops, {}, cfg, real, progress=False)
 
 
 def test_refused_generators_are_never_trained(crops):
     cfg = D.DownstreamConfig(**TINY)
     real = D.real_examples(crops, cfg)
     res = D.run_downstream(crops, {}, cfg, real, refused={"leaky": "made from test crops"}, progress=False)
-    assert res.arms["real + leaky"] == {"status": "refused", "reason": "made from test crops", "fractions": {}}
+    assert res.arms["real + leaky"] == {"status": "refused", "reason": "made from test crops", "generator": "leaky",
+                                        "fractions": {}}
     assert not any(r["arm"] == "real + leaky" for r in res.per_run)
 
 

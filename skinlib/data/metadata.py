@@ -1,0 +1,56 @@
+"""Per-patient metadata of a dataset: the Fitzpatrick skin type (and its group).
+
+Read from the dataset root: the demo dataset's ``demo_manifest.csv`` or an optional
+``metadata.csv`` (columns ``patient``, ``fitzpatrick`` 1-6, see data_README.md). A crops folder
+finds its dataset through its ``summary.json`` (``data_dir``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import load_json, read_csv
+
+SKIN_GROUPS = {1: "I-II", 2: "I-II", 3: "III-IV", 4: "III-IV", 5: "V-VI", 6: "V-VI"}
+METADATA_FILES = ("metadata.csv", "demo_manifest.csv")
+
+
+def dataset_skin_types(data_dir) -> dict[str, int]:
+    """patient -> Fitzpatrick type (1-6) from ``data_dir``'s metadata files; empty when unknown.
+    A value that is not 1-6 is an error naming the file, the patient and the fix."""
+    root = Path(data_dir)
+    out: dict[str, int] = {}
+    for name in METADATA_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        for r in read_csv(path):
+            value = (r.get("fitzpatrick") or "").strip()
+            if not (r.get("patient") and value):
+                continue
+            try:
+                t = int(float(value))
+            except ValueError as e:
+                raise ValueError(f"{path}: fitzpatrick {value!r} of patient {r['patient']} is not 1-6. "
+                                 f"Fix the value or leave it empty.") from e
+            if not 1 <= t <= 6:
+                raise ValueError(f"{path}: fitzpatrick {t} of patient {r['patient']} is not 1-6.")
+            out[r["patient"]] = t
+    return out
+
+
+def skin_types(crops_dir) -> dict[str, int]:
+    """patient -> Fitzpatrick type for the dataset a crops folder was cut from (through its
+    ``summary.json``); empty when the folder or its dataset says nothing."""
+    summary = Path(crops_dir) / "summary.json"
+    if not summary.is_file():
+        return {}
+    data_dir = load_json(summary).get("data_dir", "")
+    return dataset_skin_types(data_dir) if data_dir else {}
+
+
+def skin_group(patient: str, types: dict[str, int]) -> str:
+    """"I-II" / "III-IV" / "V-VI", or "" when the patient's type is unknown."""
+    return SKIN_GROUPS.get(types.get(patient, 0), "")
+
+
+__all__ = ["SKIN_GROUPS", "dataset_skin_types", "skin_types", "skin_group"]
