@@ -34,7 +34,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from skinlib import viz  # noqa: E402
 from skinlib.augment import generate  # noqa: E402
 from skinlib.data.dataset import crops_are_synthetic, list_crop_rows  # noqa: E402
-from skinlib.io import atomic_write_bytes, atomic_write_text, load_json, read_csv  # noqa: E402
+from skinlib.io import atomic_write_bytes, atomic_write_text, inside, load_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,7 +61,7 @@ def crops_figure(run: Path, out: Path, n: int) -> str:
     rows = list_crop_rows(crops)[:n]
     synthetic = crops_are_synthetic(crops)
     images = [crops / r["image"] for r in rows]
-    masks = [crops / (r.get("mask") or f"{Path(r['image']).stem}_mask.png") for r in rows]
+    masks = [inside(crops, r.get("mask") or f"{Path(r['image']).stem}_mask.png", what="mask") for r in rows]
     masks = masks if all(m.is_file() for m in masks) else None
     text = f"the first {len(rows)} crops (notebook 01) with ill-skin mask outlines"
     fig = viz.show_grid(images, masks, nrow=8, text=text, synthetic=synthetic)
@@ -115,7 +115,7 @@ def glide_figures(run: Path, out: Path) -> dict[str, str]:
     gif_rows = [r for r in rows if r.get("gif")]
     if gif_rows:
         r = gif_rows[0]
-        atomic_write_bytes(out / "glide_output_animation.gif", (samples / r["gif"]).read_bytes())
+        atomic_write_bytes(out / "glide_output_animation.gif", inside(samples, r["gif"], what="gif").read_bytes())
         captions["glide_output_animation.gif"] = (
             f"The {r['steps']} inpainting steps of variant `{r['image']}` (from {src[:-1]} `{r['source_crop']}`, "
             f"run {r['run']}, seed {r['seed']}). {settings}; {run_provenance(run)}.")
@@ -162,7 +162,7 @@ def glide_fill_figure(run: Path, out: Path) -> str:
 
 def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
     folder = run / name / "samples"
-    rows = read_csv(folder / "manifest.csv") if (folder / "manifest.csv").is_file() else []
+    rows = list_crop_rows(folder) if (folder / "manifest.csv").is_file() else []   # names checked
     if not rows:
         raise FileNotFoundError(f"{folder} holds no samples (notebook {notebook} not run)")
     rows = rows[:32]

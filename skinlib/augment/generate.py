@@ -46,7 +46,7 @@ from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpain
                       item_seed, make_sampler, save_steps_gif)
 from ..data.dataset import crops_are_synthetic, crops_content_sha256, load_crop
 from ..data.photos import BadInputError
-from ..io import load_json, save_json, save_png, write_csv
+from ..io import check_manifest_paths, inside, load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
 RANDOM_LABEL = "tiny RANDOM weights — not real GLIDE"
@@ -472,7 +472,7 @@ def _manifest_row(stem, src: dict, index: int, run: int, res: InpaintResult, *, 
     import hashlib
 
     ill = res.ill_mask
-    source_sha = hashlib.sha256((Path(crops_dir) / src["image"]).read_bytes()).hexdigest()
+    source_sha = hashlib.sha256(inside(crops_dir, src["image"], what="source crop").read_bytes()).hexdigest()
     return {
         "image": f"{stem}.png", "mask": f"{stem}_mask.png" if has_mask else "",
         "edit": f"{stem}_edit.png", "steps_map": f"history/{stem}_steps.png",
@@ -500,7 +500,14 @@ def load_variant_rows(out_dir) -> list[dict]:
     """Rows of every finished variant of ``out_dir`` (from the per-variant JSON records, so
     it also works while shards are unfinished), sorted by file name."""
     hist = Path(out_dir) / "history"
-    return [load_json(p) for p in sorted(hist.glob("[0-9]*.json"))] if hist.is_dir() else []
+    rows = [load_json(p) for p in sorted(hist.glob("[0-9]*.json"))] if hist.is_dir() else []
+    check_manifest_paths(out_dir, rows, manifest="history/*.json")   # files of out_dir only
+    return rows
+
+
+def _source_path(crops_dir, row: dict) -> Path:
+    """The variant's source crop in ``crops_dir`` (refused when its name leads out of it)."""
+    return inside(crops_dir, row["source_crop"], what=f"variant {row.get('image')}, column source_crop")
 
 
 def _read_rgb(path) -> np.ndarray:
@@ -559,7 +566,7 @@ def plot_variants_grid(out_dir, crops_dir, *, n_sources: int = 5, max_runs: int 
         variants = sorted(by_source[s], key=lambda r: int(r["run"]))[:runs]
         for ax in row_axes:
             ax.set_axis_off()
-        row_axes[0].imshow(_read_rgb(crops_dir / variants[0]["source_crop"]))
+        row_axes[0].imshow(_read_rgb(_source_path(crops_dir, variants[0])))
         row_axes[0].text(4, 18, "source", color="white", fontsize=8, path_effects=outline)
         row_axes[1].annotate("", xy=(0.95, 0.5), xytext=(0.05, 0.5), xycoords="axes fraction",
                              arrowprops=dict(arrowstyle="simple,head_width=1.6,head_length=0.9,tail_width=0.6",
@@ -584,7 +591,7 @@ def plot_edit_overlays(out_dir, crops_dir, *, n: int = 4, title: str | None = No
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
     for ax_row, r in zip(axes, rows):
-        src = _read_rgb(crops_dir / r["source_crop"])
+        src = _read_rgb(_source_path(crops_dir, r))
         img = _read_rgb(out_dir / r["image"]).astype(np.float32)
         edit = _read_l(out_dir / r["edit"]) > 127
         steps_map = _read_l(out_dir / r["steps_map"])

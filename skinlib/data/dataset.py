@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import read_csv
+from ..io import check_manifest_paths, inside, read_csv
 from .photos import BadInputError, open_image
 
 MANIFEST = "manifest.csv"
@@ -43,6 +43,7 @@ def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
     manifest = crops_dir / MANIFEST
     if manifest.is_file():
         rows = read_csv(manifest)
+        check_manifest_paths(crops_dir, rows)        # no row may name a file outside the folder
     else:
         companions = ("_mask", "_mask2", "_edit")  # files that describe a crop, not crops
         rows = [{"image": p.name} for p in sorted(crops_dir.glob("*.png")) if not p.stem.endswith(companions)]
@@ -84,7 +85,7 @@ def load_crop(crops_dir, row: dict, image_size: int | None = None, *,
     from PIL import Image
 
     crops_dir = Path(crops_dir)
-    image_path = crops_dir / row["image"]
+    image_path = inside(crops_dir, row["image"], what=f"crop row {row.get('image')!r}, column image")
     im = open_image(image_path)
     try:
         if image_size is not None and im.size != (image_size, image_size) and not resize:
@@ -98,7 +99,8 @@ def load_crop(crops_dir, row: dict, image_size: int | None = None, *,
         im.close()
     w, h = rgb.size
     named = (row.get("mask") or "").strip()
-    mask_path = crops_dir / (named or f"{Path(row['image']).stem}_mask.png")
+    mask_path = inside(crops_dir, named or f"{Path(row['image']).stem}_mask.png",
+                       what=f"crop row {row['image']!r}, column mask")
     has_mask = bool(named) or mask_path.is_file()
     if has_mask:
         if named and not mask_path.is_file():
@@ -180,5 +182,5 @@ def crops_content_sha256(crops_dir, rows) -> str:
     h = hashlib.sha256()
     for row in rows:
         h.update(row["image"].encode() + b"\0")
-        h.update(hashlib.sha256((Path(crops_dir) / row["image"]).read_bytes()).digest())
+        h.update(hashlib.sha256(inside(crops_dir, row["image"], what="column image").read_bytes()).digest())
     return h.hexdigest()

@@ -44,7 +44,7 @@ from ..data.crops import HEALTHY_DIR
 from ..data.dataset import MANIFEST, list_crop_rows
 from ..data.photos import natural_key
 from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
-from ..io import load_json, read_csv
+from ..io import check_manifest_paths, load_json, read_csv
 
 TASKS = ("auto", "rash-vs-healthy", "disease")
 REAL_ONLY = "real only"
@@ -242,6 +242,7 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) ->
                 f"{healthy_manifest} not found: the rash-vs-healthy task needs the healthy-skin windows that "
                 f"notebook 01 writes beside the crops. Fix: re-run notebook 01 (healthy_max_coverage = 0.01).")
         healthy = read_csv(healthy_manifest)
+        check_manifest_paths(real_dir / HEALTHY_DIR, healthy)     # files of the healthy folder only
         if healthy and "split" not in healthy[0]:
             raise ValueError(f"{healthy_manifest} has no 'split' column: re-run notebook 01.")
         chosen += [(real_dir / HEALTHY_DIR, r, 0) for r in healthy]

@@ -39,7 +39,7 @@ import torch
 from . import downstream as D
 from .intervals import METRICS
 from ..data.dataset import crops_are_synthetic, list_crop_rows
-from ..io import atomic_write_text, read_csv, save_json, write_csv
+from ..io import atomic_write_text, check_manifest_paths, read_csv, save_json, write_csv
 from .provenance import LeakError, check_generated_folder, crop_hashes
 
 METRIC_NAMES = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy", "sens_at_spec": "sensitivity"}
@@ -78,6 +78,7 @@ def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, pro
     labels = [real.classes.index(r["disease"]) if real.task == "disease" else 1 for r in rows]
     if real.task == "rash-vs-healthy":
         healthy = read_csv(oracle_crops / D.HEALTHY_DIR / "manifest.csv")
+        check_manifest_paths(oracle_crops / D.HEALTHY_DIR, healthy)
         files += [oracle_crops / D.HEALTHY_DIR / r["image"] for r in healthy]
         labels += [0] * len(healthy)
     x = D.load_images(files, cfg.image_size, desc="oracle crops", progress=progress)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..data.dataset import MANIFEST, crops_content_sha256, list_crop_rows
-from ..io import read_csv, sha256_file
+from ..io import inside, read_csv, sha256_file
 from ..data.split import SUBFOLDERS
 
 
@@ -50,11 +50,12 @@ def crop_hashes(real_dir) -> dict[str, dict[str, str]]:
     for folder in (real_dir, *(real_dir / sub for sub in SUBFOLDERS)):
         if not (folder / MANIFEST).is_file():
             continue
-        for r in read_csv(folder / MANIFEST):
-            info = {"file": str(folder / r["image"]), "patient": r.get("patient", ""), "split": r.get("split", "")}
+        for i, r in enumerate(read_csv(folder / MANIFEST), start=1):
+            path = inside(folder, r["image"], what=f"row {i} of {folder / MANIFEST}, column image")
+            info = {"file": str(path), "patient": r.get("patient", ""), "split": r.get("split", "")}
             if info["split"] == "test":
-                info["pixel_hash"] = _pixel_hash(folder / r["image"])
-            out[sha256_file(folder / r["image"])] = info
+                info["pixel_hash"] = _pixel_hash(path)
+            out[sha256_file(path)] = info
     return out
 
 
