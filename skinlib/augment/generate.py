@@ -433,12 +433,22 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     manifest = merge_manifests(out_dir, log=log)
     seconds = time.perf_counter() - t_start
     n_skipped_sources = len(list((out_dir / "history").glob("skip_*.json"))) if (out_dir / "history").is_dir() else 0
+    lowered = lowered_overlap_steps(shard_rows)
     log(f"{tag}Shard {shard_index + 1}/{num_shards}: made {made} variants in {_fmt_seconds(seconds)}, "
         f"{len(shard_rows)} of this shard's variants finished"
-        f"{f', {n_skipped_sources} source(s) skipped (see skipped.csv)' if n_skipped_sources else ''}.")
+        f"{f', {n_skipped_sources} source(s) skipped (see skipped.csv)' if n_skipped_sources else ''}"
+        + (f"; in {lowered} step(s) no square reached the sampler's min_overlap "
+           f"{getattr(sampler, 'min_overlap', '?')}, so its best overlap was used (history: min_overlap)"
+           if lowered else "") + ".")
     return {"out_dir": str(out_dir), "made": made, "shard_variants": len(shard_rows),
-            "skipped_sources": n_skipped_sources, "seconds": seconds,
+            "skipped_sources": n_skipped_sources, "seconds": seconds, "lowered_overlap_steps": lowered,
             "manifest": str(manifest) if manifest else None, "model_is_random": is_random}
+
+
+def lowered_overlap_steps(rows: Sequence[dict]) -> int:
+    """Steps of the variants ``rows`` whose squares sampler lowered its ``min_overlap`` (no square
+    reached it on that crop; recorded per step in the history, see ``RandomSquares``)."""
+    return sum("min_overlap_lowered_from" in e for r in rows for e in (r.get("history") or []))
 
 
 def _prepare_source(crops_dir: Path, row: dict, index: int, sampler: MaskSampler, out_dir: Path,

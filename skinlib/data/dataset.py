@@ -164,14 +164,24 @@ class CropDataset(Dataset):
 
 def crops_are_synthetic(crops_dir) -> bool:
     """True when a crops folder was cut from the SYNTHETIC demo dataset (its ``summary.json``,
-    written by :mod:`skinlib.data.crops`, says so); figures then say "SYNTHETIC demo data"."""
+    written by :mod:`skinlib.data.crops`, says so); figures then say "SYNTHETIC demo data".
+    False without a ``summary.json`` (crops made elsewhere); an unreadable one raises ValueError
+    naming the file, since guessing would drop the SYNTHETIC label."""
     from ..io import load_json
 
     path = Path(crops_dir) / "summary.json"
-    try:
-        return bool(load_json(path).get("synthetic")) if path.is_file() else False
-    except (ValueError, OSError, AttributeError):
+    if not path.is_file():
         return False
+    try:
+        summary = load_json(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); it says whether the crops are "
+                         f"SYNTHETIC demo data. Fix: re-run notebook 01 (`python -m skinlib run --only 01`), "
+                         f"or restore the file.") from e
+    if not isinstance(summary, dict) or not isinstance(summary.get("synthetic", False), bool):
+        raise ValueError(f"{path} is not a crops summary (a JSON object whose 'synthetic' is true/false): "
+                         f"re-run notebook 01 (`python -m skinlib run --only 01`), or restore the file.")
+    return summary.get("synthetic", False)
 
 
 def crops_content_sha256(crops_dir, rows) -> str:

@@ -385,3 +385,11 @@ def test_folder_from_before_new_sampler_options_still_resumes(tmp_path):
     changed.identity = {**changed.identity, "base_start": 250}
     with pytest.raises(ValueError, match=r"model\.base_start: folder .*, now 250"):
         generate_variants(crops, out, inpainter=changed, **SETTINGS)
+
+
+def test_lowered_overlap_steps_are_counted_for_the_job_log():
+    from skinlib.augment.generate import lowered_overlap_steps
+
+    rows = [{"history": [{"step": 1, "min_overlap": 0.03, "min_overlap_lowered_from": 0.5},
+                         {"step": 2, "min_overlap": 0.5}]}, {"history": [{"step": 1}]}, {}]
+    assert lowered_overlap_steps(rows) == 1
