@@ -4,7 +4,9 @@
     python other/make_figures.py runs/readme           # writes other/*.png, *.gif, FIGURES.md
 
 Figures (each made only when its input exists in the run folder; missing ones are listed with
-the reason in FIGURES.md):
+the reason in FIGURES.md, and an older copy of them is removed, so other/ never shows a figure of
+another run). An input that exists but lacks what a figure needs (a missing key, a bad value) is
+an error: the script names the input, exits 1 and leaves no figure of that job behind.
 
 * ``crops_grid.png``             crops of notebook 01 with their ill-skin mask outlines
 * ``glide_examples.png``         GLIDE iterative inpainting, source -> Gen 1..5 (notebook 04)
@@ -216,24 +218,45 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     captions: dict[str, str] = {}
     missing: dict[str, str] = {}
-    jobs = [("crops_grid.png", lambda: {"crops_grid.png": crops_figure(run, out, a.n_crops)}),
-            ("glide_*", lambda: glide_figures(run, out)),
-            ("glide_fill_benchmark.png", lambda: {"glide_fill_benchmark.png": glide_fill_figure(run, out)}),
-            ("dcgan_samples.png", lambda: {"dcgan_samples.png": samples_figure(run, out, "dcgan", "02")}),
-            ("cvae_samples.png", lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")}),
-            ("data_efficiency.png", lambda: {"data_efficiency.png": data_efficiency_figure(run, out)})]
-    for name, job in jobs:
+    failed: dict[str, str] = {}
+    glide = ["glide_examples.png", "glide_output_animation.gif", "glide_edit_overlays.png"]
+    # (name, files it writes, its inputs in the run folder, job)
+    jobs = [("crops_grid.png", ["crops_grid.png"], "crops/",
+             lambda: {"crops_grid.png": crops_figure(run, out, a.n_crops)}),
+            ("glide_*", glide, "glide/samples/ (generation.json, history/) and crops/", lambda: glide_figures(run, out)),
+            ("glide_fill_benchmark.png", ["glide_fill_benchmark.png"],
+             "glide/model/small/, glide/samples/generation.json and crops/",
+             lambda: {"glide_fill_benchmark.png": glide_fill_figure(run, out)}),
+            ("dcgan_samples.png", ["dcgan_samples.png"], "dcgan/samples/manifest.csv",
+             lambda: {"dcgan_samples.png": samples_figure(run, out, "dcgan", "02")}),
+            ("cvae_samples.png", ["cvae_samples.png"], "cvae/samples/manifest.csv",
+             lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")}),
+            ("data_efficiency.png", ["data_efficiency.png"], "eval/results.json",
+             lambda: {"data_efficiency.png": data_efficiency_figure(run, out)})]
+    for name, files, inputs, job in jobs:
+        for f in files:                     # no figure of an earlier run survives a job that fails
+            (out / f).unlink(missing_ok=True)
         try:
             captions.update(job())
-        except (FileNotFoundError, ValueError, KeyError) as e:
+        except FileNotFoundError as e:      # the stage did not run: listed, not an error
             missing[name] = str(e)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            failed[name] = f"its input {run}/{inputs} is incomplete ({what})"
+            for f in files:
+                (out / f).unlink(missing_ok=True)
     lines = ["# Figures", "", f"Made by `python other/make_figures.py {run}` from the project's own run.", ""]
     for name, caption in captions.items():
         lines += [f"## {name}", "", f"![{name}]({name})", "", caption, ""]
     if missing:
         lines += ["## Not made", ""] + [f"- `{k}`: {v}" for k, v in missing.items()] + [""]
+    if failed:
+        lines += ["## Failed", ""] + [f"- `{k}`: {v}" for k, v in failed.items()] + [""]
     atomic_write_text(out / "FIGURES.md", "\n".join(lines))
-    print(json.dumps({"written": sorted(captions), "not_made": missing}, indent=2))
+    print(json.dumps({"written": sorted(captions), "not_made": missing, "failed": failed}, indent=2))
+    if failed:
+        print("FIGURES FAILED: " + "; ".join(f"{k}: {v}" for k, v in failed.items()), file=sys.stderr)
+        return 1
     return 0
 
 
