@@ -61,8 +61,12 @@ def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
                 f"so every patient is assigned to train or test, or pass split=None to use every crop.")
         rows = [r for r in rows if r["split"] == split]
         if not rows:
-            raise ValueError(f"Crops folder {crops_dir} holds no crop of the {split!r} split: "
-                             f"re-run notebook 01 with another test share / split seed.")
+            from .split import train_only_text
+
+            notes = train_only_text(crops_dir.parent if crops_dir.name in ("healthy", "low_contrast") else crops_dir)
+            raise ValueError(f"Crops folder {crops_dir} holds no crop of the {split!r} split"
+                             + (f": every disease is too small for a patient split ({notes}); add patients"
+                                if notes else ": re-run notebook 01 with another test share / split seed") + ".")
     return rows
 
 

@@ -43,6 +43,7 @@ from torch import nn
 from ..data.crops import HEALTHY_DIR
 from ..data.dataset import MANIFEST, list_crop_rows
 from ..data.photos import natural_key
+from ..data.split import require_test_patients
 from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
 from ..io import check_manifest_paths, load_json, read_csv
 
@@ -233,6 +234,8 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False) ->
         list_crop_rows(real_dir, split="train")     # raises the clear "no split column" error
     task = choose_task(rows, cfg.task)
     classes = class_names(task, rows)
+    if task == "disease":                       # a train-only disease has no test patient to test on
+        require_test_patients(real_dir, rows, classes)
     files, labels, patients, splits = [], [], [], []
     chosen = [(real_dir, r, classes.index(r["disease"]) if task == "disease" else 1) for r in rows]
     if task == "rash-vs-healthy":
