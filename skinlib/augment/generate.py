@@ -220,15 +220,29 @@ def _source_rows(crops_dir: Path, max_sources: int | None, split: str | None = "
 def weights_provenance(identity: dict, is_random: bool) -> dict:
     """Which weights made a variant: ``weights_kind`` (official / fine-tuned-from-official /
     small-from-scratch / tiny-random ...), ``weights_label`` (the words every title uses) and
-    ``trained_on_split`` (the crops split the weights were trained on; "none" for weights never
-    trained on this run's crops)."""
+    ``trained_on_split`` (the crops split the weights were trained on, from their training
+    record; "none" only for weights recorded as never trained on this data: the tiny-random
+    models and OpenAI's released files (``weights_kind`` "official", each with its sha256);
+    "" (unknown) when a trained model's record does not say, which the evaluation does not
+    accept without an explicit opt-in). The full identity is the manifest's ``model`` column."""
     if is_random:
         return {"weights_kind": "tiny-random", "weights_label": RANDOM_LABEL, "trained_on_split": "none"}
-    splits = sorted({str(identity[k]["trained_on_split"]) for k in ("base", "upsampler")
-                     if isinstance(identity.get(k), dict) and identity[k].get("trained_on_split")})
-    return {"weights_kind": identity.get("weights_kind", "official"),
-            "weights_label": identity.get("weights_label", "OpenAI's GLIDE (official weights)"),
-            "trained_on_split": "+".join(splits) if splits else "none"}
+    out = {"weights_kind": identity.get("weights_kind", "unknown"),
+           "weights_label": identity.get("weights_label", "GLIDE weights of unknown training")}
+    models = [identity.get(k) for k in ("base", "upsampler")]
+    if not all(isinstance(m, dict) for m in models):
+        return {**out, "trained_on_split": ""}
+    splits = {str(m.get("trained_on_split") or "") for m in models if not is_official_entry(m)}
+    return {**out, "trained_on_split": "" if "" in splits else "+".join(sorted(splits)) or "none"}
+
+
+def is_official_entry(info: dict) -> bool:
+    """Whether a model entry of an engine identity is OpenAI's released file, as loaded by
+    :mod:`skinlib.glide.checkpoints` (its URL and sha256, no training record of ours)."""
+    from ..glide.configs import CHECKPOINT_BASE_URL
+
+    return (str(info.get("url", "")).startswith(CHECKPOINT_BASE_URL) and len(str(info.get("sha256", ""))) == 64
+            and not any(k in info for k in ("init", "trained_on_split", "data_sha256", "steps")))
 
 
 # ----------------------------------------------------------------------------------------
