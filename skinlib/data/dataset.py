@@ -25,6 +25,7 @@ from .photos import BadInputError, open_image
 MANIFEST = "manifest.csv"
 
 SPLITS = ("train", "test")   # the patient-level split of notebook 01 (manifest column ``split``)
+TRAIN_ONLY = "train-only"    # start of split.csv's note on the patients of a disease too small to split
 
 
 def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
@@ -61,13 +62,21 @@ def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
                 f"so every patient is assigned to train or test, or pass split=None to use every crop.")
         rows = [r for r in rows if r["split"] == split]
         if not rows:
-            from .split import train_only_text
-
             notes = train_only_text(crops_dir.parent if crops_dir.name in ("healthy", "low_contrast") else crops_dir)
             raise ValueError(f"Crops folder {crops_dir} holds no crop of the {split!r} split"
                              + (f": every disease is too small for a patient split ({notes}); add patients"
                                 if notes else ": re-run notebook 01 with another test share / split seed") + ".")
     return rows
+
+
+def train_only_text(crops_dir) -> str:
+    """The train-only notes of a crops folder's ``split.csv`` (written by
+    :func:`skinlib.data.split.write_split`; "" when none or no file), for error messages."""
+    path = Path(crops_dir) / "split.csv"
+    if not path.is_file():
+        return ""
+    notes = sorted({r.get("note", "") for r in read_csv(path) if r.get("note", "").startswith(TRAIN_ONLY)})
+    return "; ".join(notes)
 
 
 def load_crop(crops_dir, row: dict, image_size: int | None = None, *,

@@ -26,11 +26,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .dataset import MANIFEST, SPLITS
+from .dataset import MANIFEST, SPLITS, TRAIN_ONLY, train_only_text
 from .photos import natural_key
 from ..io import load_json, read_csv, save_json, write_csv
-
-TRAIN_ONLY = "train-only"   # start of split.csv's note for the patients of a disease too small to split
 
 SPLIT_FILE = "split.csv"
 MIN_TEST_PATIENTS = 2     # per disease: fewer gives no usable test interval
@@ -161,16 +159,6 @@ def read_split(crops_dir) -> dict[str, str]:
     if bad:
         raise ValueError(f"{path}: unknown split value(s) {bad}; expected {SPLITS}")
     return out
-
-
-def train_only_text(crops_dir) -> str:
-    """The train-only notes of a crops folder's ``split.csv`` ("" when none or no file), e.g. for
-    an error message."""
-    path = Path(crops_dir) / SPLIT_FILE
-    if not path.is_file():
-        return ""
-    notes = sorted({r.get("note", "") for r in read_csv(path) if r.get("note", "").startswith(TRAIN_ONLY)})
-    return "; ".join(notes)
 
 
 def require_test_patients(crops_dir, rows: Sequence[Mapping[str, str]], classes: Sequence[str]) -> None:
