@@ -4,7 +4,9 @@
     python other/make_figures.py runs/readme           # writes other/*.png, *.gif, FIGURES.md
 
 Figures (each made only when its input exists in the run folder; missing ones are listed with
-the reason in FIGURES.md):
+the reason in FIGURES.md, and an older copy of them is removed, so other/ never shows a figure of
+another run). An input that exists but lacks what a figure needs (a missing key, a bad value) is
+an error: the script names the input, exits 1 and leaves no figure of that job behind.
 
 * ``crops_grid.png``             crops of notebook 01 with their ill-skin mask outlines
 * ``glide_examples.png``         GLIDE iterative inpainting, source -> Gen 1..5 (notebook 04)
@@ -34,7 +36,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from skinlib import viz  # noqa: E402
 from skinlib.augment import generate  # noqa: E402
 from skinlib.data.dataset import crops_are_synthetic, list_crop_rows  # noqa: E402
-from skinlib.io import atomic_write_bytes, atomic_write_text, load_json, read_csv  # noqa: E402
+from skinlib.io import atomic_write_bytes, atomic_write_text, inside, load_json  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -61,7 +63,7 @@ def crops_figure(run: Path, out: Path, n: int) -> str:
     rows = list_crop_rows(crops)[:n]
     synthetic = crops_are_synthetic(crops)
     images = [crops / r["image"] for r in rows]
-    masks = [crops / (r.get("mask") or f"{Path(r['image']).stem}_mask.png") for r in rows]
+    masks = [inside(crops, r.get("mask") or f"{Path(r['image']).stem}_mask.png", what="mask") for r in rows]
     masks = masks if all(m.is_file() for m in masks) else None
     text = f"the first {len(rows)} crops (notebook 01) with ill-skin mask outlines"
     fig = viz.show_grid(images, masks, nrow=8, text=text, synthetic=synthetic)
@@ -115,7 +117,7 @@ def glide_figures(run: Path, out: Path) -> dict[str, str]:
     gif_rows = [r for r in rows if r.get("gif")]
     if gif_rows:
         r = gif_rows[0]
-        atomic_write_bytes(out / "glide_output_animation.gif", (samples / r["gif"]).read_bytes())
+        atomic_write_bytes(out / "glide_output_animation.gif", inside(samples, r["gif"], what="gif").read_bytes())
         captions["glide_output_animation.gif"] = (
             f"The {r['steps']} inpainting steps of variant `{r['image']}` (from {src[:-1]} `{r['source_crop']}`, "
             f"run {r['run']}, seed {r['seed']}). {settings}; {run_provenance(run)}.")
@@ -162,7 +164,7 @@ def glide_fill_figure(run: Path, out: Path) -> str:
 
 def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
     folder = run / name / "samples"
-    rows = read_csv(folder / "manifest.csv") if (folder / "manifest.csv").is_file() else []
+    rows = list_crop_rows(folder) if (folder / "manifest.csv").is_file() else []   # names checked
     if not rows:
         raise FileNotFoundError(f"{folder} holds no samples (notebook {notebook} not run)")
     rows = rows[:32]
@@ -216,24 +218,45 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     captions: dict[str, str] = {}
     missing: dict[str, str] = {}
-    jobs = [("crops_grid.png", lambda: {"crops_grid.png": crops_figure(run, out, a.n_crops)}),
-            ("glide_*", lambda: glide_figures(run, out)),
-            ("glide_fill_benchmark.png", lambda: {"glide_fill_benchmark.png": glide_fill_figure(run, out)}),
-            ("dcgan_samples.png", lambda: {"dcgan_samples.png": samples_figure(run, out, "dcgan", "02")}),
-            ("cvae_samples.png", lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")}),
-            ("data_efficiency.png", lambda: {"data_efficiency.png": data_efficiency_figure(run, out)})]
-    for name, job in jobs:
+    failed: dict[str, str] = {}
+    glide = ["glide_examples.png", "glide_output_animation.gif", "glide_edit_overlays.png"]
+    # (name, files it writes, its inputs in the run folder, job)
+    jobs = [("crops_grid.png", ["crops_grid.png"], "crops/",
+             lambda: {"crops_grid.png": crops_figure(run, out, a.n_crops)}),
+            ("glide_*", glide, "glide/samples/ (generation.json, history/) and crops/", lambda: glide_figures(run, out)),
+            ("glide_fill_benchmark.png", ["glide_fill_benchmark.png"],
+             "glide/model/small/, glide/samples/generation.json and crops/",
+             lambda: {"glide_fill_benchmark.png": glide_fill_figure(run, out)}),
+            ("dcgan_samples.png", ["dcgan_samples.png"], "dcgan/samples/manifest.csv",
+             lambda: {"dcgan_samples.png": samples_figure(run, out, "dcgan", "02")}),
+            ("cvae_samples.png", ["cvae_samples.png"], "cvae/samples/manifest.csv",
+             lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")}),
+            ("data_efficiency.png", ["data_efficiency.png"], "eval/results.json",
+             lambda: {"data_efficiency.png": data_efficiency_figure(run, out)})]
+    for name, files, inputs, job in jobs:
+        for f in files:                     # no figure of an earlier run survives a job that fails
+            (out / f).unlink(missing_ok=True)
         try:
             captions.update(job())
-        except (FileNotFoundError, ValueError, KeyError) as e:
+        except FileNotFoundError as e:      # the stage did not run: listed, not an error
             missing[name] = str(e)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            what = f"missing key {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            failed[name] = f"its input {run}/{inputs} is incomplete ({what})"
+            for f in files:
+                (out / f).unlink(missing_ok=True)
     lines = ["# Figures", "", f"Made by `python other/make_figures.py {run}` from the project's own run.", ""]
     for name, caption in captions.items():
         lines += [f"## {name}", "", f"![{name}]({name})", "", caption, ""]
     if missing:
         lines += ["## Not made", ""] + [f"- `{k}`: {v}" for k, v in missing.items()] + [""]
+    if failed:
+        lines += ["## Failed", ""] + [f"- `{k}`: {v}" for k, v in failed.items()] + [""]
     atomic_write_text(out / "FIGURES.md", "\n".join(lines))
-    print(json.dumps({"written": sorted(captions), "not_made": missing}, indent=2))
+    print(json.dumps({"written": sorted(captions), "not_made": missing, "failed": failed}, indent=2))
+    if failed:
+        print("FIGURES FAILED: " + "; ".join(f"{k}: {v}" for k, v in failed.items()), file=sys.stderr)
+        return 1
     return 0
 
 

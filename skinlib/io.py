@@ -110,6 +110,43 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+class UnsafePathError(ValueError):
+    """A path read from a manifest or record points outside the folder it belongs to."""
+
+
+def inside(folder, relative, what: str = "") -> Path:
+    """``folder / relative``, refused (:class:`UnsafePathError` naming ``what``, e.g.
+    "row 3 of X/manifest.csv, column image") when ``relative`` is empty, absolute (also a
+    Windows drive or UNC path) or leads out of ``folder`` through ``..``: a manifest value never
+    reaches, and never deletes, a file outside its folder. The check is on the name (links
+    inside the folder are the user's own choice)."""
+    folder = Path(folder)
+    rel = str(relative)
+    where = f" ({what})" if what else ""
+    if not rel.strip():
+        raise UnsafePathError(f"empty file name{where} in {folder}")
+    norm = os.path.normpath(rel.replace("\\", "/"))
+    if (Path(rel).is_absolute() or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":")
+            or norm == ".." or norm.startswith("../") or norm == "."):
+        raise UnsafePathError(f"{rel!r}{where} points outside its folder {folder}: manifests name files "
+                              f"inside their own folder only. Fix the row (or re-make the folder).")
+    return folder / rel
+
+
+#: manifest columns that name a file of the manifest's folder (crops, generated images, exports)
+PATH_COLUMNS = ("image", "mask", "mask2", "edit", "steps_map", "gif")
+
+
+def check_manifest_paths(folder, rows: Sequence[Mapping[str, Any]], manifest="manifest.csv") -> None:
+    """Refuse (:class:`UnsafePathError`, naming the row and column) any non-empty value of a
+    :data:`PATH_COLUMNS` column of ``rows`` that points outside ``folder``."""
+    for i, r in enumerate(rows, start=1):
+        for col in PATH_COLUMNS:
+            value = r.get(col)
+            if value:
+                inside(folder, value, what=f"row {i} of {Path(folder) / manifest}, column {col}")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) global generators."""
     import torch

@@ -198,11 +198,13 @@ def crop_browser(crops_dir, rows: Sequence[Mapping[str, str]] | None = None, *, 
     import matplotlib.pyplot as plt
 
     from .data.dataset import list_crop_rows
+    from .io import check_manifest_paths
 
     root = Path(crops_dir)
     rows = list(rows) if rows is not None else list_crop_rows(root)
     if not rows:
         raise ValueError(f"crop_browser: no crops in {root}")
+    check_manifest_paths(root, rows)
     out = widgets.Output()
     slider = widgets.IntSlider(value=0, min=0, max=len(rows) - 1, description="crop", continuous_update=False)
 

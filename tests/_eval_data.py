@@ -66,12 +66,37 @@ def sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def make_variants(folder, crops, rows, *, seed: int = 1) -> Path:
+def trained_identity(crops, split: str = "train") -> dict:
+    """The engine identity (manifest ``model`` column) of GLIDE weights trained by
+    skinlib.glide.finetune on the ``split`` crops of ``crops`` (all of them, seed 0)."""
+    import json
+
+    from skinlib.data.dataset import list_crop_rows
+    from skinlib.glide.finetune import data_sha256
+
+    entry = {"init": "scratch", "steps": 1, "trained_on_split": split, "n_images": len(list_crop_rows(crops, split)),
+             "data_sha256": data_sha256(crops, split, None, 0), "data_selection": {"max_images": None, "seed": 0}}
+    return json.loads(json.dumps({"weights": str(Path(crops).parent / "weights"), "weights_kind": "small-from-scratch",
+                                  "weights_label": "small", "base": entry, "upsampler": entry}))
+
+
+OFFICIAL = {"weights": "official", "weights_kind": "official", "weights_label": "OpenAI's GLIDE (official weights)",
+            **{k: {"name": n, "file": f, "url": f"https://openaipublic.blob.core.windows.net/diffusion/dec-2021/{f}",
+                   "path": f"/cache/{f}", "sha256": c * 64}
+               for k, n, f, c in (("base", "base-inpaint", "base_inpaint.pt", "a"),
+                                  ("upsampler", "upsample-inpaint", "upsample_inpaint.pt", "b"))}}
+
+
+def make_variants(folder, crops, rows, *, seed: int = 1, model: dict | None | str = "trained") -> Path:
     """GLIDE-like variants of the given crop rows (a small square repainted), with the
-    provenance columns skinlib.augment.generate writes (source_crop, source_sha256, source_patient)."""
+    provenance columns skinlib.augment.generate writes (source_crop, source_sha256, source_patient,
+    model = the engine identity: by default weights trained on the current train split; None: none)."""
+    import json
+
     from PIL import Image
 
     folder, crops = Path(folder), Path(crops)
+    model = trained_identity(crops) if model == "trained" else model
     rng = np.random.default_rng(seed)
     out = []
     for i, r in enumerate(rows):
@@ -80,7 +105,8 @@ def make_variants(folder, crops, rows, *, seed: int = 1) -> Path:
         save_png(folder / f"{i:06d}.png", img)
         out.append({"image": f"{i:06d}.png", "generator": "glide-iterative-inpaint", "source_crop": r["image"],
                     "source_sha256": sha(crops / r["image"]), "source_patient": r["patient"],
-                    "patient": r["patient"], "disease": r["disease"], "trained_on_split": "train"})
+                    "patient": r["patient"], "disease": r["disease"], "trained_on_split": "train",
+                    "model": json.dumps(model, sort_keys=True) if model is not None else ""})
     write_csv(folder / "manifest.csv", out)
     return folder
 

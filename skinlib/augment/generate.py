@@ -46,7 +46,7 @@ from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpain
                       item_seed, make_sampler, save_steps_gif)
 from ..data.dataset import crops_are_synthetic, crops_content_sha256, load_crop
 from ..data.photos import BadInputError
-from ..io import load_json, save_json, save_png, write_csv
+from ..io import check_manifest_paths, inside, load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
 RANDOM_LABEL = "tiny RANDOM weights — not real GLIDE"
@@ -240,15 +240,29 @@ def _source_rows(crops_dir: Path, max_sources: int | None, split: str | None = "
 def weights_provenance(identity: dict, is_random: bool) -> dict:
     """Which weights made a variant: ``weights_kind`` (official / fine-tuned-from-official /
     small-from-scratch / tiny-random ...), ``weights_label`` (the words every title uses) and
-    ``trained_on_split`` (the crops split the weights were trained on; "none" for weights never
-    trained on this run's crops)."""
+    ``trained_on_split`` (the crops split the weights were trained on, from their training
+    record; "none" only for weights recorded as never trained on this data: the tiny-random
+    models and OpenAI's released files (``weights_kind`` "official", each with its sha256);
+    "" (unknown) when a trained model's record does not say, which the evaluation does not
+    accept without an explicit opt-in). The full identity is the manifest's ``model`` column."""
     if is_random:
         return {"weights_kind": "tiny-random", "weights_label": RANDOM_LABEL, "trained_on_split": "none"}
-    splits = sorted({str(identity[k]["trained_on_split"]) for k in ("base", "upsampler")
-                     if isinstance(identity.get(k), dict) and identity[k].get("trained_on_split")})
-    return {"weights_kind": identity.get("weights_kind", "official"),
-            "weights_label": identity.get("weights_label", "OpenAI's GLIDE (official weights)"),
-            "trained_on_split": "+".join(splits) if splits else "none"}
+    out = {"weights_kind": identity.get("weights_kind", "unknown"),
+           "weights_label": identity.get("weights_label", "GLIDE weights of unknown training")}
+    models = [identity.get(k) for k in ("base", "upsampler")]
+    if not all(isinstance(m, dict) for m in models):
+        return {**out, "trained_on_split": ""}
+    splits = {str(m.get("trained_on_split") or "") for m in models if not is_official_entry(m)}
+    return {**out, "trained_on_split": "" if "" in splits else "+".join(sorted(splits)) or "none"}
+
+
+def is_official_entry(info: dict) -> bool:
+    """Whether a model entry of an engine identity is OpenAI's released file, as loaded by
+    :mod:`skinlib.glide.checkpoints` (its URL and sha256, no training record of ours)."""
+    from ..glide.configs import CHECKPOINT_BASE_URL
+
+    return (str(info.get("url", "")).startswith(CHECKPOINT_BASE_URL) and len(str(info.get("sha256", ""))) == 64
+            and not any(k in info for k in ("init", "trained_on_split", "data_sha256", "steps")))
 
 
 # ----------------------------------------------------------------------------------------
@@ -454,12 +468,22 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     manifest = merge_manifests(out_dir, log=log)
     seconds = time.perf_counter() - t_start
     n_skipped_sources = len(list((out_dir / "history").glob("skip_*.json"))) if (out_dir / "history").is_dir() else 0
+    lowered = lowered_overlap_steps(shard_rows)
     log(f"{tag}Shard {shard_index + 1}/{num_shards}: made {made} variants in {_fmt_seconds(seconds)}, "
         f"{len(shard_rows)} of this shard's variants finished"
-        f"{f', {n_skipped_sources} source(s) skipped (see skipped.csv)' if n_skipped_sources else ''}.")
+        f"{f', {n_skipped_sources} source(s) skipped (see skipped.csv)' if n_skipped_sources else ''}"
+        + (f"; in {lowered} step(s) no square reached the sampler's min_overlap "
+           f"{getattr(sampler, 'min_overlap', '?')}, so its best overlap was used (history: min_overlap)"
+           if lowered else "") + ".")
     return {"out_dir": str(out_dir), "made": made, "shard_variants": len(shard_rows),
-            "skipped_sources": n_skipped_sources, "seconds": seconds,
+            "skipped_sources": n_skipped_sources, "seconds": seconds, "lowered_overlap_steps": lowered,
             "manifest": str(manifest) if manifest else None, "model_is_random": is_random}
+
+
+def lowered_overlap_steps(rows: Sequence[dict]) -> int:
+    """Steps of the variants ``rows`` whose squares sampler lowered its ``min_overlap`` (no square
+    reached it on that crop; recorded per step in the history, see ``RandomSquares``)."""
+    return sum("min_overlap_lowered_from" in e for r in rows for e in (r.get("history") or []))
 
 
 def _prepare_source(crops_dir: Path, row: dict, index: int, sampler: MaskSampler, out_dir: Path,
@@ -493,7 +517,7 @@ def _manifest_row(stem, src: dict, index: int, run: int, res: InpaintResult, *, 
     import hashlib
 
     ill = res.ill_mask
-    source_sha = hashlib.sha256((Path(crops_dir) / src["image"]).read_bytes()).hexdigest()
+    source_sha = hashlib.sha256(inside(crops_dir, src["image"], what="source crop").read_bytes()).hexdigest()
     return {
         "image": f"{stem}.png", "mask": f"{stem}_mask.png" if has_mask else "",
         "edit": f"{stem}_edit.png", "steps_map": f"history/{stem}_steps.png",
@@ -521,7 +545,14 @@ def load_variant_rows(out_dir) -> list[dict]:
     """Rows of every finished variant of ``out_dir`` (from the per-variant JSON records, so
     it also works while shards are unfinished), sorted by file name."""
     hist = Path(out_dir) / "history"
-    return [load_json(p) for p in sorted(hist.glob("[0-9]*.json"))] if hist.is_dir() else []
+    rows = [load_json(p) for p in sorted(hist.glob("[0-9]*.json"))] if hist.is_dir() else []
+    check_manifest_paths(out_dir, rows, manifest="history/*.json")   # files of out_dir only
+    return rows
+
+
+def _source_path(crops_dir, row: dict) -> Path:
+    """The variant's source crop in ``crops_dir`` (refused when its name leads out of it)."""
+    return inside(crops_dir, row["source_crop"], what=f"variant {row.get('image')}, column source_crop")
 
 
 def _read_rgb(path) -> np.ndarray:
@@ -580,7 +611,7 @@ def plot_variants_grid(out_dir, crops_dir, *, n_sources: int = 5, max_runs: int 
         variants = sorted(by_source[s], key=lambda r: int(r["run"]))[:runs]
         for ax in row_axes:
             ax.set_axis_off()
-        row_axes[0].imshow(_read_rgb(crops_dir / variants[0]["source_crop"]))
+        row_axes[0].imshow(_read_rgb(_source_path(crops_dir, variants[0])))
         row_axes[0].text(4, 18, "source", color="white", fontsize=8, path_effects=outline)
         row_axes[1].annotate("", xy=(0.95, 0.5), xytext=(0.05, 0.5), xycoords="axes fraction",
                              arrowprops=dict(arrowstyle="simple,head_width=1.6,head_length=0.9,tail_width=0.6",
@@ -605,7 +636,7 @@ def plot_edit_overlays(out_dir, crops_dir, *, n: int = 4, title: str | None = No
         return None
     fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.5 * len(rows)), squeeze=False)
     for ax_row, r in zip(axes, rows):
-        src = _read_rgb(crops_dir / r["source_crop"])
+        src = _read_rgb(_source_path(crops_dir, r))
         img = _read_rgb(out_dir / r["image"]).astype(np.float32)
         edit = _read_l(out_dir / r["edit"]) > 127
         steps_map = _read_l(out_dir / r["steps_map"])

@@ -75,19 +75,21 @@ class Region:
     """One step's region to re-synthesise.
 
     ``mask``: bool array [H, W], True = synthesise (the complement of GLIDE's keep mask);
-    ``box``: (y0, x0, y1, x1) bounding box of ``mask`` in pixels, end-exclusive.
+    ``box``: (y0, x0, y1, x1) bounding box of ``mask`` in pixels, end-exclusive;
+    ``info``: the sampler's choices for this step (JSON-able), recorded in the step's history.
     """
 
     mask: np.ndarray
     box: tuple[int, int, int, int]
+    info: dict | None = None
 
     @classmethod
-    def from_mask(cls, mask: np.ndarray) -> "Region":
+    def from_mask(cls, mask: np.ndarray, info: dict | None = None) -> "Region":
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             raise ValueError("a region must contain at least one pixel")
         ys, xs = np.nonzero(mask)
-        return cls(mask, (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1))
+        return cls(mask, (int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1), info)
 
 
 class MaskSampler:
@@ -120,8 +122,12 @@ class RandomSquares(MaskSampler):
     the squares snap to (64 = the base model's pixels); ``where``: ``"any"`` (uniform over the
     image), ``"ill"`` (squares lying mostly on ill skin) or ``"healthy"`` (mostly on healthy
     skin); ``min_overlap``: the fraction of the square that must lie on the wanted skin. When
-    no square reaches it, the squares with the largest overlap are used; a crop with no wanted
-    skin at all is unusable (see :meth:`unusable_reason`). ``count`` squares per step.
+    no square reaches it, the squares with the largest overlap are used, and the step records
+    it: ``Region.info`` (-> the step's history) holds ``overlap`` (wanted-skin fraction of the
+    drawn square, the smallest one when ``count`` > 1), ``min_overlap`` (the requirement
+    applied) and, when no square reached ``min_overlap`` and the best overlap the crop allows
+    was applied instead, ``min_overlap_lowered_from`` (the configured value). A crop with no
+    wanted skin at all is unusable (see :meth:`unusable_reason`). ``count`` squares per step.
     """
 
     def __init__(self, side: float = 15 / 64, *, where: str = "any", min_overlap: float = 0.5,
@@ -165,23 +171,33 @@ class RandomSquares(MaskSampler):
 
     def sample(self, rng: np.random.Generator, ill_mask: np.ndarray, step: int) -> Region:
         n = self.grid - self.cells + 1
+        frac, required = None, self.min_overlap
         if self.where == "any":
             weights = None
         else:
             frac = self._wanted_fraction(ill_mask).ravel()
             ok = frac >= self.min_overlap - 1e-9
             if not ok.any():
-                ok = frac >= frac.max() - 1e-9
                 if frac.max() <= 0:
                     raise ValueError(self.unusable_reason(ill_mask))
+                required = float(frac.max())            # lowered: recorded in the step's info
+                ok = frac >= required - 1e-9
             weights = ok / ok.sum()
         mask = np.zeros((self.image_size, self.image_size), dtype=bool)
         f = self.image_size // self.grid
+        picked = []
         for _ in range(self.count):
             k = int(rng.choice(n * n, p=weights))
+            picked.append(k)
             gy, gx = divmod(k, n)
             mask[gy * f:(gy + self.cells) * f, gx * f:(gx + self.cells) * f] = True
-        return Region.from_mask(mask)
+        info = None
+        if frac is not None:
+            info = {"overlap": round(float(min(frac[k] for k in picked)), 4),
+                    "min_overlap": round(float(required), 4)}
+            if required < self.min_overlap:
+                info["min_overlap_lowered_from"] = self.min_overlap
+        return Region.from_mask(mask, info)
 
 
 class UserMask(MaskSampler):
@@ -331,7 +347,8 @@ class InpaintResult:
     ``image``: uint8 [H,W,3] final image; ``edited``: bool [H,W] union of edited areas;
     ``step_map``: uint8 [H,W], the last step (1-based) that edited each pixel, 0 = never;
     ``history``: one dict per step (``step``, ``box`` (y0,x0,y1,x1), ``pixels``, ``window``
-    when zoomed); ``ill_mask``: bool [H,W] carried ill-skin mask of the source (True = ill);
+    when zoomed, the sampler's ``Region.info``: ``overlap`` / ``min_overlap`` for the ill and
+    healthy squares); ``ill_mask``: bool [H,W] carried ill-skin mask of the source (True = ill);
     ``frames``: uint8 [H,W,3] images source, step 1, ..., step S (only when kept).
     """
 
@@ -478,7 +495,7 @@ class IterativeInpainting:
                 edited[i] |= edit[i]
                 step_map[i][edit[i]] = min(s + 1, 255)
                 entry = {"step": s + 1, "box": list(Region.from_mask(edit[i]).box),
-                         "pixels": int(edit[i].sum())}
+                         "pixels": int(edit[i].sum()), **(regions[i].info or {})}
                 if windows[i] is not None:
                     entry["window"] = list(windows[i])
                 history[i].append(entry)

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from ..io import read_csv, save_png, sha256_file, write_csv
+from ..io import check_manifest_paths, read_csv, save_png, sha256_file, write_csv
 from ..viz import save_grid  # noqa: F401  (re-exported: moved to skinlib.viz; one release)
 
 MANIFEST_COLUMNS = ["image", "generator", "checkpoint", "checkpoint_step", "checkpoint_sha256",
@@ -57,6 +57,7 @@ def _remove_stale(out_dir: Path, keep: set) -> None:
         raise ValueError(f"{out_dir} holds crops that are not generated images (its manifest "
                          f"has no 'generator' column): export into another folder, e.g. "
                          f"run_dir/samples.")
+    check_manifest_paths(out_dir, rows)    # before deleting anything: only files of this folder
     for r in rows:
         if r["image"] not in keep:
             (out_dir / r["image"]).unlink(missing_ok=True)

@@ -19,12 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..io import read_csv
+from ..io import check_manifest_paths, inside, read_csv
 from .photos import BadInputError, open_image
 
 MANIFEST = "manifest.csv"
 
 SPLITS = ("train", "test")   # the patient-level split of notebook 01 (manifest column ``split``)
+TRAIN_ONLY = "train-only"    # start of split.csv's note on the patients of a disease too small to split
 
 
 def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
@@ -43,6 +44,7 @@ def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
     manifest = crops_dir / MANIFEST
     if manifest.is_file():
         rows = read_csv(manifest)
+        check_manifest_paths(crops_dir, rows)        # no row may name a file outside the folder
     else:
         companions = ("_mask", "_mask2", "_edit")  # files that describe a crop, not crops
         rows = [{"image": p.name} for p in sorted(crops_dir.glob("*.png")) if not p.stem.endswith(companions)]
@@ -60,9 +62,21 @@ def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
                 f"so every patient is assigned to train or test, or pass split=None to use every crop.")
         rows = [r for r in rows if r["split"] == split]
         if not rows:
-            raise ValueError(f"Crops folder {crops_dir} holds no crop of the {split!r} split: "
-                             f"re-run notebook 01 with another test share / split seed.")
+            notes = train_only_text(crops_dir.parent if crops_dir.name in ("healthy", "low_contrast") else crops_dir)
+            raise ValueError(f"Crops folder {crops_dir} holds no crop of the {split!r} split"
+                             + (f": every disease is too small for a patient split ({notes}); add patients"
+                                if notes else ": re-run notebook 01 with another test share / split seed") + ".")
     return rows
+
+
+def train_only_text(crops_dir) -> str:
+    """The train-only notes of a crops folder's ``split.csv`` (written by
+    :func:`skinlib.data.split.write_split`; "" when none or no file), for error messages."""
+    path = Path(crops_dir) / "split.csv"
+    if not path.is_file():
+        return ""
+    notes = sorted({r.get("note", "") for r in read_csv(path) if r.get("note", "").startswith(TRAIN_ONLY)})
+    return "; ".join(notes)
 
 
 def load_crop(crops_dir, row: dict, image_size: int | None = None, *,
@@ -84,7 +98,7 @@ def load_crop(crops_dir, row: dict, image_size: int | None = None, *,
     from PIL import Image
 
     crops_dir = Path(crops_dir)
-    image_path = crops_dir / row["image"]
+    image_path = inside(crops_dir, row["image"], what=f"crop row {row.get('image')!r}, column image")
     im = open_image(image_path)
     try:
         if image_size is not None and im.size != (image_size, image_size) and not resize:
@@ -98,7 +112,8 @@ def load_crop(crops_dir, row: dict, image_size: int | None = None, *,
         im.close()
     w, h = rgb.size
     named = (row.get("mask") or "").strip()
-    mask_path = crops_dir / (named or f"{Path(row['image']).stem}_mask.png")
+    mask_path = inside(crops_dir, named or f"{Path(row['image']).stem}_mask.png",
+                       what=f"crop row {row['image']!r}, column mask")
     has_mask = bool(named) or mask_path.is_file()
     if has_mask:
         if named and not mask_path.is_file():
@@ -162,14 +177,24 @@ class CropDataset(Dataset):
 
 def crops_are_synthetic(crops_dir) -> bool:
     """True when a crops folder was cut from the SYNTHETIC demo dataset (its ``summary.json``,
-    written by :mod:`skinlib.data.crops`, says so); figures then say "SYNTHETIC demo data"."""
+    written by :mod:`skinlib.data.crops`, says so); figures then say "SYNTHETIC demo data".
+    False without a ``summary.json`` (crops made elsewhere); an unreadable one raises ValueError
+    naming the file, since guessing would drop the SYNTHETIC label."""
     from ..io import load_json
 
     path = Path(crops_dir) / "summary.json"
-    try:
-        return bool(load_json(path).get("synthetic")) if path.is_file() else False
-    except (ValueError, OSError, AttributeError):
+    if not path.is_file():
         return False
+    try:
+        summary = load_json(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} cannot be read ({type(e).__name__}: {e}); it says whether the crops are "
+                         f"SYNTHETIC demo data. Fix: re-run notebook 01 (`python -m skinlib run --only 01`), "
+                         f"or restore the file.") from e
+    if not isinstance(summary, dict) or not isinstance(summary.get("synthetic", False), bool):
+        raise ValueError(f"{path} is not a crops summary (a JSON object whose 'synthetic' is true/false): "
+                         f"re-run notebook 01 (`python -m skinlib run --only 01`), or restore the file.")
+    return summary.get("synthetic", False)
 
 
 def crops_content_sha256(crops_dir, rows) -> str:
@@ -180,5 +205,5 @@ def crops_content_sha256(crops_dir, rows) -> str:
     h = hashlib.sha256()
     for row in rows:
         h.update(row["image"].encode() + b"\0")
-        h.update(hashlib.sha256((Path(crops_dir) / row["image"]).read_bytes()).digest())
+        h.update(hashlib.sha256(inside(crops_dir, row["image"], what="column image").read_bytes()).digest())
     return h.hexdigest()

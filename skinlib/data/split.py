@@ -11,6 +11,13 @@ refuses generated images whose training data or source crop comes from a test pa
 A patient is identified by the manifest's ``patient`` column (the patient folder of
 ``data_README.md``); a patient listed under several diseases is one person and is stratified
 with the disease that has most of its crops.
+
+A disease with too few patients for a split (fewer than ``MIN_TEST_PATIENTS + MIN_TRAIN_PATIENTS``
+at the test share) is **train-only**: its patients get ``split = train`` (generators may use them;
+nothing is ever tested on them) and ``split.csv``'s ``note`` column says so with the number of
+patients a split would need (also in ``summary.json`` and in notebook 01's output). Only the
+evaluation refuses what needs their test patients: the disease task (see
+:func:`require_test_patients`), or any task when no disease could be split at all.
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .dataset import MANIFEST, SPLITS
+from .dataset import MANIFEST, SPLITS, TRAIN_ONLY, train_only_text
 from .metadata import skin_group, skin_types
 from .photos import natural_key
 from ..io import load_json, read_csv, save_json, write_csv
@@ -57,9 +64,8 @@ def split_patients(patients: Mapping[str, str], test_share: float = 0.3, seed: i
     patients are ``test``, the rest ``train``, drawn by a seeded shuffle; with ``strata``
     (patient -> e.g. Fitzpatrick group, "" when unknown) the test patients of a disease are
     shared out over its strata in proportion to their sizes, so every skin group gets its share
-    of test patients. Raises
-    ValueError naming the disease and the number of patients needed when a disease has fewer
-    than ``MIN_TEST_PATIENTS + MIN_TRAIN_PATIENTS`` patients.
+    of test patients. A disease with too few patients for a split (see
+    :func:`train_only_diseases`) is train-only: all its patients are ``train``.
     """
     if not 0 < test_share < 1:
         raise ValueError(f"test_share must be in (0, 1), got {test_share}")
@@ -72,13 +78,9 @@ def split_patients(patients: Mapping[str, str], test_share: float = 0.3, seed: i
     for d, (disease, ids) in enumerate(sorted(by_disease.items())):
         n = len(ids)
         n_test = n_test_patients(n, test_share)
-        if n - n_test < MIN_TRAIN_PATIENTS:
-            needed = next(m for m in range(n + 1, 10 * n + 100) if m - n_test_patients(m, test_share) >= MIN_TRAIN_PATIENTS)
-            raise ValueError(
-                f"disease {disease!r} has {n} patient(s) with crops; a patient-level split needs at least "
-                f"{MIN_TEST_PATIENTS} test and {MIN_TRAIN_PATIENTS} train patients per disease, i.e. {needed} "
-                f"patients at test_share={test_share}. Fix: add patients of this disease, lower test_share, "
-                f"or remove the disease folder.")
+        if n - n_test < MIN_TRAIN_PATIENTS:     # too few to split: train-only (train_only_diseases)
+            out.update({p: "train" for p in ids})
+            continue
         order = sorted(ids)
         perm = np.random.default_rng([seed, d]).permutation(n)
         if not strata:
@@ -95,16 +97,37 @@ def split_patients(patients: Mapping[str, str], test_share: float = 0.3, seed: i
     return out
 
 
+def patients_needed(n: int, test_share: float) -> int:
+    """Patients a disease with ``n`` needs for a split (``n`` when it has enough)."""
+    return next(m for m in range(n, 10 * n + 100) if m - n_test_patients(m, test_share) >= MIN_TRAIN_PATIENTS)
+
+
+def train_only_diseases(patients: Mapping[str, str], test_share: float = 0.3) -> dict[str, dict]:
+    """Diseases too small for a split -> ``{"patients": n, "needed": m}`` (``patients``: id ->
+    disease): :func:`split_patients` puts all their patients in ``train``."""
+    counts: dict[str, int] = {}
+    for disease in patients.values():
+        counts[disease] = counts.get(disease, 0) + 1
+    return {d: {"patients": n, "needed": patients_needed(n, test_share)}
+            for d, n in sorted(counts.items()) if patients_needed(n, test_share) > n}
+
+
+def train_only_note(disease: str, info: Mapping, test_share: float) -> str:
+    return (f"{TRAIN_ONLY}: {disease} has {info['patients']} patient(s); a split needs {info['needed']} "
+            f"({MIN_TEST_PATIENTS} test + {MIN_TRAIN_PATIENTS} train at test_share={test_share})")
+
+
 def _manifest_paths(crops_dir: Path) -> list[Path]:
     paths = [crops_dir / MANIFEST]
     paths += [crops_dir / sub / MANIFEST for sub in SUBFOLDERS if (crops_dir / sub / MANIFEST).is_file()]
     return paths
 
 
-def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, str]:
+def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print) -> dict[str, str]:
     """Split the patients of a finished crops folder and write the ``split`` column into its
-    manifests plus ``split.csv``; record the settings in ``summary.json``. Idempotent: the
-    same crops and settings give the same files. Returns patient -> split."""
+    manifests plus ``split.csv`` (with a ``note`` for train-only patients, which ``log`` also
+    reports); record the settings in ``summary.json``. Idempotent: the same crops and settings
+    give the same files. Returns patient -> split."""
     crops_dir = Path(crops_dir)
     main = crops_dir / MANIFEST
     if not main.is_file():
@@ -119,6 +142,7 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, 
     types = skin_types(crops_dir)
     groups = {p: skin_group(p, types) for p in patients} if types else None
     assignment = split_patients(patients, test_share, seed, strata=groups)
+    small = train_only_diseases(patients, test_share)
     for path, rows in tables.items():
         for r in rows:
             r["split"] = assignment[r["patient"]]
@@ -127,7 +151,8 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, 
             write_csv(path, rows, fields if rows else None)
     per_patient = []
     for p in sorted(assignment, key=natural_key):
-        row = {"patient": p, "disease": patients[p], "split": assignment[p]}
+        note = train_only_note(patients[p], small[patients[p]], test_share) if patients[p] in small else ""
+        row = {"patient": p, "disease": patients[p], "split": assignment[p], "note": note}
         if groups:
             row["skin_group"] = groups[p] or "unknown"
         for path, rows in tables.items():
@@ -141,8 +166,16 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0) -> dict[str, 
         summary["split"] = {"test_share": test_share, "seed": seed,
                             "stratified_by": ["disease"] + (["Fitzpatrick group"] if groups else []),
                             "train_patients": sum(v == "train" for v in assignment.values()),
-                            "test_patients": sum(v == "test" for v in assignment.values())}
+                            "test_patients": sum(v == "test" for v in assignment.values()),
+                            "train_only": small}
         save_json(summary_path, summary)
+    for disease, info in small.items():
+        log(f"{train_only_note(disease, info, test_share)}: its patients are marked train (split.csv, note) — "
+            f"generators may use them, the evaluation never tests on them, and the disease task refuses "
+            f"to run. Add patients of this disease for a test split.")
+    if small and not any(v == "test" for v in assignment.values()):
+        log(f"NO TEST PATIENTS: no disease has enough patients for a split, so notebook 05's evaluation "
+            f"will refuse to run on {crops_dir}. Add patients, or use the crops for generation only.")
     return assignment
 
 
@@ -160,9 +193,25 @@ def read_split(crops_dir) -> dict[str, str]:
     return out
 
 
+def require_test_patients(crops_dir, rows: Sequence[Mapping[str, str]], classes: Sequence[str]) -> None:
+    """Raise ValueError when a disease of the disease task (``classes``) has no test patient among
+    the crops manifest ``rows`` (a train-only disease, see the module docstring), naming it and
+    the patients it would need."""
+    tested = {r.get("disease", "") for r in rows if r.get("split") == "test"}
+    missing = [c for c in classes if c not in tested]
+    if missing:
+        notes = train_only_text(crops_dir)
+        raise ValueError(
+            f"the disease task needs test patients of every disease, but {missing} have none in "
+            f"{Path(crops_dir) / SPLIT_FILE}" + (f" ({notes})" if notes else "") + ". Fix: use task="
+            f"'rash-vs-healthy' (train-only patients then only train), or add patients of "
+            f"{'this disease' if len(missing) == 1 else 'these diseases'} and re-run notebook 01.")
+
+
 def patients_of(rows: Sequence[Mapping[str, str]], split: str | None = None) -> list[str]:
     """Sorted patient ids of manifest ``rows`` (only those of ``split`` when given)."""
     return sorted({r["patient"] for r in rows if split is None or r.get("split") == split}, key=natural_key)
 
 
-__all__ = ["split_patients", "write_split", "read_split", "patients_of", "SPLIT_FILE"]
+__all__ = ["split_patients", "write_split", "read_split", "patients_of", "SPLIT_FILE", "train_only_diseases",
+           "require_test_patients", "train_only_text"]

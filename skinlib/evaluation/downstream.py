@@ -47,8 +47,9 @@ from ..errors import ArmDataError
 from ..data.metadata import SKIN_GROUPS, skin_types
 from ..data.photos import natural_key
 from .images import load_images, standard_augment, to_float
+from ..data.split import require_test_patients
 from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
-from ..io import load_json, read_csv
+from ..io import check_manifest_paths, load_json, read_csv
 
 TASKS = ("auto", "rash-vs-healthy", "disease")
 REAL_ONLY = "real only"
@@ -222,6 +223,8 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False, lo
         list_crop_rows(real_dir, split="train")     # raises the clear "no split column" error
     task = choose_task(rows, cfg.task)
     classes = class_names(task, rows)
+    if task == "disease":                       # a train-only disease has no test patient to test on
+        require_test_patients(real_dir, rows, classes)
     files, labels, patients, splits = [], [], [], []
     chosen = [(real_dir, r, classes.index(r["disease"]) if task == "disease" else 1) for r in rows]
     if task == "rash-vs-healthy":
@@ -231,6 +234,7 @@ def real_examples(real_dir, cfg: DownstreamConfig, *, progress: bool = False, lo
                 f"{healthy_manifest} not found: the rash-vs-healthy task needs the healthy-skin windows that "
                 f"notebook 01 writes beside the crops. Fix: re-run notebook 01 (healthy_max_coverage = 0.01).")
         healthy = read_csv(healthy_manifest)
+        check_manifest_paths(real_dir / HEALTHY_DIR, healthy)     # files of the healthy folder only
         if healthy and "split" not in healthy[0]:
             raise ValueError(f"{healthy_manifest} has no 'split' column: re-run notebook 01.")
         chosen += [(real_dir / HEALTHY_DIR, r, 0) for r in healthy]

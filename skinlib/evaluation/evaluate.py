@@ -41,7 +41,7 @@ from . import power as P
 from .intervals import METRICS
 from ..data.crops import LOW_CONTRAST_DIR
 from ..data.dataset import crops_are_synthetic, list_crop_rows
-from ..io import atomic_write_text, read_csv, save_json, write_csv
+from ..io import atomic_write_text, check_manifest_paths, read_csv, save_json, write_csv
 from .provenance import LeakError, check_generated_folder, crop_hashes
 
 METRIC_NAMES = {"auroc": "AUROC", "balanced_accuracy": "balanced accuracy", "sens_at_spec": "sensitivity"}
@@ -102,6 +102,7 @@ def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, pro
     labels = [real.classes.index(r["disease"]) if real.task == "disease" else 1 for r in rows]
     if real.task == "rash-vs-healthy":
         healthy = read_csv(oracle_crops / D.HEALTHY_DIR / "manifest.csv")
+        check_manifest_paths(oracle_crops / D.HEALTHY_DIR, healthy)
         files += [oracle_crops / D.HEALTHY_DIR / r["image"] for r in healthy]
         labels += [0] * len(healthy)
     x = D.load_images(files, cfg.image_size, desc="oracle crops", progress=progress, log=log)
@@ -147,7 +148,7 @@ def _attach_detector_features(extractor, cache: dict, loaded: Mapping[str, "M.Fo
 def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                    config: D.DownstreamConfig | None = None, oracle_crops=None, features: str = "auto",
                    inception_weights: str | None = None, n_samples: int = 1000, min_images: int = 50, n_pairs: int = 100,
-                   max_test_copies: float = 0.1,
+                   max_test_copies: float = 0.1, allow_unverified: Sequence[str] = (),
                    metric_seeds: Sequence[int] = (0,),
                    n_boot_images: int = 200, image_size: int = 256, smoke: bool = False,
                    progress: bool = True) -> dict:
@@ -157,7 +158,9 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     ``max_test_copies`` of its images near-copies of test-patient crops (memorisation check; real
     crops of new patients give ~2 %) is refused as a leak. ``generated``: name -> folder (a missing folder is listed
     as not available). ``oracle_crops``: the demo renderer's new-patient crops (positive control;
-    None on real data, the table then says why the arm is absent)."""
+    None on real data, the table then says why the arm is absent). ``allow_unverified``: names of
+    generated folders to evaluate although what their generator was trained on is unknown
+    (provenance ``unverified``; refused otherwise); their rows say ``unverified``."""
     from . import memorisation as MEM
     from . import metrics as M
 
@@ -165,6 +168,11 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     real_crops, out_dir = Path(real_crops), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     generators: dict[str, dict] = {}
+    allowed = set([allow_unverified] if isinstance(allow_unverified, str) else allow_unverified)
+    unknown_names = sorted(allowed - set(generated))
+    if unknown_names:
+        raise ValueError(f"allow_unverified names {unknown_names}, which are not generated folders "
+                         f"({sorted(generated)})")
     hashes = crop_hashes(real_crops)
     usable: dict[str, Path] = {}
     for name, folder in generated.items():
@@ -177,6 +185,12 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
             prov = check_generated_folder(folder, real_crops, hashes=hashes)
         except LeakError as e:
             generators[name] = {"folder": str(folder), "status": "refused", "reason": str(e)}
+            continue
+        if prov.status == "unverified" and name not in allowed:
+            generators[name] = {"folder": str(folder), "status": "refused", "provenance": prov.status, "reason": (
+                f"what its generator was trained on is unknown ({prov.detail}), so it may have seen the test "
+                f"patients. Fix: re-make it with this repository's generators, or evaluate it anyway, marked "
+                f"unverified: allow_unverified=[{name!r}] (command line: --allow-unverified {name}).")}
             continue
         generators[name] = {"folder": str(folder), "status": "ok", "provenance": prov.status,
                             "trained_on_split": prov.trained_on_split, "reason": prov.detail}
@@ -262,6 +276,8 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     arms = {a: _arm_entry(a, res) for a in res.arms}
     for a, e in arms.items():
         gen = e["generator"]
+        if gen in generators and generators[gen].get("provenance"):
+            e["provenance"] = generators[gen]["provenance"]       # "unverified": opted in, training unknown
         if gen in notes:
             e["images"] = notes[gen]
     if D.ORACLE not in arms:
@@ -272,8 +288,9 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     feats = M.feature_settings(extractor, image_size)
     settings = {"real_crops": str(real_crops), "generated": {n: str(f) for n, f in generated.items()},
                 "oracle_crops": str(oracle_crops) if oracle_crops else None, "downstream": asdict(cfg),
-                "features": feats, "detector_features": detector_features, "n_samples": n_samples, "metric_seeds": list(metric_seeds),
-                "image_size": image_size, "smoke": smoke, "torch": torch.__version__}
+                "features": feats, "detector_features": detector_features, "n_samples": n_samples,
+                "metric_seeds": list(metric_seeds), "image_size": image_size, "smoke": smoke, "torch": torch.__version__,
+                "allow_unverified": sorted(allowed)}
     results = {
         "task": res.task, "classes": res.classes,
         "n_train_patients": res.n_train_patients, "n_test_patients": res.n_test_patients,
@@ -361,7 +378,7 @@ def comparison_rows(results: dict) -> list[dict]:
         gen = e.get("generator", "")
         img = _arm_image_row(results, arm, gen)
         mem = results["memorisation"].get(gen, {}) if gen else {}
-        row = {"arm": arm, "status": e["status"], "reason": e.get("reason", "")}
+        row = {"arm": arm, "status": e["status"], "provenance": e.get("provenance", ""), "reason": e.get("reason", "")}
         for f in (full, small):
             s = e.get("by_fraction", {}).get(f, {})
             for m in METRICS:
@@ -435,8 +452,9 @@ def comparison_markdown(results: dict) -> str:
         nc = f"{mem['near_copy_fraction']:.0%}" if mem else ""
         if mem and mem.get("near_copy_fraction", 0) > 0.5:
             nc = f"**{nc} (memorised)**"
+        status = "ok, **unverified** (opted in: training unknown)" if e.get("provenance") == "unverified" else "ok"
         lines.append(
-            f"| {arm} | ok | {_fmt(f100.get('metrics', {}).get('auroc'))} | {_fmt(f100.get('gain', {}).get('auroc'), signed=True)} "
+            f"| {arm} | {status} | {_fmt(f100.get('metrics', {}).get('auroc'))} | {_fmt(f100.get('gain', {}).get('auroc'), signed=True)} "
             f"| {_fmt(fs.get('metrics', {}).get('auroc'))} | {_fmt(fs.get('gain', {}).get('auroc'), signed=True)} "
             f"| {_fmt(f100.get('metrics', {}).get('sens_at_spec'))} | {kid} | {nc} |")
     prim = results.get("primary")
@@ -601,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--inception-weights", default=None)
     p.add_argument("--n-samples", type=int, default=1000)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--allow-unverified", action="append", default=[], metavar="NAME",
+                   help="evaluate generated folder NAME although what its generator was trained on is unknown "
+                        "(no provenance record); its rows are marked unverified. Repeat for several.")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -608,7 +629,8 @@ def main(argv: list[str] | None = None) -> int:
                              fractions=tuple(a.fractions))
     try:
         results = run_evaluation(a.real, _pairs(a.generated), a.out, config=cfg, oracle_crops=a.oracle,
-                                 features=a.features, inception_weights=a.inception_weights, n_samples=a.n_samples)
+                                 features=a.features, inception_weights=a.inception_weights, n_samples=a.n_samples,
+                                 allow_unverified=a.allow_unverified)
     except EvaluationFailed as e:
         print(f"EVALUATION FAILED: {e}", file=sys.stderr)
         return 1

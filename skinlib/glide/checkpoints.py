@@ -355,7 +355,7 @@ def load_folder_model(folder, key: str, entry: Mapping[str, Any], *, cache_dir=N
            f"folder's files together: {OPTIONS_FILE} describes them.")
     try:
         options = complete_options(entry["options"])
-        path = folder / entry["file"]
+        path = skio.inside(folder, entry["file"], what=f"{folder / OPTIONS_FILE}, {key} entry, field file")
         expected = str(entry["sha256"])
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointInvalidError(f"{folder / OPTIONS_FILE}: the {key} entry is incomplete or has "

@@ -167,6 +167,12 @@ def select_rows(crops_dir: Path, split: Optional[str], max_images: Optional[int]
     return rows
 
 
+def data_sha256(crops_dir, split: Optional[str], max_images: Optional[int], seed: int) -> str:
+    """The ``data_sha256`` :func:`train` records: content hash of the crops it trains on
+    (:func:`select_rows`); the evaluation recomputes it on the current train split."""
+    return crops_content_sha256(crops_dir, select_rows(Path(crops_dir), split, max_images, seed))
+
+
 def to_base_resolution(images: torch.Tensor, size: int) -> torch.Tensor:
     """[N, 3, S, S] in [-1, 1] -> [N, 3, size, size], as the pipeline resizes for its base stage."""
     if images.shape[-1] == size:
@@ -530,6 +536,8 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
              "steps": step, "epochs": step / per_epoch, "batch_size": cfg.batch_size, "lr": cfg.lr,
              "ema_rate": cfg.ema_rate, "prompt": cfg.prompt, "p_uncond": cfg.p_uncond,
              "patch_size": patch, "crops_dir": str(crops_dir), **data_id,
+             # which crops: recomputing data_sha256 on the current split needs the subset's size and seed
+             "data_selection": {"max_images": cfg.max_images, "seed": cfg.seed},
              # recorded when not the defaults, so folders written before these options keep their identity
              **{k: getattr(cfg, k) for k, v in ADDED_RESUME_KEYS.items() if getattr(cfg, k) != v}}
     weights = _write_weights(out_dir, kind, ema.state_dict(), entry)

@@ -396,3 +396,11 @@ def test_max_sources_are_spread_over_patients():
     assert len(pick) == 12 and len(set(patients)) == 8 and max(patients.count(p) for p in set(patients)) == 2
     assert pick == sorted(pick, key=lambda r: r["image"])                 # manifest order kept
     assert spread_over_patients(rows, 100) == rows
+
+
+def test_lowered_overlap_steps_are_counted_for_the_job_log():
+    from skinlib.augment.generate import lowered_overlap_steps
+
+    rows = [{"history": [{"step": 1, "min_overlap": 0.03, "min_overlap_lowered_from": 0.5},
+                         {"step": 2, "min_overlap": 0.5}]}, {"history": [{"step": 1}]}, {}]
+    assert lowered_overlap_steps(rows) == 1

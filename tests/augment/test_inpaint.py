@@ -147,6 +147,21 @@ def test_restricted_sampler_reports_crop_without_wanted_skin():
     assert r.mask[100:110, 100:110].all()
 
 
+def test_lowered_overlap_is_recorded_in_the_step_history():
+    """squares-ill lowers its 0.5 overlap requirement on a crop where no square reaches it: each
+    such step says so in its history, as every step records its box."""
+    tiny = np.zeros((256, 256), bool)
+    tiny[100:110, 100:110] = True
+    ill = torch.from_numpy(np.stack([tiny, quadrant_mask(1)[0, 0].numpy() > 0.5]))[:, None].float()
+    algo = IterativeInpainting(FakeInpainter(), steps=3, sampler=make_sampler("squares-ill"))
+    small, big = algo.run(random_images(2), ill, [1, 2])
+    for h in small.history:
+        assert h["min_overlap_lowered_from"] == 0.5
+        assert h["overlap"] == h["min_overlap"] == pytest.approx(100 / 3600, abs=1e-4)
+    for h in big.history:
+        assert h["min_overlap"] == 0.5 and h["overlap"] >= 0.5 and "min_overlap_lowered_from" not in h
+
+
 def test_user_mask_sampler(tmp_path):
     m = np.zeros((64, 64), np.uint8)
     m[10:20, 30:40] = 255

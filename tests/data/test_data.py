@@ -287,3 +287,18 @@ def test_load_crop_resizes_only_when_asked(tmp_path):
     assert image.shape == (3, 32, 32) and mask.shape == (1, 32, 32)
     expected = np.asarray(PILImage.fromarray(photo).resize((32, 32), PILImage.BICUBIC), dtype=np.float32) / 127.5 - 1
     torch.testing.assert_close(image, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6, rtol=0)
+
+
+def test_unreadable_crops_summary_is_an_error_not_real_data(tmp_path):
+    """A damaged summary.json must not drop the SYNTHETIC label (it used to read as "not synthetic")."""
+    from skinlib.data.dataset import crops_are_synthetic
+
+    assert crops_are_synthetic(tmp_path) is False                   # no summary: crops made elsewhere
+    (tmp_path / "summary.json").write_text('{"synthetic": true}')
+    assert crops_are_synthetic(tmp_path) is True
+    (tmp_path / "summary.json").write_text('{"synthetic": tru')     # truncated
+    with pytest.raises(ValueError, match=r"summary\.json cannot be read.*SYNTHETIC"):
+        crops_are_synthetic(tmp_path)
+    (tmp_path / "summary.json").write_text('["synthetic"]')
+    with pytest.raises(ValueError, match=r"summary\.json is not a crops summary"):
+        crops_are_synthetic(tmp_path)

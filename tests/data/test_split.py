@@ -21,11 +21,47 @@ def test_split_is_stratified_seeded_and_disjoint():
     assert any(S.split_patients(patients, test_share=0.25, seed=k) != s for k in range(1, 5))
 
 
-def test_too_few_patients_is_a_clear_error():
-    with pytest.raises(ValueError, match=r"'rash' has 3 patient\(s\).*i\.e\. 4 patients"):
-        S.split_patients({"a": "rash", "b": "rash", "c": "rash"}, test_share=0.25)
+def test_too_few_patients_is_train_only_not_an_error():
+    s = S.split_patients({"a": "rash", "b": "rash", "c": "rash"} | {f"p{i}": "psoriasis" for i in range(6)},
+                         test_share=0.25)
+    assert [s[p] for p in "abc"] == ["train"] * 3                      # train-only: never tested on
+    assert sum(v == "test" for k, v in s.items() if k.startswith("p")) == 2
+    assert S.train_only_diseases({"a": "rash", "b": "rash", "c": "rash", "d": "x"}, 0.25) == {
+        "rash": {"patients": 3, "needed": 4}, "x": {"patients": 1, "needed": 4}}
+    assert S.train_only_diseases({f"p{i}": "psoriasis" for i in range(4)}, 0.25) == {}
     with pytest.raises(ValueError, match="test_share"):
         S.split_patients({"a": "rash"}, test_share=1.5)
+
+
+def test_rare_disease_is_listed_train_only_and_only_the_disease_task_refuses_it(tmp_path, capsys):
+    """One disease of 3 patients: notebook 01 goes on (listing it with the patients it would
+    need), the rash-vs-healthy evaluation uses its crops for training only, the disease task refuses."""
+    from skinlib.evaluation import downstream as D
+    from skinlib.io import load_json
+
+    crops = make_split_crops(tmp_path / "crops", n_patients=9, per_patient=1, diseases=("common", "common", "rare"))
+    out = capsys.readouterr().out
+    assert "train-only: rare has 3 patient(s); a split needs 4" in out
+    table = read_csv(crops / "split.csv")
+    rare = [r for r in table if r["disease"] == "rare"]
+    assert len(rare) == 3 and all(r["split"] == "train" and r["note"].startswith("train-only: rare") for r in rare)
+    assert all(r["note"] == "" for r in table if r["disease"] == "common")
+    assert load_json(crops / "summary.json")["split"]["train_only"] == {"rare": {"patients": 3, "needed": 4}}
+    assert {r["disease"] for r in list_crop_rows(crops, split="test")} == {"common"}
+    cfg = D.DownstreamConfig(image_size=8)
+    real = D.real_examples(crops, cfg)                                   # rash-vs-healthy: fine
+    assert set(real.split) == {"train", "test"}
+    with pytest.raises(ValueError, match=r"disease task needs test patients.*\['rare'\].*rare has 3 patient"):
+        D.real_examples(crops, D.DownstreamConfig(image_size=8, task="disease"))
+
+
+def test_no_disease_can_be_split_fails_only_the_evaluation(tmp_path, capsys):
+    crops = make_split_crops(tmp_path / "crops", n_patients=3, per_patient=1)
+    assert "NO TEST PATIENTS" in capsys.readouterr().out
+    assert set(S.read_split(crops).values()) == {"train"}
+    assert len(list_crop_rows(crops, split="train")) == 3                # generators can still train
+    with pytest.raises(ValueError, match="no crop of the 'test' split: every disease is too small.*has 3 patient"):
+        list_crop_rows(crops, split="test")
 
 
 def test_write_split_marks_every_manifest_and_every_stage_sees_the_same_split(tmp_path):

@@ -87,12 +87,24 @@ def test_evaluate_command_writes_results_and_refuses_the_planted_leak(crops, tmp
     leak = make_variants(tmp_path / "leak", crops, _rows(crops, "test"))
     noisy = _noisy_copies(tmp_path / "noisy", crops, _rows(crops, "test"))
     gen = make_samples(tmp_path / "gen", train_data_sha256=train_data_sha256(crops))
+    unknown = make_samples(tmp_path / "unknown", trained_on_split="", seed=5)       # training unknown
+    optin = make_samples(tmp_path / "optin", trained_on_split="", seed=6)
     out = tmp_path / "eval"
     rc = E.main(["--real", str(crops), "--generated", f"leak={leak}", f"gen={gen}", f"noisy={noisy}", "missing=/nonexistent",
+                 f"unknown={unknown}", f"optin={optin}", "--allow-unverified", "optin",
+                 "--allow-unverified", "noisy",    # opted in: still refused by the memorisation check
                  "--out", str(out), "--features", "local-random", "--repetitions", "2", "--steps", "20",
                  "--fractions", "0.5", "1.0", "--n-samples", "20", "--threads", "1"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
+    # unknown training: refused unless opted in, and then marked unverified in the row itself
+    assert res["arms"]["real + unknown"]["status"] == "refused"
+    assert "--allow-unverified unknown" in res["arms"]["real + unknown"]["reason"]
+    assert res["arms"]["real + optin"]["status"] == "ok" and res["arms"]["real + optin"]["provenance"] == "unverified"
+    assert res["arms"]["real + gen"]["provenance"] == "verified" and res["settings"]["allow_unverified"] == ["noisy", "optin"]
+    table = {r["arm"]: r for r in read_csv(out / "comparison.csv")}
+    assert table["real + optin"]["provenance"] == "unverified" and table["synthetic only: optin"]["provenance"] == "unverified"
+    assert "| real + optin | ok, **unverified**" in (out / "comparison.md").read_text()
     assert res["arms"]["real + leak"]["status"] == "refused" and "TEST patients" in res["arms"]["real + leak"]["reason"]
     runs = read_csv(out / "downstream_runs.csv")
     assert not any(r["arm"] in ("real + leak", "real + noisy") for r in runs)   # never trained: never shows a gain
