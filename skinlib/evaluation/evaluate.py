@@ -118,6 +118,7 @@ def _attach_detector_features(extractor, cache: dict, loaded: Mapping[str, "M.Fo
     the image metrics already embedded with the same extractor are reused); the real train
     examples also get one standard-augmented view (test rows of ``feats_aug`` are NaN: never
     used). Returns what to record about the detector's features."""
+    from . import metrics as M
     from .features import detector_extractor
     from .image_metrics import folder_features
     from .linear_probe import attach_features
@@ -612,6 +613,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oracle", default=None, help="oracle crops (demo data only; see skinlib.data.crops.make_oracle_crops)")
     p.add_argument("--repetitions", type=int, default=D.DownstreamConfig.repetitions)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--detector", default=D.DownstreamConfig.detector, choices=D.DETECTORS,
+                   help="features: ridge probe on frozen Inception features (default); cnn: small CNN from scratch")
+    p.add_argument("--primary-fraction", type=float, default=None,
+                   help="share of train patients of the primary endpoint (default: the smallest of --fractions)")
+    p.add_argument("--max-pairs-per-patient", type=int, default=D.DownstreamConfig.max_pairs_per_patient)
     p.add_argument("--steps", type=int, default=D.DownstreamConfig.steps)
     p.add_argument("--fractions", type=float, nargs="+", default=list(D.DownstreamConfig.fractions))
     p.add_argument("--features", default="auto",
@@ -625,8 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    cfg = D.DownstreamConfig(task=a.task, repetitions=a.repetitions, seed=a.seed, steps=a.steps,
-                             fractions=tuple(a.fractions))
+    cfg = D.DownstreamConfig(task=a.task, detector=a.detector, repetitions=a.repetitions, seed=a.seed, steps=a.steps,
+                             fractions=tuple(a.fractions), primary_fraction=a.primary_fraction,
+                             max_pairs_per_patient=a.max_pairs_per_patient)
     try:
         results = run_evaluation(a.real, _pairs(a.generated), a.out, config=cfg, oracle_crops=a.oracle,
                                  features=a.features, inception_weights=a.inception_weights, n_samples=a.n_samples,

@@ -115,8 +115,16 @@ def test_evaluate_command_writes_results_and_refuses_the_planted_leak(crops, tmp
     assert res["arms"][D.ORACLE]["status"] == "absent" and "demo data" in res["arms"][D.ORACLE]["reason"]
     for arm in (D.REAL_ONLY, D.AUGMENT, D.COPIES, "real + gen", "synthetic only: gen"):
         assert res["arms"][arm]["status"] == "ok", res["arms"][arm]
-        assert set(res["arms"][arm]["metrics"]["auroc"]) == {"mean", "low", "high"}
-    assert set(res["arms"]["real + gen"]["gain"]["auroc"]) == {"mean", "low", "high"}
+        assert {"mean", "low", "high"} <= set(res["arms"][arm]["metrics"]["auroc"])
+    assert {"mean", "low", "high", "se", "se_patients", "sd_repetitions"} <= set(res["arms"]["real + gen"]["gain"]["auroc"])
+    assert res["detector"] == "features" and res["arms"]["real + standard aug + gen"]["status"] == "ok"
+    prim = res["primary"]
+    assert prim["fraction"] == "0.5" and "real + gen" in prim["hypotheses"] and D.COPIES not in prim["hypotheses"]
+    assert prim["design_mdg"] >= 0 and "p_holm" in prim["arms"]["real + gen"]   # a perfect tiny task: se 0
+    assert "Negative control" in res["verdict"] and res["verdict"] in (out / "comparison.md").read_text()
+    assert set(res["label_check"]) >= {"gen", "copies"} and 0 <= res["label_check"]["gen"]["called_ill"] <= 1
+    assert res["memorisation_calibration"]["nominal_percent"] == 1.0
+    assert "real + gen" in (out / "comparison.md").read_text()
     assert set(res["arms"]["real + gen"]["by_fraction"]) == {"0.5", "1.0"}
     assert res["n_test_patients"] == 2 and res["n_train_patients"] == 6
     assert {"near_copy_fraction"} <= set(res["memorisation"]["gen"])
@@ -129,10 +137,12 @@ def test_evaluate_command_writes_results_and_refuses_the_planted_leak(crops, tmp
 
 
 def test_no_arm_ran_is_a_failure_not_ok(crops, tmp_path, monkeypatch):
-    def broken(*a, **k):
-        raise RuntimeError("planted")
+    from skinlib.errors import ArmDataError
 
-    monkeypatch.setattr(D, "train_classifier", broken)
+    def broken(*a, **k):
+        raise ArmDataError("planted")
+
+    monkeypatch.setattr(D, "_probe_job", broken)
     with pytest.raises(E.EvaluationFailed, match="no arm of the evaluation ran"):
         E.run_evaluation(crops, {}, tmp_path / "ev", config=D.DownstreamConfig(**TINY), features="local-random",
                          n_samples=20, image_size=32, progress=False)
