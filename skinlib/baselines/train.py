@@ -128,8 +128,13 @@ def _diff(saved: dict, now: dict, keys) -> List[str]:
             if saved.get(k) != now.get(k)]
 
 
+def _fresh_run(run_dir: Path) -> str:
+    return (f"or start a fresh run: use a new run_dir, pass resume=False or delete "
+            f"{Path(run_dir) / CHECKPOINT}")
+
+
 def _check_resume(state: dict, path: Path, model, cfg: dict, data_id: dict) -> None:
-    fresh = f"or start a fresh run: use a new run_dir, pass resume=False or delete {path}"
+    fresh = _fresh_run(path.parent)
     if state["model_name"] != model.name:
         raise CheckpointError(f"Checkpoint {path} holds a {state['model_name']} model, not a "
                               f"{model.name}: use that run's model, {fresh}.")
@@ -322,6 +327,14 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
         if cuda and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         step = int(state["step"])
+        if step > stop:
+            raise CheckpointError(
+                f"Checkpoint {ckpt_path} is at step {step}, beyond the {stop} steps asked for "
+                f"(epochs={cfg.epochs} x {per_epoch} steps/epoch"
+                f"{f', max_steps={cfg.max_steps}' if cfg.max_steps is not None else ''}): using it "
+                f"would give a model trained longer than its settings say. Ask for at least {step} "
+                f"steps (epochs >= {-(-step // per_epoch)}, max_steps >= {step} or None), "
+                f"{_fresh_run(run_dir)}.")
         if (run_dir / LOSSES).is_file():
             rows = [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items()}
                     for r in read_csv(run_dir / LOSSES)]

@@ -108,6 +108,19 @@ def test_checkpoint_is_weights_only_and_finished_run_is_not_retrained(crops, tmp
     assert not model.training and model.checkpoint_step == 6
 
 
+def test_checkpoint_beyond_the_steps_asked_for_is_refused(crops, tmp_path):
+    """Train 2 epochs, ask for 1: not the 2-epoch model under a 1-epoch config.json."""
+    run = tmp_path / "run"
+    train(tiny_gan(), crops, run, GAN_CFG, epochs=2)
+    config = (run / "config.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"at step 6, beyond the 3 steps asked for.*epochs >= 2"):
+        train(tiny_gan(), crops, run, GAN_CFG, epochs=1)
+    with pytest.raises(CheckpointError, match=r"at step 6, beyond the 5 steps.*max_steps=5"):
+        train(tiny_gan(), crops, run, GAN_CFG, epochs=2, max_steps=5)
+    assert (run / "config.json").read_bytes() == config
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
+
+
 def test_resume_mismatches_are_clear_errors(crops, tmp_path):
     run = tmp_path / "run"
     train(tiny_gan(), crops, run, GAN_CFG, epochs=1)
