@@ -13,8 +13,10 @@ sample_noise, generate). What it does, pytorch/examples-style:
   end: model, optimisers, schedulers, AMP scaler, torch RNG states, step, configs. Only tensors
   and plain types, so it loads with ``torch.load(weights_only=True)``;
 - resumes from that checkpoint (``resume=True``); on CPU the resumed run equals the
-  uninterrupted one exactly. The architecture, the settings that shape the trajectory and the
-  crops must match the checkpoint, otherwise a :class:`CheckpointError` names the difference;
+  uninterrupted one exactly. The architecture, the settings that shape the trajectory, the
+  numerics (device type, autocast dtype, channels_last: :mod:`skinlib.training`) and the crops
+  (their content) must match the checkpoint, otherwise a :class:`CheckpointError` names the
+  difference; a checkpoint beyond the steps asked for is refused, not reused;
 - mixed precision on CUDA (bfloat16 where supported, else float16 with a GradScaler);
 - stops with :class:`NonFiniteLossError` (step, phase, fix) when a loss becomes NaN/inf.
 """
@@ -35,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..data.dataset import crops_content_sha256
 from ..errors import CheckpointError, NonFiniteLossError
 from ..io import LOSSES, read_csv, read_losses, remove_files, save_json, save_torch, write_csv
+from ..training import check_numerics, numerics, restore_scaler, saved_numerics
 from .models import build_model, check_image_size
 
 CHECKPOINT = "checkpoint.pt"
@@ -197,8 +200,17 @@ def _data_id(dataset) -> dict:
     rows, root = getattr(dataset, "rows", None), getattr(dataset, "root", None)
     if rows is not None and root is not None:   # a crops folder: identify the crops by content
         digest = crops_content_sha256(root, rows)[:16]
-    else:
-        digest = hashlib.sha256(str(len(dataset)).encode()).hexdigest()[:16]
+    else:   # any other dataset: identify it by what it yields (images, masks, labels)
+        h = hashlib.sha256()
+        for i in range(len(dataset)):
+            for part in dataset[i]:
+                if part is None:
+                    h.update(b"none")
+                    continue
+                t = torch.as_tensor(part).detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.numpy().tobytes())
+        digest = h.hexdigest()[:16]
     return {"n_images": len(dataset), "images_sha": digest,
             "classes": list(getattr(dataset, "classes", ["unknown"])),
             "split": getattr(dataset, "split", None) or "all"}   # side of the patient split trained on
@@ -301,6 +313,7 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
     amp_dtype = (torch.bfloat16 if amp and torch.cuda.get_device_capability(device)[0] >= 8
                  else torch.float16)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    numerics_now = numerics(device, amp_dtype if amp else None, cfg.channels_last)
 
     per_epoch = n // cfg.batch_size
     total = cfg.epochs * per_epoch
@@ -312,6 +325,8 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         _check_resume(state, ckpt_path, model, cfg_dict, data_id)
+        check_numerics(saved_numerics(state, state["train_config"]), numerics_now, ckpt_path,
+                       _fresh_run(run_dir))
         try:
             model.load_state_dict(state["model"])
             for p in optimizers:
@@ -321,8 +336,7 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
             raise CheckpointError(f"Checkpoint {ckpt_path} does not fit this {model.name}: "
                                   f"{str(exc)[:300]}. Use a new run_dir (or delete the "
                                   f"checkpoint) to start fresh.") from exc
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state["scaler"], ckpt_path)
         torch.set_rng_state(state["rng"]["torch"])
         if cuda and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -358,7 +372,7 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
             "model": model.state_dict(),
             "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
             "schedulers": {p: s.state_dict() for p, s in schedulers.items()},
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "numerics": numerics_now,
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if cuda else []},
             "fixed_noise": fixed_noise,

@@ -32,7 +32,9 @@ released checkpoints' state-dict format (``base_inpaint.pt`` / ``upsample_inpain
 same keys) plus ``glide_options.json`` (options and provenance of each model: init, steps,
 data hash, split). Training state lives in ``out_dir/train_<kind>/``: ``checkpoint.pt``
 (atomic, every ``checkpoint_every`` steps and at the end; resuming reproduces an
-uninterrupted run exactly on CPU), ``losses.csv``, ``losses.png`` and one sample-inpainting
+uninterrupted run exactly on CPU, also from inside an epoch; a resume with other settings, crops
+or numerics — device type, autocast dtype: :mod:`skinlib.training` — is refused, the AMP loss
+scaler's state restored), ``losses.csv``, ``losses.png`` and one sample-inpainting
 figure per epoch in ``samples/``. AMP on CUDA (bfloat16, or float16 with a loss scaler), a
 NaN/inf loss stops with :class:`skinlib.train.NonFiniteLossError`, one tqdm bar with ETA.
 """
@@ -55,6 +57,7 @@ import torch.nn.functional as F
 from .. import io as skio
 from ..data.dataset import crops_content_sha256, list_crop_rows, load_crop
 from ..errors import CheckpointError, NonFiniteLossError
+from ..training import check_numerics, numerics, restore_scaler, saved_numerics
 from . import checkpoints, configs
 from .checkpoints import OPTIONS_FILE, SMALL_LABEL, WEIGHTS_FORMAT, read_weights_json
 from .diffusion import GaussianDiffusion, PerItemNoise
@@ -391,6 +394,10 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     amp = cfg.amp and cuda
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    numerics_now = numerics(device, amp_dtype if amp else None)
+    if state is not None:
+        check_numerics(saved_numerics(state, state["config"]), numerics_now, ckpt_path,
+                       f"or start afresh: another out_dir, resume=False, or delete {ckpt_path}")
     loss_fn = HybridLoss(options["noise_schedule"], int(options["diffusion_steps"]))
     tokenizer = load_tokenizer()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -407,8 +414,7 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{ckpt_path} does not fit the {cfg.model} {kind} model: {str(exc)[:300]}. "
                                   f"Delete it (or use another out_dir) to start afresh.") from exc
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
+        restore_scaler(scaler, state["scaler"], ckpt_path)
         torch.set_rng_state(state["rng"]["torch"])
         gen.set_state(state["rng"]["train"])
         if cuda and state["rng"]["cuda"]:
@@ -448,6 +454,7 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
             "format": FORMAT, "kind": kind, "options": options, "config": cfg_dict, "data": data_id,
             "init_info": init_info, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "numerics": numerics_now,
             "rng": {"torch": torch.get_rng_state(), "train": gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if cuda else []},
         })
