@@ -8,6 +8,11 @@ a progress bar into a ``.part`` file, validated (readable with ``torch.load(weig
 exact key set and shapes), and only then renamed into place, so a truncated or wrong
 download is never used and never left under the final name. Offline with no cached file:
 :class:`CheckpointUnavailableError` says which file to put where.
+
+The first time a file of the cache folder is used (downloaded or found there), its sha256 is
+recorded in ``pinned_sha256.json`` beside it; later a file with another sha256 (or a download that
+differs from the pinned one) is refused with :class:`CheckpointInvalidError`. Deleting that record
+(or its entry) accepts a file replaced on purpose.
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ from .unet import GlideUNet, build_model
 log = logging.getLogger(__name__)
 
 ENV_CACHE = "SKINLIB_GLIDE_CACHE"
+PINS_FILE = "pinned_sha256.json"
+PINS_FORMAT = "skinlib-glide-pins-v1"
 
 
 class CheckpointUnavailableError(RuntimeError):
@@ -168,6 +175,53 @@ def file_sha256(path, remember: bool = True) -> str:
     return digest
 
 
+# ----------------------------------------------------------------------------- pins
+def read_pins(cache: Path) -> dict[str, str]:
+    """File name -> sha256 recorded in ``cache/pinned_sha256.json`` ({} when absent)."""
+    path = Path(cache) / PINS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = skio.load_json(path)
+        files = meta["files"] if meta.get("format") == PINS_FORMAT else None
+    except (ValueError, OSError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointInvalidError(f"{path} is not a readable record of pinned checkpoint hashes ({e}): "
+                                     f"delete it (the files are pinned again when next used)") from e
+    if not isinstance(files, dict):
+        raise CheckpointInvalidError(f"{path} is not a record of pinned checkpoint hashes ({PINS_FORMAT!r}): "
+                                     f"delete it (the files are pinned again when next used)")
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def check_pin(path: Path, digest: str, url: str) -> None:
+    """Refuse ``path`` (a file of the cache folder) when its sha256 ``digest`` differs from the one
+    pinned when it was first used."""
+    path = Path(path)
+    pinned = read_pins(path.parent).get(path.name)
+    if pinned is not None and pinned != digest:
+        record = path.parent / PINS_FILE
+        raise CheckpointInvalidError(
+            f"{path} has sha256 {digest}, but {pinned} was recorded when it was first used ({record}): the "
+            f"file was changed or replaced since. If you replaced it on purpose, delete {record} (or its "
+            f"{path.name!r} entry) and run again; otherwise delete {path} and run again to download it "
+            f"from {url}.")
+
+
+def pin(path: Path, digest: str) -> None:
+    """Record ``digest`` as the sha256 of ``path`` (a validated file of the cache folder) unless
+    it has an entry already."""
+    path = Path(path)
+    pins = read_pins(path.parent)
+    if path.name in pins:
+        return
+    pins[path.name] = digest
+    record = path.parent / PINS_FILE
+    try:
+        skio.save_json(record, {"format": PINS_FORMAT, "files": pins})
+    except OSError as e:
+        log.warning("could not record the sha256 of %s in %s (%s): it is not pinned", path, record, e)
+
+
 # ----------------------------------------------------------------------------- validation
 def expected_shapes(options: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """State-dict key -> shape of the model for ``options`` (built on the meta device)."""
@@ -248,15 +302,31 @@ def fetch_state_dict(name: str, *, folder=None, cache_dir=None, download: bool =
                     f"download {info.url} and put it at {path} (folder set by cache_dir=... or ${ENV_CACHE})"
                 )
             log.info("downloading %s from %s to %s", info.file, info.url, path)
-            _, digest, state = download_file(
-                info.url, path, what=f"GLIDE checkpoint {info.name}", progress=progress,
-                validate=lambda p: read_state_dict(
-                    p, info.options, f"The download from {info.url} was not saved; run again."
-                ),
-            )
+            pinned = read_pins(path.parent).get(info.file)
+            try:
+                _, digest, state = download_file(
+                    info.url, path, what=f"GLIDE checkpoint {info.name}", progress=progress,
+                    expected_sha256=pinned,
+                    validate=lambda p: read_state_dict(
+                        p, info.options, f"The download from {info.url} was not saved; run again."
+                    ),
+                )
+            except CheckpointInvalidError as e:
+                if pinned is None or "expected" not in str(e):
+                    raise
+                raise CheckpointInvalidError(
+                    f"{e}: {pinned} is the sha256 recorded when {info.file} was first used "
+                    f"({path.parent / PINS_FILE}). If the file at {info.url} changed and you accept it, delete "
+                    f"that record (or its {info.file!r} entry) and run again.") from e
+            pin(path, digest)
             return state, _info(info, path, digest)
+    digest = file_sha256(path, remember=folder is None)
+    if folder is None:  # our cache folder: pinned (a user's folder gets no files of ours)
+        check_pin(path, digest, info.url)
     state = read_state_dict(path, info.options, fix)
-    return state, _info(info, path, file_sha256(path, remember=folder is None))
+    if folder is None:
+        pin(path, digest)
+    return state, _info(info, path, digest)
 
 
 def _info(info: CheckpointInfo, path: Path, digest: str) -> dict[str, Any]:
