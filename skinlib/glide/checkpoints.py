@@ -45,6 +45,11 @@ class CheckpointUnavailableError(RuntimeError):
     the URL(s) and the exact folder to put them in (and how to change that folder)."""
 
 
+class WeightsOfflineError(CheckpointUnavailableError):
+    """OpenAI's weights are not in the cache folder and the machine cannot reach the download
+    server (offline): the one case the main job reports as "not run" (with how to supply them)."""
+
+
 class CheckpointInvalidError(ValueError):
     """A checkpoint file is truncated, unreadable or not the expected model."""
 
@@ -81,7 +86,8 @@ def download_file(url: str, dest, *, expected_sha256: Optional[str] = None, what
     (and ``expected_sha256``), run ``validate(part_path)``, then rename. On any failure the
     part file is deleted and ``dest`` is untouched. Returns (dest, sha256, validate result).
 
-    Network failure -> :class:`CheckpointUnavailableError`; bad content ->
+    No connection -> :class:`WeightsOfflineError`; an HTTP error or a download that breaks
+    off -> :class:`CheckpointUnavailableError`; bad content ->
     :class:`CheckpointInvalidError` (or whatever ``validate`` raises)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +119,13 @@ def _stream_to(f, url: str, dest: Path, what: str, progress: bool) -> str:
 
     try:
         response = _urlopen(url)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.HTTPError, ValueError) as e:  # the server answered with an error / a bad URL
         raise CheckpointUnavailableError(
+            f"could not download {what} {dest.name} from {url} ({e}). Download it yourself "
+            f"and put it at {dest} (folder set by cache_dir=... or ${ENV_CACHE})."
+        ) from e
+    except (urllib.error.URLError, OSError) as e:  # no connection: offline
+        raise WeightsOfflineError(
             f"could not download {what} {dest.name} from {url} ({e}). Download it yourself "
             f"and put it at {dest} (folder set by cache_dir=... or ${ENV_CACHE})."
         ) from e

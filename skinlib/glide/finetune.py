@@ -717,6 +717,11 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
         return weights
     if weights not in ("auto", "official", "small"):
         folder = Path(weights)
+        if not folder.is_dir():
+            raise checkpoints.CheckpointUnavailableError(
+                f"weights folder {folder} does not exist (mistyped?): pass a folder holding OpenAI's "
+                f"base_inpaint.pt + upsample_inpaint.pt or one written by skinlib.glide.finetune, or "
+                f'weights="auto" / "official" / "small"')
         if (folder / checkpoints.OPTIONS_FILE).is_file():
             return str(folder)
         if not official_weights_present(folder):

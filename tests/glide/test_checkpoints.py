@@ -88,8 +88,26 @@ def test_offline_without_cache_names_file_url_and_folder(tmp_path, monkeypatch):
     assert "base_inpaint.pt" in msg and info.url in msg and str(tmp_path / "base_inpaint.pt") in msg
     assert checkpoints.ENV_CACHE in msg
     assert list(tmp_path.iterdir()) == []
+    assert isinstance(err.value, checkpoints.WeightsOfflineError)  # the main job's one "not run" case
     with pytest.raises(CheckpointUnavailableError, match="downloading is off"):
         checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path, download=False)
+
+
+def test_an_http_error_or_a_broken_download_is_not_offline(tmp_path, monkeypatch, tiny_states):
+    """Only "no connection" is offline; a server error or a download that broke off is a failure."""
+    import urllib.error
+
+    info = configs.CHECKPOINTS["base-inpaint"]
+
+    def not_found():
+        raise urllib.error.HTTPError(info.url, 404, "Not Found", {}, None)
+
+    data = _bytes(tiny_states["base-inpaint"])
+    for response, match in ((not_found, "404"), (lambda: FakeResponse(data, fail_after=1 << 10), "broke off")):
+        _serve(monkeypatch, {info.url: response})
+        with pytest.raises(CheckpointUnavailableError, match=match) as err:
+            checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path, progress=False)
+        assert not isinstance(err.value, checkpoints.WeightsOfflineError)
 
 
 def test_download_fp16_file_url_validates_caches_and_casts(tmp_path, monkeypatch, tiny_states):
