@@ -13,7 +13,6 @@ import torch
 
 from skinlib.glide import checkpoints, configs, random_model
 from skinlib.glide.checkpoints import CheckpointInvalidError, CheckpointUnavailableError
-from _shared import needs_parity
 
 
 @pytest.fixture(autouse=True)
@@ -235,7 +234,6 @@ def test_local_folder_is_read_and_never_downloaded_into(tmp_path, monkeypatch, t
     assert all(torch.equal(state[k], v) for k, v in tiny_states["base-inpaint"].items())
 
 
-@needs_parity
 def test_pipeline_from_local_folder(tmp_path, monkeypatch, tiny_states):
     from skinlib.glide import GlideInpainter
 
