@@ -21,7 +21,7 @@ PKG = REPO / "skinlib"
 ALLOWED = {
     "io": set(),
     "errors": set(),
-    "training": {"errors"},            # what both training loops share (numerics record, loss scaler)
+    "training": {"io", "errors"},      # the core both training loops share (skinlib/training.py)
     "_moved": set(),                   # old flat import paths -> new ones (one release)
     "__init__": {"_moved"},            # skinlib/__init__.py installs the old paths
     "data": {"io", "errors"},
