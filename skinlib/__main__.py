@@ -5,7 +5,10 @@
 
 With no arguments it runs every stage on the SYNTHETIC demo dataset into a fresh folder
 ``runs/<timestamp>``. Executed notebooks go to ``<out>/notebooks/``, crops to ``<out>/crops/``,
-every later artefact below ``<out>``; ``<out>/summary.md`` and ``<out>/run.json`` say what ran.
+every later artefact below ``<out>``; ``<out>/summary.md`` and ``<out>/run.json`` say what ran:
+each stage ``ok``, ``failed`` (the error), ``skipped`` (a stage it needs failed) or ``not run``
+(only: OpenAI's GLIDE weights were asked for, are not in the cache and the machine is offline;
+the summary says how to supply them). The exit code is 1 unless every stage asked for is ``ok``.
 
 The params YAML maps parameter names to values for every notebook that declares them, and
 stage keys ("01" ... "05") to per-notebook overrides::
@@ -136,8 +139,8 @@ def run(args: argparse.Namespace) -> int:
         _run_stages(bar, nb_dir, out, args, params, status, results)
     finally:   # also on Ctrl-C: the summary says what ran
         write_summary(out, args, results)
-    failed = [r for r in results if r["status"] in {"failed", "skipped"}]
-    return 1 if failed else 0
+    # non-zero whenever a stage asked for did not produce its outputs ("not run" included)
+    return 1 if any(r["status"] != "ok" for r in results) else 0
 
 
 def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: dict[str, Any],
@@ -164,9 +167,9 @@ def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: 
                                            kernel_name=args.kernel)
                 record.update(status="ok")
             except PapermillExecutionError as e:
-                if e.ename == "CheckpointUnavailableError":
-                    record.update(status="not run", reason=f"GLIDE files unavailable: {e.evalue}",
-                                  how_to_fix=GLIDE_HELP)
+                if e.ename == "WeightsOfflineError":  # asked for OpenAI's weights, none cached, offline
+                    record.update(status="not run", reason=f"OpenAI's GLIDE weights unavailable offline: "
+                                                          f"{e.evalue}", how_to_fix=GLIDE_HELP)
                 else:
                     record.update(status="failed", reason=f"{e.ename}: {e.evalue}")
             except Exception as e:  # noqa: BLE001 - e.g. the kernel died (out of memory): record, go on

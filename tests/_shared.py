@@ -1,24 +1,19 @@
-"""Where the tests find ``../shared`` (read in place, never copied into the repository)."""
+"""Helpers the tests share: where the GLIDE parity fixtures are, a simulated interruption."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
+REPO = Path(__file__).resolve().parents[1]
+#: numeric fixtures made with the original GLIDE implementation (tiny random-weight models); a copy
+#: of ../shared/glide-parity without spec.md and vocab/ (see its README.md); MANIFEST.sha256 pins them
+PARITY = REPO / "tests" / "fixtures" / "glide-parity"
+#: the GPT-2 vocabulary of the fixtures is the one the package ships (MANIFEST.sha256 pins it there)
+PARITY_VOCAB = REPO / "skinlib" / "glide" / "vocab"
 
 
-def shared_dir() -> Path:
-    """``$SKINLIB_SHARED_DIR`` or the ``shared/`` folder beside the repository checkout."""
-    root = os.environ.get("SKINLIB_SHARED_DIR")
-    return Path(root) if root else Path(__file__).resolve().parents[1].parent / "shared"
-
-
-PARITY = shared_dir() / "glide-parity"
-needs_parity = pytest.mark.skipif(
-    not (PARITY / "spec.md").is_file(),
-    reason=f"GLIDE parity fixtures not found at {PARITY} (CI provides ../shared; "
-    "set SKINLIB_SHARED_DIR to the folder that holds glide-parity/)",
-)
+def parity_file(name: str) -> Path:
+    """The file of a MANIFEST.sha256 entry: ``vocab/*`` in the package, the rest in PARITY."""
+    return PARITY_VOCAB / name[len("vocab/"):] if name.startswith("vocab/") else PARITY / name
 
 
 def interrupted_on_call(func, n: int):

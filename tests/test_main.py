@@ -20,9 +20,9 @@ from skinlib.stages import STAGES, notebooks_dir, smoke_mode
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, cwd: Path, smoke_env: bool = True) -> subprocess.CompletedProcess:
+def run_cli(*args: str, cwd: Path, smoke_env: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
     """Run the main job; ``smoke_env=False`` removes SKINLIB_SMOKE (set for the test session)."""
-    env = dict(os.environ)
+    env = {**os.environ, **(env_extra or {})}
     if not smoke_env:
         env.pop("SKINLIB_SMOKE", None)
     return subprocess.run([sys.executable, "-m", "skinlib", "run", *args], cwd=cwd, env=env,
@@ -146,20 +146,47 @@ def test_stage_05_compares_every_generator(smoke_run):
     assert "Generator comparison" in (out / "summary.md").read_text()
 
 
-def test_glide_stage_without_weights_is_reported_not_run(smoke_run, tmp_path):
-    """No weights and no download: stage 04 is 'not run', the summary says how to get them, exit 0."""
-    out, _ = smoke_run
-    params = tmp_path / "p.yaml"
-    empty = tmp_path / "no_weights_here"
-    empty.mkdir()
-    params.write_text(
-        f'"04": {{weights: "{empty}", crops_dir: "{out / "crops"}", runs: 1, steps: 1, max_sources: 1}}\n')
-    r = run_cli("--only", "04", "--params", str(params), "--out", str(tmp_path / "o"), cwd=tmp_path,
-                smoke_env=False)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+@pytest.fixture(scope="module")
+def split_crops(tmp_path_factory):
+    from _toy_crops import make_crops
+    from skinlib.io import write_csv
+
+    folder = make_crops(tmp_path_factory.mktemp("main") / "crops", n=8)
+    rows = read_csv(folder / "manifest.csv")
+    write_csv(folder / "manifest.csv", [{**r, "split": "train"} for r in rows])
+    return folder
+
+
+def _run_04(tmp_path, crops, weights: str, **env_extra) -> tuple[subprocess.CompletedProcess, dict]:
+    params = tmp_path / "P.yaml"
+    params.write_text(f'"04": {{weights: "{weights}", crops_dir: "{crops}", cache_dir: "{tmp_path / "cache"}"}}\n')
+    r = run_cli("--smoke", "--only", "04", "--params", str(params), "--out", str(tmp_path / "o"), cwd=tmp_path,
+                env_extra=env_extra)
+    return r, json.loads((tmp_path / "o" / "run.json").read_text())["stages"][0]
+
+
+def test_mistyped_weights_folder_fails_stage_04_and_the_exit_code(split_crops, tmp_path):
+    """A weights folder that does not exist is an error (not 'not run'): non-zero exit, the folder named."""
+    typo = tmp_path / "glide_weigths"
+    r, stage = _run_04(tmp_path, split_crops, str(typo))
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert stage["status"] == "failed" and "how_to_fix" not in stage
+    assert f"weights folder {typo} does not exist" in stage["reason"]
+    assert f"| 04 | 04_glide_inpainting.ipynb | failed |" in (tmp_path / "o" / "summary.md").read_text()
+    assert str(typo) in r.stdout
+
+
+def test_official_weights_offline_are_not_run_with_the_fix_and_a_nonzero_exit(split_crops, tmp_path):
+    """The one 'not run' case: OpenAI's weights asked for, not in the cache, no connection (a proxy
+    that refuses stands in for being offline). The summary says how to supply them; exit code 1."""
+    r, stage = _run_04(tmp_path, split_crops, "official", https_proxy="http://127.0.0.1:9",
+                       HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    assert stage["status"] == "not run" and "unavailable offline" in stage["reason"], stage
     summary = (tmp_path / "o" / "summary.md").read_text()
     assert "| 04 | 04_glide_inpainting.ipynb | not run |" in summary
     assert "base_inpaint.pt" in summary and "upsample_inpaint.pt" in summary and "--smoke" in summary
+    assert str(tmp_path / "cache" / "base_inpaint.pt") in stage["reason"]
 
 
 def test_rerunning_some_stages_keeps_the_record_of_the_others(smoke_run):

@@ -10,9 +10,8 @@ developers install requirements.txt.) Test tools (pytest, nbval) are not runtime
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_TOOLS = {"pytest", "nbval"}
@@ -38,12 +37,29 @@ def _requirements_txt() -> dict[str, str]:
     return out
 
 
+def _toml_strings(text: str, table: str, key: str) -> list[str]:
+    """The string array ``key = [...]`` of ``[table]`` in a TOML text: enough TOML for pyproject's
+    dependency lists on every Python the package supports (tomllib is 3.11+; checked against it there)."""
+    m = re.search(rf"^\[{re.escape(table)}\][ \t]*$(.*?)(?=^\[|\Z)", text, re.M | re.S)
+    assert m, f"pyproject.toml has no [{table}] table"
+    k = re.search(rf'^{re.escape(key)}\s*=\s*\[((?:"(?:[^"\\]|\\.)*"|[^\]"])*)\]', m.group(1), re.M)
+    if not k:
+        return []
+    body = re.sub(r"(?m)(^|,)\s*#.*$", r"\1", k.group(1))  # comment lines, comments after an item
+    return [bytes(v, "utf-8").decode("unicode_escape") for v in re.findall(r'"((?:[^"\\]|\\.)*)"', body)]
+
+
 def _pyproject() -> tuple[dict[str, str], dict[str, str]]:
-    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python >= 3.11")
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    deps = dict(_parse(d) for d in project["dependencies"])
-    test = dict(_parse(d) for d in project.get("optional-dependencies", {}).get("test", []))
-    return deps, test
+    text = (REPO / "pyproject.toml").read_text()
+    deps = _toml_strings(text, "project", "dependencies")
+    test = _toml_strings(text, "project.optional-dependencies", "test")
+    if sys.version_info >= (3, 11):  # the small parser reads what tomllib reads
+        import tomllib
+
+        project = tomllib.loads(text)["project"]
+        assert deps == project["dependencies"]
+        assert test == project.get("optional-dependencies", {}).get("test", [])
+    return dict(_parse(d) for d in deps), dict(_parse(d) for d in test)
 
 
 def test_requirements_and_pyproject_agree():
@@ -75,3 +91,11 @@ def test_parser_normalises_names_and_specifiers():
     assert _parse("Torch_Fidelity >= 0.3") == ("torch-fidelity", ">=0.3")
     assert _parse("torchmetrics[image]>=1.2") == ("torchmetrics", ">=1.2")
     assert _parse("numpy") == ("numpy", "")
+
+
+def test_toml_parser_reads_string_arrays_with_comments():
+    text = ('[project]\nname = "x"\ndependencies = [\n  # runtime\n  "torch>=2.1", "numpy",  # maths\n'
+            '  "a[b]>=1",\n]\n\n[project.optional-dependencies]\n# tools\ntest = ["pytest>=7.4"]\n')
+    assert _toml_strings(text, "project", "dependencies") == ["torch>=2.1", "numpy", "a[b]>=1"]
+    assert _toml_strings(text, "project.optional-dependencies", "test") == ["pytest>=7.4"]
+    assert _toml_strings(text, "project.optional-dependencies", "docs") == []

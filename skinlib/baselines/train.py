@@ -1,7 +1,8 @@
 """One resumable training loop for the baseline generators (DCGAN, CVAE).
 
 The loop knows a model only through the interface in :mod:`skinlib.baselines.models` (phases, loss,
-sample_noise, generate). What it does, pytorch/examples-style:
+sample_noise, generate); its steps, loss log and resume run on :mod:`skinlib.training`, the core
+it shares with GLIDE's training, with the model's step passed in. What it does, pytorch/examples-style:
 
 - Adam per phase (lr, betas), optional x``lr_decay`` every ``lr_decay_every`` epochs (StepLR);
 - epoch ``e`` visits the crops in the order ``torch.randperm`` draws from a generator seeded
@@ -13,8 +14,10 @@ sample_noise, generate). What it does, pytorch/examples-style:
   end: model, optimisers, schedulers, AMP scaler, torch RNG states, step, configs. Only tensors
   and plain types, so it loads with ``torch.load(weights_only=True)``;
 - resumes from that checkpoint (``resume=True``); on CPU the resumed run equals the
-  uninterrupted one exactly. The architecture, the settings that shape the trajectory and the
-  crops must match the checkpoint, otherwise a :class:`CheckpointError` names the difference;
+  uninterrupted one exactly. The architecture, the settings that shape the trajectory, the
+  numerics (device type, autocast dtype, channels_last: :mod:`skinlib.training`) and the crops
+  (their content) must match the checkpoint, otherwise a :class:`CheckpointError` names the
+  difference; a checkpoint beyond the steps asked for is refused, not reused;
 - mixed precision on CUDA (bfloat16 where supported, else float16 with a GradScaler);
 - stops with :class:`NonFiniteLossError` (step, phase, fix) when a loss becomes NaN/inf.
 """
@@ -33,8 +36,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import crops_content_sha256
-from ..errors import CheckpointError, NonFiniteLossError
-from ..io import LOSSES, read_csv, read_losses, remove_files, save_json, save_torch, write_csv
+from ..errors import CheckpointError, NonFiniteLossError  # noqa: F401 (in __all__)
+from ..io import LOSSES, read_losses, remove_files, save_json, save_torch, write_csv
+from ..training import LossLog, numerics, resolve_device, restore_run, rng_state, run_steps
 from .models import build_model, check_image_size
 
 CHECKPOINT = "checkpoint.pt"
@@ -128,8 +132,13 @@ def _diff(saved: dict, now: dict, keys) -> List[str]:
             if saved.get(k) != now.get(k)]
 
 
+def _fresh_run(run_dir: Path) -> str:
+    return (f"or start a fresh run: use a new run_dir, pass resume=False or delete "
+            f"{Path(run_dir) / CHECKPOINT}")
+
+
 def _check_resume(state: dict, path: Path, model, cfg: dict, data_id: dict) -> None:
-    fresh = f"or start a fresh run: use a new run_dir, pass resume=False or delete {path}"
+    fresh = _fresh_run(path.parent)
     if state["model_name"] != model.name:
         raise CheckpointError(f"Checkpoint {path} holds a {state['model_name']} model, not a "
                               f"{model.name}: use that run's model, {fresh}.")
@@ -192,18 +201,20 @@ def _data_id(dataset) -> dict:
     rows, root = getattr(dataset, "rows", None), getattr(dataset, "root", None)
     if rows is not None and root is not None:   # a crops folder: identify the crops by content
         digest = crops_content_sha256(root, rows)[:16]
-    else:
-        digest = hashlib.sha256(str(len(dataset)).encode()).hexdigest()[:16]
+    else:   # any other dataset: identify it by what it yields (images, masks, labels)
+        h = hashlib.sha256()
+        for i in range(len(dataset)):
+            for part in dataset[i]:
+                if part is None:
+                    h.update(b"none")
+                    continue
+                t = torch.as_tensor(part).detach().cpu().contiguous()
+                h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+                h.update(t.numpy().tobytes())
+        digest = h.hexdigest()[:16]
     return {"n_images": len(dataset), "images_sha": digest,
             "classes": list(getattr(dataset, "classes", ["unknown"])),
             "split": getattr(dataset, "split", None) or "all"}   # side of the patient split trained on
-
-
-def _epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> List[List[int]]:
-    """The batches (index lists) of ``epoch``: a seeded permutation, whole batches only."""
-    g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
-    perm = torch.randperm(n, generator=g)
-    return [perm[i * batch_size:(i + 1) * batch_size].tolist() for i in range(n // batch_size)]
 
 
 def _cache(dataset, progress: bool):
@@ -219,12 +230,6 @@ def _cache(dataset, progress: bool):
 
 
 # ---- the loop ----------------------------------------------------------------------------------------
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _check_config(cfg: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "checkpoint_every", "grid_every", "log_every",
                 "lr_decay_every"):
@@ -279,7 +284,7 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
     data_id = _data_id(dataset)
     cfg_dict = dataclasses.asdict(cfg)
 
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True
@@ -296,6 +301,7 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
     amp_dtype = (torch.bfloat16 if amp and torch.cuda.get_device_capability(device)[0] >= 8
                  else torch.float16)
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    numerics_now = numerics(device, amp_dtype if amp else None, cfg.channels_last)
 
     per_epoch = n // cfg.batch_size
     total = cfg.epochs * per_epoch
@@ -316,16 +322,12 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
             raise CheckpointError(f"Checkpoint {ckpt_path} does not fit this {model.name}: "
                                   f"{str(exc)[:300]}. Use a new run_dir (or delete the "
                                   f"checkpoint) to start fresh.") from exc
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if cuda and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        step = int(state["step"])
-        if (run_dir / LOSSES).is_file():
-            rows = [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items()}
-                    for r in read_csv(run_dir / LOSSES)]
-            rows = [r for r in rows if r["step"] <= step]
+        step, rows = restore_run(
+            state, ckpt_path, stop=stop, numerics_now=numerics_now, saved_config=state["train_config"],
+            scaler=scaler, fresh=_fresh_run(run_dir), losses_csv=run_dir / LOSSES, cuda=cuda,
+            ask=f"epochs={cfg.epochs} x {per_epoch} steps/epoch"
+                f"{f', max_steps={cfg.max_steps}' if cfg.max_steps is not None else ''} now; "
+                f"epochs >= {-(-int(state['step']) // per_epoch)}, max_steps >= {int(state['step'])} or None")
     else:
         _clear_run(run_dir)
         torch.manual_seed(cfg.seed)
@@ -335,8 +337,8 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
                                         "train_config": cfg_dict, "data": data_id,
                                         "crops_dir": str(getattr(dataset, "root", ""))})
 
-    def save_checkpoint() -> None:
-        flush()  # raises before saving if a pending loss is not finite
+    def save_checkpoint(step: int) -> None:
+        losses.flush()  # raises before saving if a pending loss is not finite
         write_csv(run_dir / LOSSES, rows, _fieldnames(rows))
         save_torch(ckpt_path, {
             "format": FORMAT, "model_name": model.name, "model_config": model.config,
@@ -345,10 +347,8 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
             "model": model.state_dict(),
             "optimizers": {p: o.state_dict() for p, o in optimizers.items()},
             "schedulers": {p: s.state_dict() for p, s in schedulers.items()},
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if cuda else []},
-            "fixed_noise": fixed_noise,
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {}, "numerics": numerics_now,
+            "rng": rng_state(cuda), "fixed_noise": fixed_noise,
         })
 
     def save_epoch_grid(epoch: int) -> None:
@@ -359,86 +359,66 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
         save_grid(run_dir / GRIDS / f"epoch_{epoch:04d}.png", images.float().cpu(),
                   nrow=int(math.ceil(math.sqrt(cfg.grid_size))))
 
-    pending: List[tuple] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        names = list(pending[0][2])
-        values = torch.stack([torch.stack([t[k].float() for k in names]) for *_, t in pending])
-        values = values.cpu().tolist()
-        for (s, e, _), vals in zip(pending, values):
-            for k, v in zip(names, vals):
-                if not math.isfinite(v):
-                    pending.clear()
-                    raise NonFiniteLossError(
-                        f"{model.name}: {k} became {v} at step {s} (epoch {e}). Lower the "
-                        f"learning rate (lr={cfg.lr:g}, e.g. lr={cfg.lr / 4:g})"
-                        f"{', or set amp=False' if amp else ''}, and start a fresh run (a new run_dir, "
-                        f"or resume=False); the last good checkpoint stays at {ckpt_path}.")
-            rows.append({"step": s, "epoch": e, "lr": lr_now, **dict(zip(names, vals))})
-        pending.clear()
-        bar.set_postfix({k: f"{v:.3g}" for k, v in list(rows[-1].items())[3:]}, refresh=False)
+    def end_of_epoch(epoch: int, step: int) -> None:
+        for s in schedulers.values():
+            s.step()
+        if epoch % cfg.grid_every == 0 or step == total:
+            save_epoch_grid(epoch)
 
     if cfg.cache_images:
         cached_images, cached_labels = _cache(dataset, cfg.progress)
         if cuda and cached_images.nbytes < 0.25 * torch.cuda.mem_get_info(device)[0]:
             cached_images, cached_labels = cached_images.to(device), cached_labels.to(device)
+
+    def source(epoch: int, batches: List[List[int]]):
+        if cfg.cache_images:
+            return ((cached_images[b], cached_labels[b])
+                    for b in (torch.tensor(i, device=cached_images.device) for i in batches))
+        # its own generator, so that iterating does not consume the global RNG
+        loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
+                            pin_memory=cuda, generator=torch.Generator().manual_seed(0))
+        return ((item[0], item[2]) for item in loader)
+
+    def train_step(batch, step: int, epoch: int):
+        """One step of every phase (the model's loss), with AMP and the loss scaler."""
+        images, labels = batch
+        if images.dtype == torch.uint8:
+            images = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
+        else:
+            images = images.to(device, non_blocking=True)
+        if cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(device, non_blocking=True)
+        lr = optimizers[next(iter(optimizers))].param_groups[0]["lr"]
+        cache: dict = {}
+        terms: Dict[str, torch.Tensor] = {}
+        for phase, opt in optimizers.items():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                loss, logs = model.loss(phase, images, labels, cache)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            terms.update(logs)
+        scaler.update()
+        return terms, lr
+
     bar = tqdm(total=stop, initial=step, desc=f"{model.name} {image_size}px", unit="step",
                disable=not cfg.progress)
-    t0, done = time.perf_counter(), 0
+    losses = LossLog(rows, lambda k, v, s, e: (
+        f"{model.name}: {k} became {v} at step {s} (epoch {e}). Lower the learning rate (lr={cfg.lr:g}, "
+        f"e.g. lr={cfg.lr / 4:g}){', or set amp=False' if amp else ''}, and start a fresh run (a new "
+        f"run_dir, or resume=False); the last good checkpoint stays at {ckpt_path}."), bar)
+    t0 = time.perf_counter()
     try:
-        while step < stop:
-            epoch, first = divmod(step, per_epoch)
-            batches = _epoch_batches(n, cfg.batch_size, cfg.seed, epoch)[first:]
-            if cfg.cache_images:
-                source = ((cached_images[b], cached_labels[b])
-                          for b in (torch.tensor(i, device=cached_images.device) for i in batches))
-            else:
-                # its own generator, so that iterating does not consume the global RNG
-                loader = DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers,
-                                    pin_memory=cuda, generator=torch.Generator().manual_seed(0))
-                source = ((item[0], item[2]) for item in loader)
-            lr_now = optimizers[next(iter(optimizers))].param_groups[0]["lr"]
-            for images, labels in source:
-                if images.dtype == torch.uint8:
-                    images = images.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-                else:
-                    images = images.to(device, non_blocking=True)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                labels = labels.to(device, non_blocking=True)
-                cache: dict = {}
-                terms: Dict[str, torch.Tensor] = {}
-                for phase, opt in optimizers.items():
-                    opt.zero_grad(set_to_none=True)
-                    with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-                        loss, logs = model.loss(phase, images, labels, cache)
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    terms.update(logs)
-                scaler.update()
-                step += 1
-                done += 1
-                bar.update(1)
-                pending.append((step, epoch + 1, terms))
-                end_of_epoch = step % per_epoch == 0
-                if len(pending) >= cfg.log_every or end_of_epoch or step == stop:
-                    flush()
-                if end_of_epoch:
-                    for s in schedulers.values():
-                        s.step()
-                    if (epoch + 1) % cfg.grid_every == 0 or step == total:
-                        save_epoch_grid(epoch + 1)
-                if step % cfg.checkpoint_every == 0 or step == stop:
-                    save_checkpoint()
-                if step >= stop:
-                    break
+        step, done = run_steps(step, stop, n=n, batch_size=cfg.batch_size, seed=cfg.seed, source=source,
+                               train_step=train_step, losses=losses, log_every=cfg.log_every,
+                               checkpoint_every=cfg.checkpoint_every, save_checkpoint=save_checkpoint,
+                               end_of_epoch=end_of_epoch, bar=bar)
     finally:
         bar.close()
     elapsed = time.perf_counter() - t0
     if not ckpt_path.exists():  # e.g. max_steps=0 or nothing left to do on a fresh folder
-        save_checkpoint()
+        save_checkpoint(step)
     return TrainResult(run_dir=run_dir, checkpoint=ckpt_path, step=step,
                        epoch=step // per_epoch, total_steps=total, resumed_from=resumed_from,
                        losses=rows,

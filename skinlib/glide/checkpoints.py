@@ -8,6 +8,11 @@ a progress bar into a ``.part`` file, validated (readable with ``torch.load(weig
 exact key set and shapes), and only then renamed into place, so a truncated or wrong
 download is never used and never left under the final name. Offline with no cached file:
 :class:`CheckpointUnavailableError` says which file to put where.
+
+The first time a file of the cache folder is used (downloaded or found there), its sha256 is
+recorded in ``pinned_sha256.json`` beside it; later a file with another sha256 (or a download that
+differs from the pinned one) is refused with :class:`CheckpointInvalidError`. Deleting that record
+(or its entry) accepts a file replaced on purpose.
 """
 from __future__ import annotations
 
@@ -31,11 +36,18 @@ from .unet import GlideUNet, build_model
 log = logging.getLogger(__name__)
 
 ENV_CACHE = "SKINLIB_GLIDE_CACHE"
+PINS_FILE = "pinned_sha256.json"
+PINS_FORMAT = "skinlib-glide-pins-v1"
 
 
 class CheckpointUnavailableError(RuntimeError):
     """Weights are neither cached nor downloadable (offline). The message names the file(s),
     the URL(s) and the exact folder to put them in (and how to change that folder)."""
+
+
+class WeightsOfflineError(CheckpointUnavailableError):
+    """OpenAI's weights are not in the cache folder and the machine cannot reach the download
+    server (offline): the one case the main job reports as "not run" (with how to supply them)."""
 
 
 class CheckpointInvalidError(ValueError):
@@ -74,7 +86,8 @@ def download_file(url: str, dest, *, expected_sha256: Optional[str] = None, what
     (and ``expected_sha256``), run ``validate(part_path)``, then rename. On any failure the
     part file is deleted and ``dest`` is untouched. Returns (dest, sha256, validate result).
 
-    Network failure -> :class:`CheckpointUnavailableError`; bad content ->
+    No connection -> :class:`WeightsOfflineError`; an HTTP error or a download that breaks
+    off -> :class:`CheckpointUnavailableError`; bad content ->
     :class:`CheckpointInvalidError` (or whatever ``validate`` raises)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -106,8 +119,13 @@ def _stream_to(f, url: str, dest: Path, what: str, progress: bool) -> str:
 
     try:
         response = _urlopen(url)
-    except (urllib.error.URLError, OSError, ValueError) as e:
+    except (urllib.error.HTTPError, ValueError) as e:  # the server answered with an error / a bad URL
         raise CheckpointUnavailableError(
+            f"could not download {what} {dest.name} from {url} ({e}). Download it yourself "
+            f"and put it at {dest} (folder set by cache_dir=... or ${ENV_CACHE})."
+        ) from e
+    except (urllib.error.URLError, OSError) as e:  # no connection: offline
+        raise WeightsOfflineError(
             f"could not download {what} {dest.name} from {url} ({e}). Download it yourself "
             f"and put it at {dest} (folder set by cache_dir=... or ${ENV_CACHE})."
         ) from e
@@ -166,6 +184,53 @@ def file_sha256(path, remember: bool = True) -> str:
     if remember:
         _write_sha_sidecar(path, digest)
     return digest
+
+
+# ----------------------------------------------------------------------------- pins
+def read_pins(cache: Path) -> dict[str, str]:
+    """File name -> sha256 recorded in ``cache/pinned_sha256.json`` ({} when absent)."""
+    path = Path(cache) / PINS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = skio.load_json(path)
+        files = meta["files"] if meta.get("format") == PINS_FORMAT else None
+    except (ValueError, OSError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointInvalidError(f"{path} is not a readable record of pinned checkpoint hashes ({e}): "
+                                     f"delete it (the files are pinned again when next used)") from e
+    if not isinstance(files, dict):
+        raise CheckpointInvalidError(f"{path} is not a record of pinned checkpoint hashes ({PINS_FORMAT!r}): "
+                                     f"delete it (the files are pinned again when next used)")
+    return {str(k): str(v) for k, v in files.items()}
+
+
+def check_pin(path: Path, digest: str, url: str) -> None:
+    """Refuse ``path`` (a file of the cache folder) when its sha256 ``digest`` differs from the one
+    pinned when it was first used."""
+    path = Path(path)
+    pinned = read_pins(path.parent).get(path.name)
+    if pinned is not None and pinned != digest:
+        record = path.parent / PINS_FILE
+        raise CheckpointInvalidError(
+            f"{path} has sha256 {digest}, but {pinned} was recorded when it was first used ({record}): the "
+            f"file was changed or replaced since. If you replaced it on purpose, delete {record} (or its "
+            f"{path.name!r} entry) and run again; otherwise delete {path} and run again to download it "
+            f"from {url}.")
+
+
+def pin(path: Path, digest: str) -> None:
+    """Record ``digest`` as the sha256 of ``path`` (a validated file of the cache folder) unless
+    it has an entry already."""
+    path = Path(path)
+    pins = read_pins(path.parent)
+    if path.name in pins:
+        return
+    pins[path.name] = digest
+    record = path.parent / PINS_FILE
+    try:
+        skio.save_json(record, {"format": PINS_FORMAT, "files": pins})
+    except OSError as e:
+        log.warning("could not record the sha256 of %s in %s (%s): it is not pinned", path, record, e)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -248,15 +313,31 @@ def fetch_state_dict(name: str, *, folder=None, cache_dir=None, download: bool =
                     f"download {info.url} and put it at {path} (folder set by cache_dir=... or ${ENV_CACHE})"
                 )
             log.info("downloading %s from %s to %s", info.file, info.url, path)
-            _, digest, state = download_file(
-                info.url, path, what=f"GLIDE checkpoint {info.name}", progress=progress,
-                validate=lambda p: read_state_dict(
-                    p, info.options, f"The download from {info.url} was not saved; run again."
-                ),
-            )
+            pinned = read_pins(path.parent).get(info.file)
+            try:
+                _, digest, state = download_file(
+                    info.url, path, what=f"GLIDE checkpoint {info.name}", progress=progress,
+                    expected_sha256=pinned,
+                    validate=lambda p: read_state_dict(
+                        p, info.options, f"The download from {info.url} was not saved; run again."
+                    ),
+                )
+            except CheckpointInvalidError as e:
+                if pinned is None or "expected" not in str(e):
+                    raise
+                raise CheckpointInvalidError(
+                    f"{e}: {pinned} is the sha256 recorded when {info.file} was first used "
+                    f"({path.parent / PINS_FILE}). If the file at {info.url} changed and you accept it, delete "
+                    f"that record (or its {info.file!r} entry) and run again.") from e
+            pin(path, digest)
             return state, _info(info, path, digest)
+    digest = file_sha256(path, remember=folder is None)
+    if folder is None:  # our cache folder: pinned (a user's folder gets no files of ours)
+        check_pin(path, digest, info.url)
     state = read_state_dict(path, info.options, fix)
-    return state, _info(info, path, file_sha256(path, remember=folder is None))
+    if folder is None:
+        pin(path, digest)
+    return state, _info(info, path, digest)
 
 
 def _info(info: CheckpointInfo, path: Path, digest: str) -> dict[str, Any]:

@@ -32,9 +32,13 @@ released checkpoints' state-dict format (``base_inpaint.pt`` / ``upsample_inpain
 same keys) plus ``glide_options.json`` (options and provenance of each model: init, steps,
 data hash, split). Training state lives in ``out_dir/train_<kind>/``: ``checkpoint.pt``
 (atomic, every ``checkpoint_every`` steps and at the end; resuming reproduces an
-uninterrupted run exactly on CPU), ``losses.csv``, ``losses.png`` and one sample-inpainting
-figure per epoch in ``samples/``. AMP on CUDA (bfloat16, or float16 with a loss scaler), a
-NaN/inf loss stops with :class:`skinlib.train.NonFiniteLossError`, one tqdm bar with ETA.
+uninterrupted run exactly on CPU, also from inside an epoch; a resume with other settings, crops
+or numerics — device type, autocast dtype: :mod:`skinlib.training` — is refused, the AMP loss
+scaler's state restored), ``losses.csv``, ``losses.png`` and one sample-inpainting
+figure per epoch in ``samples/``. The step loop, loss log and resume are :mod:`skinlib.training`'s,
+shared with the baselines' training (:func:`_train_step` is GLIDE's step). AMP on CUDA (bfloat16,
+or float16 with a loss scaler), a NaN/inf loss stops with :class:`skinlib.errors.NonFiniteLossError`,
+one tqdm bar with ETA.
 """
 from __future__ import annotations
 
@@ -54,7 +58,8 @@ import torch.nn.functional as F
 
 from .. import io as skio
 from ..data.dataset import crops_content_sha256, list_crop_rows, load_crop
-from ..errors import CheckpointError, NonFiniteLossError
+from ..errors import CheckpointError
+from ..training import LossLog, numerics, resolve_device, restore_run, rng_state, run_steps
 from . import checkpoints, configs
 from .checkpoints import OPTIONS_FILE, SMALL_LABEL, WEIGHTS_FORMAT, read_weights_json
 from .diffusion import GaussianDiffusion, PerItemNoise
@@ -312,12 +317,6 @@ def sample_figure(model: GlideUNet, kind: str, tokenizer, images: torch.Tensor, 
 
 
 # ----------------------------------------------------------------------------- training loop
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def _check_config(cfg: FinetuneConfig) -> None:
     for key in ("epochs", "batch_size", "checkpoint_every", "log_every", "n_samples"):
         v = getattr(cfg, key)
@@ -375,7 +374,7 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     data_id = {"n_images": n, "data_sha256": crops_content_sha256(crops_dir, rows),
                "trained_on_split": cfg.split or "all"}
     cfg_dict = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     cuda = device.type == "cuda"
     ckpt_path = run_dir / CHECKPOINT
     state = None
@@ -397,6 +396,7 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     amp = cfg.amp and cuda
     amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    numerics_now = numerics(device, amp_dtype if amp else None)
     loss_fn = HybridLoss(options["noise_schedule"], int(options["diffusion_steps"]))
     tokenizer = load_tokenizer()
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -413,22 +413,10 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         except (RuntimeError, KeyError, ValueError) as exc:
             raise CheckpointError(f"{ckpt_path} does not fit the {cfg.model} {kind} model: {str(exc)[:300]}. "
                                   f"Delete it (or use another out_dir) to start afresh.") from exc
-        if state["scaler"] and scaler.is_enabled():
-            scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        gen.set_state(state["rng"]["train"])
-        if cuda and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        step = int(state["step"])
-        if step > stop:
-            raise CheckpointError(
-                f"{ckpt_path} is at step {step}, beyond the {stop} steps asked for: using it would give "
-                f"a model trained longer than its settings say. Ask for at least {step} steps "
-                f"(max_steps / small_steps / small_upsample_steps), or delete {run_dir} to train afresh.")
-        if (run_dir / LOSSES).is_file():
-            rows_log = [{k: (int(v) if k in ("step", "epoch") else float(v)) for k, v in r.items()}
-                        for r in skio.read_csv(run_dir / LOSSES)]
-            rows_log = [r for r in rows_log if r["step"] <= step]
+        step, rows_log = restore_run(
+            state, ckpt_path, stop=stop, numerics_now=numerics_now, saved_config=state["config"], scaler=scaler,
+            fresh=f"or delete {run_dir} to train afresh", losses_csv=run_dir / LOSSES, cuda=cuda, generator=gen,
+            ask="max_steps / small_steps / small_upsample_steps")
     else:
         torch.manual_seed(cfg.seed)
     resumed_from = step
@@ -447,18 +435,17 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     log(f"GLIDE {kind}: {label}; {n} crops (split {cfg.split or 'all'}), {per_epoch} steps/epoch, "
         f"{stop} steps{f', resuming at {step}' if step else ''}, device {device}")
 
-    def save_checkpoint() -> None:
-        flush()
+    def save_checkpoint(step: int) -> None:
+        losses.flush()
         skio.write_csv(run_dir / LOSSES, rows_log, ["step", "epoch", "lr", "loss", "mse", "vlb"])
         skio.save_torch(ckpt_path, {
             "format": FORMAT, "kind": kind, "options": options, "config": cfg_dict, "data": data_id,
             "init_info": init_info, "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "rng": {"torch": torch.get_rng_state(), "train": gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+            "numerics": numerics_now, "rng": rng_state(cuda, gen),
         })
 
-    def epoch_outputs(epoch: int, force: bool = False) -> None:
+    def epoch_outputs(epoch: int, step: int, force: bool = False) -> None:
         from ..viz import plot_losses
         import matplotlib.pyplot as plt
 
@@ -478,60 +465,34 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
             fig.savefig(run_dir / "losses.png", dpi=80)
             plt.close(fig)
 
-    pending: list = []
     figures_at: list = []
 
-    def flush() -> None:
-        if not pending:
-            return
-        values = torch.stack([torch.stack([t[k].detach().float() for k in ("loss", "mse", "vlb")])
-                              for *_, t in pending]).cpu().tolist()
-        for (s, e, lr, _), vals in zip(pending, values):
-            for k, v in zip(("loss", "mse", "vlb"), vals):
-                if not math.isfinite(v):
-                    pending.clear()
-                    raise NonFiniteLossError(
-                        f"GLIDE {kind}: {k} became {v} at step {s} (epoch {e}). Lower the learning rate "
-                        f"(lr={cfg.lr:g}, e.g. lr={cfg.lr / 4:g}){', or set amp=False' if amp else ''} and "
-                        f"start afresh (another out_dir, or resume=False); the last good checkpoint stays "
-                        f"at {ckpt_path}.")
-            rows_log.append({"step": s, "epoch": e, "lr": lr, "loss": vals[0], "mse": vals[1], "vlb": vals[2]})
-        pending.clear()
-        bar.set_postfix(loss=f"{rows_log[-1]['loss']:.4g}", refresh=False)
+    def train_step(idx: List[int], step: int, epoch: int):
+        idx = torch.tensor(idx)
+        terms = _train_step(model, ema, opt, scaler, loss_fn, tokenizer, gen, cfg, step, images[idx],
+                            None if low_res is None else low_res[idx], [diseases[i] for i in idx.tolist()],
+                            grid, patch, ratio, device, amp, amp_dtype)
+        return {k: terms[k] for k in ("loss", "mse", "vlb")}, cfg.lr
 
     bar = tqdm(total=stop, initial=step, desc=f"GLIDE {kind} ({cfg.model})", unit="step",
                disable=not cfg.progress, dynamic_ncols=True)
-    t0, done = time.perf_counter(), 0
+    losses = LossLog(rows_log, lambda k, v, s, e: (
+        f"GLIDE {kind}: {k} became {v} at step {s} (epoch {e}). Lower the learning rate (lr={cfg.lr:g}, e.g. "
+        f"lr={cfg.lr / 4:g}){', or set amp=False' if amp else ''} and start afresh (another out_dir, or "
+        f"resume=False); the last good checkpoint stays at {ckpt_path}."), bar, shown=["loss"])
+    t0 = time.perf_counter()
     try:
-        while step < stop:
-            epoch, first = divmod(step, per_epoch)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch))
-            for b in range(first, per_epoch):
-                idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                loss_terms = _train_step(model, ema, opt, scaler, loss_fn, tokenizer, gen, cfg, step,
-                                         images[idx], None if low_res is None else low_res[idx],
-                                         [diseases[i] for i in idx.tolist()], grid, patch, ratio,
-                                         device, amp, amp_dtype)
-                step += 1
-                done += 1
-                bar.update(1)
-                pending.append((step, epoch + 1, cfg.lr, loss_terms))
-                end_of_epoch = step % per_epoch == 0
-                if len(pending) >= cfg.log_every or end_of_epoch or step == stop:
-                    flush()
-                if step % cfg.checkpoint_every == 0 or step == stop:
-                    save_checkpoint()
-                if end_of_epoch:
-                    epoch_outputs(epoch + 1)
-                if step >= stop:
-                    break
+        step, done = run_steps(step, stop, n=n, batch_size=cfg.batch_size, seed=cfg.seed,
+                               source=lambda epoch, batches: batches, train_step=train_step, losses=losses,
+                               log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+                               save_checkpoint=save_checkpoint, end_of_epoch=epoch_outputs, bar=bar)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
     if not ckpt_path.exists():
-        save_checkpoint()
+        save_checkpoint(step)
     if done and (not figures_at or figures_at[-1] != step):  # figures of the final state
-        epoch_outputs(-(-step // per_epoch), force=True)
+        epoch_outputs(-(-step // per_epoch), step, force=True)
     entry = {"options": options, "config": cfg.model, "init": init_info["init"], "init_info": init_info,
              "steps": step, "epochs": step / per_epoch, "batch_size": cfg.batch_size, "lr": cfg.lr,
              "ema_rate": cfg.ema_rate, "prompt": cfg.prompt, "p_uncond": cfg.p_uncond,
@@ -718,6 +679,11 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
         return weights
     if weights not in ("auto", "official", "small"):
         folder = Path(weights)
+        if not folder.is_dir():
+            raise checkpoints.CheckpointUnavailableError(
+                f"weights folder {folder} does not exist (mistyped?): pass a folder holding OpenAI's "
+                f"base_inpaint.pt + upsample_inpaint.pt or one written by skinlib.glide.finetune, or "
+                f'weights="auto" / "official" / "small"')
         if (folder / checkpoints.OPTIONS_FILE).is_file():
             return str(folder)
         if not official_weights_present(folder):

@@ -108,6 +108,19 @@ def test_checkpoint_is_weights_only_and_finished_run_is_not_retrained(crops, tmp
     assert not model.training and model.checkpoint_step == 6
 
 
+def test_checkpoint_beyond_the_steps_asked_for_is_refused(crops, tmp_path):
+    """Train 2 epochs, ask for 1: not the 2-epoch model under a 1-epoch config.json."""
+    run = tmp_path / "run"
+    train(tiny_gan(), crops, run, GAN_CFG, epochs=2)
+    config = (run / "config.json").read_bytes()
+    with pytest.raises(CheckpointError, match=r"at step 6, beyond the 3 steps asked for.*epochs >= 2"):
+        train(tiny_gan(), crops, run, GAN_CFG, epochs=1)
+    with pytest.raises(CheckpointError, match=r"at step 6, beyond the 5 steps.*max_steps=5"):
+        train(tiny_gan(), crops, run, GAN_CFG, epochs=2, max_steps=5)
+    assert (run / "config.json").read_bytes() == config
+    assert load_checkpoint(run / "checkpoint.pt")["step"] == 6
+
+
 def test_resume_mismatches_are_clear_errors(crops, tmp_path):
     run = tmp_path / "run"
     train(tiny_gan(), crops, run, GAN_CFG, epochs=1)
@@ -126,6 +139,76 @@ def test_resume_mismatches_are_clear_errors(crops, tmp_path):
     assert fresh.resumed_from == 0
     assert sorted(p.name for p in (run / "grids").iterdir()) == ["epoch_0001.png"]
     assert load_checkpoint(run / "checkpoint.pt")["model_config"]["generator_channels"] == 8
+
+
+def test_resume_with_other_numerics_is_refused_naming_the_setting(crops, tmp_path):
+    """channels_last, the device and the autocast dtype change the bytes a step computes: a resume
+    that changes them is refused, naming them; amp on a CPU (ignored there) changes nothing."""
+    run = tmp_path / "run"
+    train(tiny_gan(), crops, run, GAN_CFG, epochs=1)
+    with pytest.raises(CheckpointError, match=r"other numerics \(channels_last: checkpoint True, now False\)"):
+        train(tiny_gan(), crops, run, GAN_CFG, epochs=2, channels_last=False)
+    assert train(tiny_gan(), crops, run, GAN_CFG, epochs=2, amp=False).resumed_from == 3
+    # a checkpoint from a GPU with float16 AMP (a loss-scaler state): not resumed on this CPU
+    state = load_checkpoint(run / "checkpoint.pt")
+    assert state["numerics"] == {"device": "cpu", "amp": None, "channels_last": True}
+    state["numerics"] = {"device": "cuda", "amp": "float16", "channels_last": True}
+    state["scaler"] = torch.amp.GradScaler("cpu").state_dict()
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"device: checkpoint 'cuda', now 'cpu'; amp: checkpoint "
+                                              r"'float16', now None"):
+        train(tiny_gan(), crops, run, GAN_CFG, epochs=3)
+    # written before the record existed: derived from the CUDA RNG states and the scaler state
+    del state["numerics"]
+    state["train_config"]["amp"] = True
+    state["rng"]["cuda"] = [torch.zeros(16, dtype=torch.uint8)]
+    torch.save(state, run / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match=r"device: checkpoint 'cuda', now 'cpu'; amp: checkpoint 'float16'"):
+        train(tiny_gan(), crops, run, GAN_CFG, epochs=3)
+
+
+def test_loss_scaler_state_is_restored_not_dropped(crops, tmp_path, monkeypatch):
+    """A run with a loss scaler (float16 AMP on a GPU; here a CPU scaler stands in) resumes with
+    the scaler's state: interrupted + resumed equals uninterrupted, scaler included; resuming it
+    without a scaler is refused."""
+    real = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: real("cpu", growth_interval=3))
+    full = train(tiny_gan(), crops, tmp_path / "full", GAN_CFG)
+    model = tiny_gan()
+    _interrupt_at(model, 2 * 6)  # dies in step 6; last checkpoint at step 4
+    with pytest.raises(KeyboardInterrupt):
+        train(model, crops, tmp_path / "cut", GAN_CFG)
+    resumed = train(tiny_gan(), crops, tmp_path / "cut", GAN_CFG)
+    assert resumed.resumed_from == 4 and resumed.step == 9
+    a, b = load_checkpoint(full.checkpoint), load_checkpoint(resumed.checkpoint)
+    assert a["scaler"]["scale"] == 2.0 ** 19 and a["scaler"] == b["scaler"]  # grew every 3 steps
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    monkeypatch.setattr(torch.amp, "GradScaler", real)
+    with pytest.raises(CheckpointError, match="holds loss-scaler .* this run uses no loss scaler"):
+        train(tiny_gan(), crops, tmp_path / "cut", GAN_CFG, epochs=4)
+
+
+class _Tensors(torch.utils.data.Dataset):
+    """A dataset that is no crops folder: (image, mask, label) tensors."""
+
+    def __init__(self, images):
+        self.images, self.classes, self.image_size = images, ["measles", "rubella"], 64
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], torch.ones(1, 64, 64), i % 2
+
+
+def test_other_dataset_content_of_the_same_length_is_refused(tmp_path):
+    images = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    train(tiny_gan(), _Tensors(images), tmp_path / "run", GAN_CFG, epochs=1)
+    changed = images.clone()
+    changed[3, 0, 5, 5] = -changed[3, 0, 5, 5]
+    with pytest.raises(CheckpointError, match="other crops.*images_sha"):
+        train(tiny_gan(), _Tensors(changed), tmp_path / "run", GAN_CFG, epochs=2)
+    assert train(tiny_gan(), _Tensors(images.clone()), tmp_path / "run", GAN_CFG, epochs=2).resumed_from == 2
 
 
 def test_truncated_checkpoint_is_a_clear_error(crops, tmp_path):

@@ -13,7 +13,6 @@ import torch
 
 from skinlib.glide import checkpoints, configs, random_model
 from skinlib.glide.checkpoints import CheckpointInvalidError, CheckpointUnavailableError
-from _shared import needs_parity
 
 
 @pytest.fixture(autouse=True)
@@ -88,8 +87,26 @@ def test_offline_without_cache_names_file_url_and_folder(tmp_path, monkeypatch):
     assert "base_inpaint.pt" in msg and info.url in msg and str(tmp_path / "base_inpaint.pt") in msg
     assert checkpoints.ENV_CACHE in msg
     assert list(tmp_path.iterdir()) == []
+    assert isinstance(err.value, checkpoints.WeightsOfflineError)  # the main job's one "not run" case
     with pytest.raises(CheckpointUnavailableError, match="downloading is off"):
         checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path, download=False)
+
+
+def test_an_http_error_or_a_broken_download_is_not_offline(tmp_path, monkeypatch, tiny_states):
+    """Only "no connection" is offline; a server error or a download that broke off is a failure."""
+    import urllib.error
+
+    info = configs.CHECKPOINTS["base-inpaint"]
+
+    def not_found():
+        raise urllib.error.HTTPError(info.url, 404, "Not Found", {}, None)
+
+    data = _bytes(tiny_states["base-inpaint"])
+    for response, match in ((not_found, "404"), (lambda: FakeResponse(data, fail_after=1 << 10), "broke off")):
+        _serve(monkeypatch, {info.url: response})
+        with pytest.raises(CheckpointUnavailableError, match=match) as err:
+            checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path, progress=False)
+        assert not isinstance(err.value, checkpoints.WeightsOfflineError)
 
 
 def test_download_fp16_file_url_validates_caches_and_casts(tmp_path, monkeypatch, tiny_states):
@@ -101,7 +118,8 @@ def test_download_fp16_file_url_validates_caches_and_casts(tmp_path, monkeypatch
     monkeypatch.setattr(configs, "CHECKPOINT_BASE_URL", served.as_uri() + "/")
     cache = tmp_path / "cache"
     model, info = checkpoints.load_model("base-inpaint", cache_dir=cache, progress=False)
-    assert sorted(p.name for p in cache.iterdir()) == ["base_inpaint.pt", "base_inpaint.pt.sha256.json"]
+    assert sorted(p.name for p in cache.iterdir()) == ["base_inpaint.pt", "base_inpaint.pt.sha256.json",
+                                                        checkpoints.PINS_FILE]
     assert info["sha256"] == checkpoints.file_sha256(served / "base_inpaint.pt")
     assert info["url"].startswith("file://") and info["path"] == str(cache / "base_inpaint.pt")
     for k, v in model.state_dict().items():
@@ -216,7 +234,6 @@ def test_local_folder_is_read_and_never_downloaded_into(tmp_path, monkeypatch, t
     assert all(torch.equal(state[k], v) for k, v in tiny_states["base-inpaint"].items())
 
 
-@needs_parity
 def test_pipeline_from_local_folder(tmp_path, monkeypatch, tiny_states):
     from skinlib.glide import GlideInpainter
 
@@ -242,3 +259,48 @@ def test_user_folder_gets_no_sidecar_files(tmp_path, monkeypatch, tiny_states):
     _, info = checkpoints.fetch_state_dict("base-inpaint", folder=tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["base_inpaint.pt"]
     assert len(info["sha256"]) == 64
+
+
+def test_cached_files_are_pinned_at_first_use_and_a_changed_file_is_refused(tmp_path, monkeypatch, tiny_states):
+    calls = _offline(monkeypatch)
+    path, record = tmp_path / "base_inpaint.pt", tmp_path / checkpoints.PINS_FILE
+    path.write_bytes(b"truncated")  # not pinned while it fails validation
+    with pytest.raises(CheckpointInvalidError, match="not a readable"):
+        checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path)
+    assert not record.exists()
+    torch.save(tiny_states["base-inpaint"], path)
+    _, info = checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path)
+    assert checkpoints.read_pins(tmp_path) == {"base_inpaint.pt": info["sha256"]}
+    assert checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path)[1]["sha256"] == info["sha256"]
+
+    # another valid model of the same architecture (same keys, shapes and size) put in its place
+    other = random_model(configs.FIXTURE_TINY_BASE, 7).state_dict()
+    torch.save(other, path)
+    with pytest.raises(CheckpointInvalidError) as err:
+        checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path)
+    msg = str(err.value)
+    assert str(path) in msg and info["sha256"] in msg and "changed or replaced" in msg
+    assert f"on purpose, delete {record}" in msg and configs.CHECKPOINTS["base-inpaint"].url in msg
+    # replaced on purpose: the user deletes the record; the new file is used and pinned
+    record.unlink()
+    state, info2 = checkpoints.fetch_state_dict("base-inpaint", cache_dir=tmp_path)
+    assert info2["sha256"] != info["sha256"] and torch.equal(state["out.2.weight"], other["out.2.weight"])
+    assert checkpoints.read_pins(tmp_path) == {"base_inpaint.pt": info2["sha256"]}
+    assert calls == []
+
+
+def test_a_download_that_differs_from_the_pinned_file_is_not_saved(tmp_path, monkeypatch, tiny_states):
+    info = configs.CHECKPOINTS["upsample-inpaint"]
+    first = _bytes(tiny_states["upsample-inpaint"])
+    served = {info.url: lambda: FakeResponse(first)}
+    _serve(monkeypatch, served)
+    _, meta = checkpoints.fetch_state_dict("upsample-inpaint", cache_dir=tmp_path, progress=False)
+    assert checkpoints.read_pins(tmp_path) == {"upsample_inpaint.pt": meta["sha256"]}
+    (tmp_path / "upsample_inpaint.pt").unlink()
+    changed = _bytes(random_model(configs.FIXTURE_TINY_UPSAMPLE, 9).state_dict())
+    served[info.url] = lambda: FakeResponse(changed)
+    with pytest.raises(CheckpointInvalidError, match=r"nothing was saved.*recorded when upsample_inpaint.pt was first"):
+        checkpoints.fetch_state_dict("upsample-inpaint", cache_dir=tmp_path, progress=False)
+    assert not (tmp_path / "upsample_inpaint.pt").exists()
+    served[info.url] = lambda: FakeResponse(first)  # the same file again: accepted
+    assert checkpoints.fetch_state_dict("upsample-inpaint", cache_dir=tmp_path, progress=False)[1]["sha256"] == meta["sha256"]

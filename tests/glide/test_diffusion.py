@@ -10,7 +10,7 @@ import torch
 from skinlib.glide.diffusion import (
     GaussianDiffusion, PerItemNoise, RecordedNoise, betas_for_schedule, space_timesteps,
 )
-from _shared import PARITY, needs_parity
+from _shared import PARITY
 
 
 SCHEDULES = {"cosine": "squaredcos_cap_v2", "linear": "linear"}
@@ -26,14 +26,12 @@ def schedules():
     return load_file(str(PARITY / "diffusion.safetensors"))
 
 
-@needs_parity
 @pytest.mark.parametrize("short", sorted(SCHEDULES))
 def test_base_betas(schedules, short):
     np.testing.assert_allclose(betas_for_schedule(SCHEDULES[short]), schedules[f"{short}.base_betas_1000"],
                                rtol=1e-12, atol=0)
 
 
-@needs_parity
 @pytest.mark.parametrize("short", sorted(SCHEDULES))
 @pytest.mark.parametrize("respacing", ["1000", "100", "fast27", "4", "5"])
 def test_respaced_schedules_and_derived_arrays(schedules, short, respacing):
@@ -51,7 +49,6 @@ def test_empty_respacing_means_all_steps():
     assert a.num_timesteps == 1000
 
 
-@needs_parity
 def test_respacing_lists_and_errors():
     data = json.loads((PARITY / "respacing.json").read_text())
     assert len(data["timesteps"]) == 16
@@ -94,13 +91,11 @@ def _one_step_check(path: str, rows: int, schedule: str, respacing: str):
                                        msg=f"step {k} {key}")
 
 
-@needs_parity
 def test_diffusion_math_only_base():
     # all 2 rows: row 1 (unconditional chain) uses the same guided eps and its own v
     _one_step_check("tiny_base_inpaint.sampling.safetensors", 2, "squaredcos_cap_v2", "4")
 
 
-@needs_parity
 def test_diffusion_math_only_upsampler():
     _one_step_check("tiny_upsample_inpaint.sampling.safetensors", 1, "linear", "5")
 

@@ -308,6 +308,77 @@ def test_interrupted_then_resumed_equals_uninterrupted(crops, tmp_path, monkeypa
         finetune.train("upsampler", crops, tmp_path / "cut", **dict(cfg, max_steps=4))
 
 
+def _dies_in_call(monkeypatch, n: int):
+    real, calls = finetune._train_step, [0]
+
+    def dies(*a, **kw):
+        calls[0] += 1
+        if calls[0] == n:
+            raise KeyboardInterrupt("simulated")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(finetune, "_train_step", dies)
+    return real
+
+
+@pytest.mark.parametrize("kind", ["base", "upsampler"])
+def test_interrupted_mid_epoch_then_resumed_equals_uninterrupted(crops, tmp_path, monkeypatch, kind):
+    """9 train crops, batch 3: 3 steps per epoch; checkpoints every 2 steps, so the one the run
+    resumes from (step 4) lies inside epoch 2: a resume that restarted that epoch differs."""
+    cfg = dict(FAST, batch_size=3, epochs=3, checkpoint_every=2, ema_rate=0.9, seed=3, sample_every=3,
+               **({"patch_size": 16} if kind == "upsampler" else {}))
+    full = finetune.train(kind, crops, tmp_path / "full", **cfg)
+    assert full.step == 9
+    real = _dies_in_call(monkeypatch, 6)  # dies in step 6; the last checkpoint is at step 4
+    with pytest.raises(KeyboardInterrupt):
+        finetune.train(kind, crops, tmp_path / "cut", **cfg)
+    monkeypatch.setattr(finetune, "_train_step", real)
+    run = f"train_{kind}"
+    assert finetune.load_train_checkpoint(tmp_path / "cut" / run / "checkpoint.pt")["step"] == 4
+    torch.manual_seed(999)  # everything must come from the checkpoint
+    resumed = finetune.train(kind, crops, tmp_path / "cut", **cfg)
+    assert resumed.resumed_from == 4 and resumed.step == 9
+    a = finetune.load_train_checkpoint(tmp_path / "full" / run / "checkpoint.pt")
+    b = finetune.load_train_checkpoint(tmp_path / "cut" / run / "checkpoint.pt")
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys()
+        for k, v in a[part].items():
+            assert v.dtype == b[part][k].dtype and v.numpy().tobytes() == b[part][k].numpy().tobytes(), (part, k)
+    file = configs.CHECKPOINTS[finetune.KINDS[kind]].file
+    assert (tmp_path / "full" / file).read_bytes() == (tmp_path / "cut" / file).read_bytes()
+    assert (tmp_path / "full" / run / "losses.csv").read_bytes() == (tmp_path / "cut" / run / "losses.csv").read_bytes()
+
+
+def test_resume_with_other_numerics_or_without_the_loss_scaler_is_refused(crops, tmp_path, monkeypatch):
+    """The device and the autocast dtype change the bytes: a resume that changes them is refused,
+    naming them; a loss-scaler state (float16 AMP; here a CPU scaler stands in) is restored."""
+    real_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled=True: real_scaler("cpu", growth_interval=2))
+    cfg = dict(FAST, epochs=3, checkpoint_every=2, sample_every=0)
+    full = finetune.train("base", crops, tmp_path / "full", **cfg)
+    real = _dies_in_call(monkeypatch, 4)  # dies in step 4; last checkpoint at step 2
+    with pytest.raises(KeyboardInterrupt):
+        finetune.train("base", crops, tmp_path / "cut", **cfg)
+    monkeypatch.setattr(finetune, "_train_step", real)
+    resumed = finetune.train("base", crops, tmp_path / "cut", **cfg)
+    assert resumed.resumed_from == 2 and resumed.step == 6
+    path = tmp_path / "cut/train_base/checkpoint.pt"
+    a, b = finetune.load_train_checkpoint(tmp_path / "full/train_base/checkpoint.pt"), finetune.load_train_checkpoint(path)
+    assert a["scaler"]["scale"] == 2.0 ** 19 and a["scaler"] == b["scaler"]  # grew every 2 steps
+    assert all(torch.equal(v, b["model"][k]) for k, v in a["model"].items())
+    monkeypatch.setattr(torch.amp, "GradScaler", real_scaler)
+    with pytest.raises(finetune.CheckpointError, match="holds loss-scaler .* this run uses no loss scaler"):
+        finetune.train("base", crops, tmp_path / "cut", **dict(cfg, epochs=4))
+
+    assert b["numerics"] == {"device": "cpu", "amp": None, "channels_last": False}
+    b["numerics"] = {"device": "cuda", "amp": "bfloat16", "channels_last": False}
+    b["scaler"] = {}
+    torch.save(b, path)
+    with pytest.raises(finetune.CheckpointError, match=r"other numerics \(device: checkpoint 'cuda', now 'cpu'; "
+                                                       r"amp: checkpoint 'bfloat16', now None\)"):
+        finetune.train("base", crops, tmp_path / "cut", **dict(cfg, epochs=4))
+
+
 def test_max_t_trains_only_those_timesteps_and_sampling_respects_it(crops, tmp_path, monkeypatch):
     seen = []
     real = HybridLoss.q_sample

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from skinlib.glide import build_model, configs, random_model
-from _shared import PARITY, needs_parity
+from _shared import PARITY, parity_file
 
 
 TINY = {"tiny_base_inpaint": configs.FIXTURE_TINY_BASE, "tiny_upsample_inpaint": configs.FIXTURE_TINY_UPSAMPLE}
@@ -26,16 +26,21 @@ def _tiny(name: str):
     return model
 
 
-@needs_parity
 def test_fixture_files_match_manifest():
+    """Every fixture the parity tests read is the file ../shared/glide-parity's manifest lists, byte
+    for byte (vocab/: the package's copy); the folder holds nothing else."""
+    names = []
     for line in (PARITY / "MANIFEST.sha256").read_text().splitlines():
         if line.strip():
             digest, name = line.split()
             name = name.lstrip("*")
-            assert hashlib.sha256((PARITY / name).read_bytes()).hexdigest() == digest, name
+            names.append(name)
+            assert hashlib.sha256(parity_file(name).read_bytes()).hexdigest() == digest, name
+    assert len(names) == 14 and {"vocab/encoder.json.gz", "vocab/vocab.bpe.gz"} <= set(names)
+    present = {p.name for p in PARITY.iterdir()}
+    assert present == {n for n in names if not n.startswith("vocab/")} | {"MANIFEST.sha256", "README.md"}
 
 
-@needs_parity
 def test_option_dicts_equal_fixture_configs():
     cfg = json.loads((PARITY / "configs.json").read_text())
     assert cfg["tiny_base_inpaint"]["options"] == configs.FIXTURE_TINY_BASE
@@ -48,7 +53,6 @@ def test_option_dicts_equal_fixture_configs():
         assert cfg[key]["num_parameters"] == info.num_parameters
 
 
-@needs_parity
 @pytest.mark.parametrize("name", ["base-inpaint", "upsample-inpaint"])
 def test_full_size_state_dict_keys_shapes_and_order(name):
     expected = json.loads((PARITY / "full_size_state_dict_keys.json").read_text())[name]
@@ -62,7 +66,6 @@ def test_full_size_state_dict_keys_shapes_and_order(name):
     assert dtypes == {e["key"]: e["dtype_if_convert_to_fp16"] for e in expected}
 
 
-@needs_parity
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_tiny_state_dict_loads_strict_and_matches_derived_structure(name):
     model = _tiny(name)
@@ -81,7 +84,6 @@ def test_tiny_state_dict_loads_strict_and_matches_derived_structure(name):
     assert heads == {a["module"]: a["num_heads"] for a in derived["attention_layers"]}
 
 
-@needs_parity
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_random_init_recipe_reproduces_fixture_weights(name):
     seed = json.loads((PARITY / "configs.json").read_text())[name]["init"]["torch_manual_seed"]
@@ -98,7 +100,6 @@ def _forward(model, f, capture=None):
                      low_res=f.get("low_res"), capture=capture)
 
 
-@needs_parity
 @pytest.mark.parametrize("name", sorted(TINY))
 @pytest.mark.parametrize("mode", ["plain", "fast", "naive"])
 def test_forward_and_activations_match_fixture(name, mode):
@@ -119,7 +120,6 @@ def test_forward_and_activations_match_fixture(name, mode):
         torch.testing.assert_close(got.float(), ref, atol=1e-4, rtol=1e-4, msg=key)
 
 
-@needs_parity
 def test_precomputed_text_equals_tokens_path():
     model = _tiny("tiny_base_inpaint")
     f = _load("tiny_base_inpaint.forward.safetensors")
@@ -130,7 +130,6 @@ def test_precomputed_text_equals_tokens_path():
     torch.testing.assert_close(out, _forward(model, f), atol=0, rtol=0)
 
 
-@needs_parity
 def test_bfloat16_error_is_the_rounding_error_of_its_precision():
     """The tolerance is derived, not set to the observed error. Rounding error scales with the unit
     roundoff: the same model in float16 (3 more mantissa bits, enough range for these activations)

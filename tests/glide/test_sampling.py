@@ -7,7 +7,7 @@ import torch
 
 from skinlib.glide import GaussianDiffusion, RecordedNoise, build_model, configs
 from skinlib.glide.pipeline import GuidedModel, quantize_8bit, sample_base_inpaint, sample_upsample_inpaint
-from _shared import PARITY, needs_parity
+from _shared import PARITY
 
 
 STEP_KEYS = ("mean", "log_variance", "pred_xstart", "sample")
@@ -47,7 +47,6 @@ def _run_base(model, f, record):
         )
 
 
-@needs_parity
 def test_base_inputs_follow_the_notebook_recipe(base):
     _, f = base
     src, m = f["source_image"], f["source_mask"]
@@ -55,7 +54,6 @@ def test_base_inputs_follow_the_notebook_recipe(base):
     assert torch.equal(f["inpaint_mask"], m.repeat(2, 1, 1, 1))
 
 
-@needs_parity
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_guided_base_sampling_free_running(base, channels_last):
     model, f = base
@@ -73,7 +71,6 @@ def test_guided_base_sampling_free_running(base, channels_last):
     torch.testing.assert_close(final, f["final_sample_full_batch"][:1], atol=1e-3, rtol=0)
 
 
-@needs_parity
 def test_guided_base_one_step_teacher_forced(base):
     model, f = base
     model.set_channels_last(False)
@@ -94,7 +91,6 @@ def test_guided_base_one_step_teacher_forced(base):
             torch.testing.assert_close(res[key], f[f"step.{key}"][k][:1], atol=1e-3, rtol=0, msg=f"{k} {key}")
 
 
-@needs_parity
 def test_upsampler_inputs_chain_on_the_base_result(base, upsampler):
     _, fb = base
     _, f = upsampler
@@ -103,7 +99,6 @@ def test_upsampler_inputs_chain_on_the_base_result(base, upsampler):
     torch.testing.assert_close(f["initial_noise"], f["initial_noise_unscaled"] * 0.997, atol=0, rtol=0)
 
 
-@needs_parity
 @pytest.mark.parametrize("chained", [False, True])
 def test_upsampler_sampling_free_running(base, upsampler, chained):
     """chained=True feeds our own base result (quantised) instead of the stored low_res."""

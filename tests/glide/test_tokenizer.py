@@ -9,12 +9,12 @@ import pytest
 
 from skinlib.glide import load_tokenizer
 from skinlib.glide import tokenizer as tok_mod
-from _shared import PARITY, needs_parity
+from _shared import PARITY, PARITY_VOCAB
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return load_tokenizer(PARITY / "vocab")
+    return load_tokenizer(PARITY_VOCAB)
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,6 @@ def fixture():
     return json.loads((PARITY / "tokenizer.json").read_text(encoding="utf-8"))
 
 
-@needs_parity
 def test_all_fixture_prompts_ids_padding_and_mask(tokenizer, fixture):
     ctx = fixture["text_ctx"]
     assert ctx == 128 and len(fixture["prompts"]) == 25
@@ -38,7 +37,6 @@ def test_all_fixture_prompts_ids_padding_and_mask(tokenizer, fixture):
     assert mask.tolist() == [p["mask_128"] for p in fixture["prompts"]]
 
 
-@needs_parity
 def test_lowercasing_special_text_and_truncation(tokenizer):
     assert tokenizer.encode("A Red RASH") == tokenizer.encode("a red rash")
     assert len(tokenizer.encode("<|endoftext|>")) == 7  # literal text, not the special id
@@ -51,7 +49,6 @@ def test_lowercasing_special_text_and_truncation(tokenizer):
         tokenizer.tokenize("a single string", 8)
 
 
-@needs_parity
 def test_fixture_tokens_of_the_sampling_prompt(tokenizer):
     from safetensors.torch import load_file
 
@@ -60,10 +57,9 @@ def test_fixture_tokens_of_the_sampling_prompt(tokenizer):
     assert tokens.tolist() == f["tokens"].tolist() and mask.tolist() == f["mask"].tolist()
 
 
-@needs_parity
 def test_uncompressed_files_in_a_folder_work(tmp_path):
     for name in ("encoder.json", "vocab.bpe"):
-        with gzip.open(PARITY / "vocab" / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
+        with gzip.open(PARITY_VOCAB / f"{name}.gz", "rb") as src, open(tmp_path / name, "wb") as dst:
             shutil.copyfileobj(src, dst)
     tok = load_tokenizer(tmp_path)
     assert tok.source == str(tmp_path)
