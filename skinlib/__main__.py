@@ -204,11 +204,14 @@ def merge_earlier_stages(out: Path, results: list[dict[str, Any]]) -> list[dict[
 def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     import torch
 
+    from .cpu import cpu_info
+
     results = merge_earlier_stages(out, results)
     save_json(out / "run.json", {
         "command": sys.argv, "data": args.data or "synthetic demo dataset", "smoke": args.smoke,
         "params_file": args.params, "git_commit": _git_commit(), "python": platform.python_version(),
-        "torch": torch.__version__, "platform": platform.platform(), "stages": results,
+        "torch": torch.__version__, "platform": platform.platform(),
+        "cpu": cpu_info(), "stages": results,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })
     lines = [f"# Run summary: {out}", "",

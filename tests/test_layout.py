@@ -21,16 +21,17 @@ PKG = REPO / "skinlib"
 ALLOWED = {
     "io": set(),
     "errors": set(),
+    "cpu": set(),                      # the CPU's model and native bf16 (issue 21)
     "_moved": set(),                   # old flat import paths -> new ones (one release)
     "__init__": {"_moved"},            # skinlib/__init__.py installs the old paths
     "data": {"io", "errors"},
     "viz": {"io", "data"},
-    "glide": {"io", "errors", "data", "viz"},     # only glide.finetune reads crops / plots losses (MODULE_ONLY)
+    "glide": {"io", "errors", "cpu", "data", "viz"},     # only glide.finetune reads crops / plots losses (MODULE_ONLY)
     "baselines": {"io", "errors", "data", "viz"},
-    "augment": {"io", "errors", "data", "viz", "glide"},
+    "augment": {"io", "errors", "cpu", "data", "viz", "glide"},
     "evaluation": {"io", "errors", "data", "viz", "glide", "baselines", "augment"},
     "stages": {"io", "data"},
-    "__main__": {"io", "stages"},
+    "__main__": {"io", "cpu", "stages"},
     "generate": {"augment", "_moved"},  # `python -m skinlib.generate`; importing it warns (_moved)
     "evaluate": {"evaluation", "_moved"},  # `python -m skinlib.evaluate`; importing it warns (_moved)
 }
