@@ -34,7 +34,8 @@ data hash, split). Training state lives in ``out_dir/train_<kind>/``: ``checkpoi
 (atomic, every ``checkpoint_every`` steps and at the end; resuming reproduces an
 uninterrupted run exactly on CPU), ``losses.csv``, ``losses.png`` and one sample-inpainting
 figure per epoch in ``samples/``. AMP on CUDA (bfloat16, or float16 with a loss scaler; on a CPU
-only when asked: ``amp="auto"`` or ``"bf16"``, see :func:`choose_autocast`), a NaN/inf loss stops with :class:`skinlib.train.NonFiniteLossError`, one tqdm bar with ETA.
+only when asked: ``amp="auto"`` or ``"bf16"``, see :func:`choose_autocast`), a NaN/inf loss
+stops with :class:`skinlib.train.NonFiniteLossError`, one tqdm bar with ETA.
 """
 from __future__ import annotations
 
