@@ -246,35 +246,49 @@ def bf16_reason(info: dict) -> str:
             f"machine load (the ratios are paired per round) or a torch/oneDNN that does not use it.")
 
 
-def emulated(level: str, argv: list, native: dict) -> None:
-    """Run this script again with the CPU limited to ``level`` (:data:`EMULATE`) and print the
-    reduced-precision ratios of both runs side by side."""
-    import tempfile
-
-    env = {**os.environ, **EMULATE[level]}
+def child_argv(argv: list) -> list:
+    """``argv`` without ``--cpu-capability X`` / ``--json X`` (the emulated run's own arguments)."""
     rest, skip = [], False
-    for a in argv:  # drop --cpu-capability X / --json X from the child's arguments
+    for a in argv:
         if skip:
             skip = False
         elif a in ("--cpu-capability", "--json"):
             skip = True
         elif not a.startswith(("--cpu-capability=", "--json=")):
             rest.append(a)
+    return rest
+
+
+def summary_lines(runs: list) -> list:
+    """One line per reduced-precision result of each run's figures (``--json`` format): its time
+    beside fp32's, its ratios, and the CPU it was measured on."""
+    lines = []
+    for fig in runs:
+        fp32 = {(r["model"], r["images"]): r["median_s"] for r in fig["results"] if r["variant"] == "fp32"}
+        for r in fig["results"]:
+            if r["ratio_vs_fp32"] is None:
+                continue
+            lines.append(f"   {r['model']:9s} {r['variant']:9s} {r['median_s']:7.3f} s (fp32 {fp32[r['model'], r['images']]:.3f} s)"
+                         f"  {r['ratio_vs_fp32']:5.2f}x vs fp32, {r['ratio_vs_baseline']:5.2f}x vs baseline   "
+                         f"[{cpu.describe(fig['cpu'])}]")
+    return lines
+
+
+def emulated(level: str, argv: list, native: dict) -> None:
+    """Run this script again with the CPU limited to ``level`` (:data:`EMULATE`) and print the
+    reduced-precision ratios of both runs side by side."""
+    import tempfile
+
+    env = {**os.environ, **EMULATE[level]}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "emulated.json"
         print(f"\n==== again with {' '.join(f'{k}={v}' for k, v in EMULATE[level].items())} "
               f"(as a CPU without native bf16) ====", flush=True)
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), *rest, "--json", str(out)],
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_argv(argv), "--json", str(out)],
                        env=env, check=True)
         emu = json.loads(out.read_text(encoding="utf-8"))
-    print("\n==== summary: reduced precision on this machine, native and emulated ====")
-    for fig in (native, emu):
-        c = fig["cpu"]
-        for r in fig["results"]:
-            if r["ratio_vs_fp32"] is None:
-                continue
-            print(f"   {r['model']:9s} {r['variant']:9s} {r['median_s']:7.3f} s  {r['ratio_vs_fp32']:5.2f}x vs fp32, "
-                  f"{r['ratio_vs_baseline']:5.2f}x vs baseline   [{cpu.describe(c)}]")
+    print("\n==== summary: reduced precision on this machine, native and emulated (median s per step) ====")
+    print("\n".join(summary_lines([native, emu])))
 
 
 if __name__ == "__main__":

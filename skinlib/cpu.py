@@ -31,7 +31,8 @@ NATIVE_CAPABILITIES = ("AVX512",)
 CAPABILITY_ENV = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 #: what is known of bf16 on a CPU without native bf16 (benchmarks/bench_glide.py, GLIDE step)
 SLOW_BF16_MEASURED = ("measured: one GLIDE sampling step in bf16 took 6-8x the time of fp32 on a 2-core "
-                      "AMD EPYC with AVX2 only (issue 21)")
+                      "AMD EPYC with AVX2 only (issue 21), and 3.2x (base) / 3.7x (upsampler) on an AMD "
+                      "EPYC with avx512_bf16 limited to AVX2 (bench_glide.py --quick --cpu-capability avx2)")
 
 _warned: set = set()
 
