@@ -5,6 +5,7 @@
     python benchmarks/bench_glide.py --quick         # 3 rounds
     python benchmarks/bench_glide.py --variants baseline,fp32,bfloat16     # without torch.compile
     python benchmarks/bench_glide.py --device cuda --dtypes float32,float16
+    python benchmarks/bench_glide.py --quick --cpu-capability avx2   # then again as on an AVX2-only CPU
 
 What is timed: one sampling step = one network forward + the diffusion update (the update takes
 milliseconds). Base: the forward of the guidance pair (2n rows: n prompts + n empty prompts,
@@ -29,12 +30,25 @@ in machine load hits all of them alike; the printed ratio is the median over rou
 per-round ratio baseline / variant, next to the median times. For each variant the max
 |difference| of the model output and of the step's x_(t-1) against the baseline is printed
 (float32 variants must differ by float rounding only).
+
+bf16 is fast only on CPUs with native bf16 (AVX-512 BF16, AMX; issue 21): every ratio line names
+the CPU model, torch's capability and whether bf16 is native there (:mod:`skinlib.cpu`), each
+reduced-precision variant also gets its ratio against ``fp32`` ("vs fp32"), and a bf16 ratio
+below 1 is explained. ``--cpu-capability avx2`` then runs the same benchmark again in a
+subprocess with ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2`` (torch's ATen kernels and
+oneDNN's convolutions / matrix products limited to AVX2: bf16 is then converted in software, as
+on a CPU without native bf16; ``ATEN_CPU_CAPABILITY`` alone leaves oneDNN on its bf16
+instructions) and prints both bf16 figures side by side. The two runs follow each other, so a
+change of machine load between them shows in their absolute times, not in the paired ratios.
+``--json PATH`` writes the figures and the CPU record as JSON.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import subprocess
 import statistics
 import sys
 import time
@@ -44,6 +58,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from skinlib import cpu  # noqa: E402
 from skinlib.glide import configs  # noqa: E402
 from skinlib.glide.diffusion import GaussianDiffusion  # noqa: E402
 from skinlib.glide.pipeline import GuidedModel, random_model  # noqa: E402
@@ -127,6 +142,10 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=5, help="timed rounds")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--cpu-capability", default=None, choices=sorted(EMULATE),
+                    help="after this run, run again in a subprocess with the CPU limited to this level "
+                         "(avx2: as a CPU without native bf16) and print both bf16 figures")
+    ap.add_argument("--json", default=None, help="write the figures and the CPU record to this JSON file")
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
@@ -142,12 +161,19 @@ def main(argv=None) -> None:
     batches = {"base": [int(b) for b in args.base_batches.split(",")],
                "upsampler": [int(b) for b in args.upsampler_batches.split(",")]}
 
+    info = cpu.cpu_info()
+    tag = (f"[{info['model']}; torch {info['torch_capability']}; bf16 "
+           f"{'native' if info['native_bf16'] else 'NOT native'}]")
+    figures = {"cpu": info, "torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(device),
+               "repeats": repeats, "results": []}
     load = f", load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs" if hasattr(os, "getloadavg") else ""
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}{load}; "
           f"{repeats} timed rounds, variants interleaved. Full-size models, random weights.")
     if device.type == "cpu":
         print("NOTE: the CPU may be shared with other jobs: compare the ratios (paired per round), "
               "not the absolute times.")
+    print(f"CPU: {cpu.describe(info)}")
+    dtype_names = {str(d).replace("torch.", "") for d in dtypes}
     opts = {"base": (configs.BASE_INPAINT, "100"), "upsampler": (configs.UPSAMPLE_INPAINT, "fast27")}
     for kind in args.models.split(","):
         options, respacing = opts[kind]
@@ -179,18 +205,90 @@ def main(argv=None) -> None:
             ref_x, ref_out = base["result"]
             print(f"   {'variant':14s} {'median s':>9s} {'min s':>7s} {'ratio':>7s} (median of per-round "
                   f"baseline/variant; min-time ratio)   output max|diff| vs baseline, x_(t-1) max|diff|")
+            slow_bf16 = []
             for name, r in res.items():
                 med, mn = statistics.median(r["times"]), min(r["times"])
                 ratio = statistics.median(b / v for b, v in zip(base["times"], r["times"]))
+                vs_fp32 = (statistics.median(f / v for f, v in zip(res["fp32"]["times"], r["times"]))
+                           if name in dtype_names and "fp32" in res else None)
                 x, out = r["result"]
                 extra = (f"   {float((out - ref_out).abs().max()):.2g} (|output| max {float(ref_out.abs().max()):.2g}), "
                          f"{float((x - ref_x).abs().max()):.2g}") if name != "baseline" else ""
                 first = f"; first call {r['first']:.0f} s (compilation)" if name == "fp32-compiled" else ""
-                print(f"   {name:14s} {med:9.3f} {mn:7.3f} {ratio:6.2f}x ({min(base['times']) / mn:.2f}x)"
-                      f"{extra}{first}", flush=True)
+                fp32_txt = f"; {vs_fp32:.2f}x vs fp32" if vs_fp32 is not None else ""
+                print(f"   {name:14s} {med:9.3f} {mn:7.3f} {ratio:6.2f}x ({min(base['times']) / mn:.2f}x){fp32_txt} "
+                      f"{tag}{extra}{first}", flush=True)
+                if name == "bfloat16" and min(ratio, vs_fp32 if vs_fp32 is not None else ratio) < 1:
+                    slow_bf16.append(name)
+                figures["results"].append({"model": kind, "images": n, "variant": name, "median_s": med, "min_s": mn,
+                                           "ratio_vs_baseline": ratio, "ratio_vs_fp32": vs_fp32})
+            if slow_bf16 and device.type == "cpu":
+                print(f"   WHY bf16 is below 1x here: {bf16_reason(info)}")
             if "fp32-compiled" in variants:
                 print(f"   fp32-compiled status: {variants['fp32-compiled'].compile_status}")
         del variants, plain, fast
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1, default=str), encoding="utf-8")
+    if args.cpu_capability:
+        emulated(args.cpu_capability, argv if argv is not None else sys.argv[1:], figures)
+
+
+#: --cpu-capability: the environment that limits torch (ATen) and oneDNN to that level
+EMULATE = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}}
+
+
+def bf16_reason(info: dict) -> str:
+    """Why bf16 may be slower than fp32 on this CPU (printed beside a bf16 ratio below 1)."""
+    if not info["native_bf16"]:
+        return (f"this CPU runs without native bf16 ({cpu.describe(info)}): bf16 is converted to fp32 "
+                f"in software, so it costs more than fp32 itself; keep fp32 (or dtype='auto').")
+    return (f"the CPU reports native bf16 ({cpu.describe(info)}), so bf16 should be faster: suspect "
+            f"machine load (the ratios are paired per round) or a torch/oneDNN that does not use it.")
+
+
+def child_argv(argv: list) -> list:
+    """``argv`` without ``--cpu-capability X`` / ``--json X`` (the emulated run's own arguments)."""
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--cpu-capability", "--json"):
+            skip = True
+        elif not a.startswith(("--cpu-capability=", "--json=")):
+            rest.append(a)
+    return rest
+
+
+def summary_lines(runs: list) -> list:
+    """One line per reduced-precision result of each run's figures (``--json`` format): its time
+    beside fp32's, its ratios, and the CPU it was measured on."""
+    lines = []
+    for fig in runs:
+        fp32 = {(r["model"], r["images"]): r["median_s"] for r in fig["results"] if r["variant"] == "fp32"}
+        for r in fig["results"]:
+            if r["ratio_vs_fp32"] is None:
+                continue
+            lines.append(f"   {r['model']:9s} {r['variant']:9s} {r['median_s']:7.3f} s (fp32 {fp32[r['model'], r['images']]:.3f} s)"
+                         f"  {r['ratio_vs_fp32']:5.2f}x vs fp32, {r['ratio_vs_baseline']:5.2f}x vs baseline   "
+                         f"[{cpu.describe(fig['cpu'])}]")
+    return lines
+
+
+def emulated(level: str, argv: list, native: dict) -> None:
+    """Run this script again with the CPU limited to ``level`` (:data:`EMULATE`) and print the
+    reduced-precision ratios of both runs side by side."""
+    import tempfile
+
+    env = {**os.environ, **EMULATE[level]}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "emulated.json"
+        print(f"\n==== again with {' '.join(f'{k}={v}' for k, v in EMULATE[level].items())} "
+              f"(as a CPU without native bf16) ====", flush=True)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *child_argv(argv), "--json", str(out)],
+                       env=env, check=True)
+        emu = json.loads(out.read_text(encoding="utf-8"))
+    print("\n==== summary: reduced precision on this machine, native and emulated (median s per step) ====")
+    print("\n".join(summary_lines([native, emu])))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ The package is laid out by pipeline stage, like the numbered notebooks:
     augment/      iterative mask-and-inpaint, folder-level generation                        (04)
     evaluation/   image metrics, memorisation, downstream protocol, the evaluate command     (05)
     io.py errors.py viz.py   bottom layer every stage may use
+    cpu.py                   bottom layer: the CPU's model and whether it has native bf16
     stages.py __main__.py    the main job (`python -m skinlib run`)
     generate.py evaluate.py  the stable command lines `python -m skinlib.generate` / `.evaluate`
 
-Dependencies point one way: io/errors < data < viz < glide, baselines < augment < evaluation <
+Dependencies point one way: io/errors/cpu < data < viz < glide, baselines < augment < evaluation <
 stages/__main__ (each folder's ``__init__`` says what it may import; tests/test_layout.py checks).
 Old flat import paths (``skinlib.crops``, ``skinlib.train``, ...) work for one release with a
 DeprecationWarning (:mod:`skinlib._moved`).

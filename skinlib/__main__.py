@@ -220,11 +220,14 @@ def package_versions() -> dict[str, str]:
 def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     import torch
 
+    from .cpu import cpu_info
+
     results = merge_earlier_stages(out, results)
     save_json(out / "run.json", {
         "command": sys.argv, "data": args.data or "synthetic demo dataset", "smoke": args.smoke,
         "params_file": args.params, "git_commit": _git_commit(), "python": platform.python_version(),
-        "torch": torch.__version__, "platform": platform.platform(), "stages": results,
+        "torch": torch.__version__, "platform": platform.platform(),
+        "cpu": cpu_info(), "stages": results,
         "packages": package_versions(),
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
     })

@@ -22,16 +22,17 @@ ALLOWED = {
     "io": set(),
     "errors": set(),
     "training": {"io", "errors"},      # the core both training loops share (skinlib/training.py)
+    "cpu": set(),                      # the CPU's model and native bf16 (issue 21)
     "_moved": set(),                   # old flat import paths -> new ones (one release)
     "__init__": {"_moved"},            # skinlib/__init__.py installs the old paths
     "data": {"io", "errors"},
     "viz": {"io", "data"},
-    "glide": {"io", "errors", "training", "data", "viz"},     # only glide.finetune reads crops / plots losses (MODULE_ONLY)
+    "glide": {"io", "errors", "cpu", "training", "data", "viz"},     # only glide.finetune reads crops / plots losses (MODULE_ONLY)
     "baselines": {"io", "errors", "training", "data", "viz"},
-    "augment": {"io", "errors", "data", "viz", "glide"},
+    "augment": {"io", "errors", "cpu", "data", "viz", "glide"},
     "evaluation": {"io", "errors", "data", "viz", "glide", "baselines", "augment"},
     "stages": {"io", "data"},
-    "__main__": {"io", "stages"},
+    "__main__": {"io", "cpu", "stages"},
     "generate": {"augment", "_moved"},  # `python -m skinlib.generate`; importing it warns (_moved)
     "evaluate": {"evaluation", "_moved"},  # `python -m skinlib.evaluate`; importing it warns (_moved)
 }

@@ -207,3 +207,14 @@ def test_a_failing_stage_is_reported_and_its_dependants_skipped(tmp_path):
     stages = {s["stage"]: s for s in json.loads((tmp_path / "o" / "run.json").read_text())["stages"]}
     assert stages["01"]["status"] == "failed" and "No usable photo/mask pair" in stages["01"]["reason"]
     assert stages["02"]["status"] == "skipped" and "01" in stages["02"]["reason"]
+
+
+def test_run_json_records_the_cpu(tmp_path):
+    """run.json names the CPU the job ran on (model, torch capability, native bf16: issue 21)."""
+    import argparse
+
+    from skinlib.cpu import cpu_info
+
+    main_job.write_summary(tmp_path, argparse.Namespace(data=None, smoke=True, params=None), [])
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["cpu"] == cpu_info() and isinstance(run["cpu"]["native_bf16"], bool)

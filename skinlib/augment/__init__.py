@@ -4,6 +4,6 @@ folder-level generation job built on the GLIDE engine.
 Modules: :mod:`.inpaint` (``IterativeInpainting``, mask samplers, edited-area bookkeeping,
 seeds), :mod:`.generate` (``generate_variants``: batched, seeded, resumable, sharded; its
 figures; the command line behind ``python -m skinlib.generate``). May import
-:mod:`skinlib.io`, :mod:`skinlib.errors`, :mod:`skinlib.data`, :mod:`skinlib.viz` and
-:mod:`skinlib.glide`; never baselines or evaluation.
+:mod:`skinlib.io`, :mod:`skinlib.errors`, :mod:`skinlib.cpu`, :mod:`skinlib.data`,
+:mod:`skinlib.viz` and :mod:`skinlib.glide`; never baselines or evaluation.
 """

@@ -16,6 +16,7 @@ turns every crop of a crops folder into ``runs`` variants with
     <out>/manifest.csv          all rows, written once every variant of every shard exists
     <out>/manifest.shard-K-of-N.csv  the rows of shard K
     <out>/generation.json       the job's settings; a resumed or parallel shard must match them
+                                (and, as a record only, the CPU of the run that wrote it)
     <out>/skipped.csv           sources that could not be used, with the reason (if any)
 
 ``NNNNNN = source_index * runs + run`` (source_index = row of the crops manifest). The variant's
@@ -44,6 +45,7 @@ import torch
 
 from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting, MaskSampler,
                       item_seed, make_sampler, save_steps_gif)
+from ..cpu import cpu_info
 from ..data.dataset import crops_are_synthetic, crops_content_sha256, load_crop
 from ..data.photos import BadInputError
 from ..io import check_manifest_paths, inside, load_json, save_json, save_png, write_csv
@@ -375,7 +377,10 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                 "model": _comparable(identity), **algo.settings(),
                 # on CPU torch's thread count changes the engine's last bits, which 8-bit rounding
                 # and the following steps can turn into different pixels (see the README)
-                "cpu_threads": torch.get_num_threads() if _on_cpu(inpainter) else None}
+                "cpu_threads": torch.get_num_threads() if _on_cpu(inpainter) else None,
+                # the CPU of the run that wrote this file (bf16 speed depends on it; issue 21):
+                # a record, not a setting, so a resume or shard on another CPU is not refused
+                "cpu": cpu_info()}
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir / "generation.json"
     if settings_path.is_file():
@@ -383,7 +388,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
         if isinstance(old.get("model"), dict):  # may have been written before None options were dropped
             old["model"] = _comparable(old["model"])
         new = json.loads(json.dumps(settings, default=str))
-        diff = sorted(k for k in set(old) | set(new) if k != "crops_dir" and old.get(k) != new.get(k)
+        diff = sorted(k for k in set(old) | set(new) if k not in ("crops_dir", "cpu") and old.get(k) != new.get(k)
                       # threads matter between CPU runs; a CPU and a GPU shard may share a folder
                       and not (k == "cpu_threads" and None in (old.get(k), new.get(k))))
         if diff and restart_if_changed:

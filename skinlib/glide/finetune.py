@@ -37,7 +37,8 @@ or numerics — device type, autocast dtype: :mod:`skinlib.training` — is refu
 scaler's state restored), ``losses.csv``, ``losses.png`` and one sample-inpainting
 figure per epoch in ``samples/``. The step loop, loss log and resume are :mod:`skinlib.training`'s,
 shared with the baselines' training (:func:`_train_step` is GLIDE's step). AMP on CUDA (bfloat16,
-or float16 with a loss scaler), a NaN/inf loss stops with :class:`skinlib.errors.NonFiniteLossError`,
+or float16 with a loss scaler; on a CPU only when asked: ``amp="auto"`` or ``"bf16"``, see
+:func:`choose_autocast`), a NaN/inf loss stops with :class:`skinlib.errors.NonFiniteLossError`,
 one tqdm bar with ETA.
 """
 from __future__ import annotations
@@ -56,6 +57,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from .. import cpu
 from .. import io as skio
 from ..data.dataset import crops_content_sha256, list_crop_rows, load_crop
 from ..errors import CheckpointError
@@ -75,6 +77,7 @@ CHECKPOINT = "checkpoint.pt"
 LOSSES = "losses.csv"
 KINDS = {"base": "base-inpaint", "upsampler": "upsample-inpaint"}
 LOSS_REGIONS = ("image", "hole")
+AMP_MODES = (True, False, "auto", "bf16")
 DEFAULT_PROMPT = "an image of measles on dark skin"
 
 #: settings that shape the trajectory: a resumed run must use the checkpoint's values
@@ -116,7 +119,7 @@ class FinetuneConfig:
     sample_respacing: str = ""       # "": "25" (base) / "10" (upsampler)
     guidance: float = 5.0            # guidance scale of the base-model samples
     log_every: int = 10
-    amp: bool = True                 # mixed precision on CUDA (ignored on CPU)
+    amp: bool | str = True           # mixed precision: True (CUDA only), False, "auto", "bf16" (choose_autocast)
     device: str = "auto"
     max_steps: Optional[int] = None  # stop (with a checkpoint) after this many steps in total
     progress: bool = True
@@ -330,6 +333,29 @@ def _check_config(cfg: FinetuneConfig) -> None:
         raise ValueError(f"FinetuneConfig.ema_rate={cfg.ema_rate!r} must lie in [0, 1)")
     if cfg.loss_region not in LOSS_REGIONS:
         raise ValueError(f"FinetuneConfig.loss_region={cfg.loss_region!r} must be one of {LOSS_REGIONS}")
+    if not (isinstance(cfg.amp, bool) or cfg.amp in ("auto", "bf16")):
+        raise ValueError(f"FinetuneConfig.amp={cfg.amp!r} must be one of {AMP_MODES}")
+
+
+def choose_autocast(amp, device_type: str, native_bf16: bool, cuda_bf16: bool) -> Optional[torch.dtype]:
+    """The autocast dtype of training (None: plain float32). ``amp``: True (the default): on CUDA
+    bfloat16 where ``cuda_bf16`` (the GPU supports it), else float16 with a loss scaler; float32
+    on a CPU, where bf16 is slower than fp32 unless the CPU has native bf16; "auto": as True on
+    CUDA, and on a CPU bfloat16 only where ``native_bf16`` (:func:`skinlib.cpu.cpu_info`);
+    "bf16": bfloat16 on CUDA (if supported) and CPU; False: float32. Other devices: float32."""
+    if amp is False or device_type not in ("cuda", "cpu"):
+        return None
+    if device_type == "cuda":
+        if amp == "bf16" and not cuda_bf16:
+            raise ValueError("amp='bf16': this GPU does not support bfloat16; use amp=True (float16 with a loss scaler)")
+        return torch.bfloat16 if cuda_bf16 else torch.float16
+    if amp == "bf16" or (amp == "auto" and native_bf16):
+        return torch.bfloat16
+    return None
+
+
+def _dtype_name(dtype: Optional[torch.dtype]) -> Optional[str]:
+    return None if dtype is None else str(dtype).replace("torch.", "")
 
 
 def _prompts(template: str, diseases: list[str], drop: torch.Tensor) -> list[str]:
@@ -393,9 +419,11 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     params = [p for p in model.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    amp = cfg.amp and cuda
-    amp_dtype = torch.bfloat16 if amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
+    cpu_info = cpu.cpu_info()
+    autocast = choose_autocast(cfg.amp, device.type, cpu_info["native_bf16"], cuda and torch.cuda.is_bf16_supported())
+    cpu.warn_if_slow_bf16(autocast, device, "GLIDE training", cpu_info)
+    amp, amp_dtype = autocast is not None, autocast or torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=cuda and amp and amp_dtype == torch.float16)
     numerics_now = numerics(device, amp_dtype if amp else None)
     loss_fn = HybridLoss(options["noise_schedule"], int(options["diffusion_steps"]))
     tokenizer = load_tokenizer()
@@ -422,7 +450,10 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     resumed_from = step
     run_dir.mkdir(parents=True, exist_ok=True)
     skio.save_json(run_dir / "config.json", {"kind": kind, "options": options, "config": cfg_dict,
-                                             "data": data_id, "crops_dir": str(crops_dir), "init": init_info})
+                                             "data": data_id, "crops_dir": str(crops_dir), "init": init_info,
+                                             # this session's arithmetic and the CPU it ran on (issue 21)
+                                             "device": str(device), "autocast": _dtype_name(autocast),
+                                             "cpu": cpu_info})
 
     images, low_res, diseases = load_images(crops_dir, rows, size, low_res_size, cfg.progress)
     fixed = list(range(min(cfg.n_samples, n)))
@@ -433,7 +464,8 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
     label = (SMALL_LABEL if cfg.model == "small" and cfg.init == "scratch"
              else f"{cfg.model} GLIDE {kind} ({cfg.init} init)")
     log(f"GLIDE {kind}: {label}; {n} crops (split {cfg.split or 'all'}), {per_epoch} steps/epoch, "
-        f"{stop} steps{f', resuming at {step}' if step else ''}, device {device}")
+        f"{stop} steps{f', resuming at {step}' if step else ''}, device {device}"
+        f"{f' ({_dtype_name(amp_dtype)} autocast)' if amp else ''}")
 
     def save_checkpoint(step: int) -> None:
         losses.flush()
@@ -607,7 +639,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--split", default="train", help='"train" (default), "test" or "all" (every crop; recorded)')
     p.add_argument("--sample-respacing", default=d.sample_respacing)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--no-amp", action="store_true", help="float32 everywhere")
+    p.add_argument("--amp", default=None, choices=["auto", "bf16"],
+                   help="auto: as the default on CUDA, and bf16 autocast on a CPU only where it has native bf16 "
+                        "(else float32); bf16: bf16 autocast on CPU too (slower than fp32 on CPUs without native "
+                        "bf16). Default: mixed precision on CUDA, float32 on a CPU")
     p.add_argument("--no-flip", action="store_true")
     p.add_argument("--max-t", type=int, default=None,
                    help="train on timesteps 0..MAX_T only (1..999; a model for SDEdit starts at or below it, as "
@@ -621,6 +657,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.no_amp and a.amp:
+        p.error("--no-amp and --amp exclude each other")
     cfg = FinetuneConfig(
         model=a.model, init=a.init, official_folder=a.official_folder, cache_dir=a.cache_dir, epochs=a.epochs,
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, ema_rate=a.ema_rate,
@@ -628,7 +666,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         max_images=a.max_images, split=None if a.split == "all" else a.split, flip=not a.no_flip, seed=a.seed,
         loss_region=a.loss_region, max_t=a.max_t,
         checkpoint_every=a.checkpoint_every, sample_every=a.sample_every, n_samples=a.n_samples,
-        sample_respacing=a.sample_respacing, guidance=a.guidance, log_every=a.log_every, amp=not a.no_amp,
+        sample_respacing=a.sample_respacing, guidance=a.guidance, log_every=a.log_every, amp=False if a.no_amp else (a.amp or True),
         device=a.device, max_steps=a.max_steps, progress=not a.no_progress)
     kinds = ["base", "upsampler"] if a.kind == "both" else [a.kind]
     for kind in kinds:

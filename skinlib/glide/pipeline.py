@@ -13,6 +13,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .. import cpu
 from . import checkpoints, configs
 from .diffusion import GaussianDiffusion, NoiseFn, PerItemNoise
 from .tokenizer import GlideTokenizer, load_tokenizer
@@ -175,6 +176,26 @@ def _default_device() -> torch.device:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+DTYPE_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+               "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def choose_dtype(dtype, device_type: str, native_bf16: bool) -> torch.dtype:
+    """The engine's compute dtype. ``dtype``: a torch dtype, a name of :data:`DTYPE_NAMES`,
+    None (the default: float16 on CUDA, else float32; never bf16, which is slower than fp32 on
+    CPUs without native bf16) or "auto" (float16 on CUDA; on a CPU bfloat16 only where
+    ``native_bf16`` (:func:`skinlib.cpu.cpu_info`), else float32; float32 elsewhere)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device_type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if dtype == "auto" and device_type == "cpu" and native_bf16 else torch.float32
+    if isinstance(dtype, str) and dtype.lower() in DTYPE_NAMES:
+        return DTYPE_NAMES[dtype.lower()]
+    raise ValueError(f"dtype={dtype!r}: use a torch dtype, None, 'auto' or one of {sorted(DTYPE_NAMES)}")
 
 
 def _prepare(model: GlideUNet, dtype: torch.dtype) -> GlideUNet:
@@ -359,10 +380,16 @@ class GlideInpainter:
         ``glide_options.json`` gives each model's options; strict key/shape and sha256 checks,
         corrupt or mismatched -> CheckpointInvalidError), or "tiny-random" (tiny configs with random weights seeded by ``seed``,
         for tests/smoke; never a fallback). device: default cuda > mps > cpu; dtype: default
-        float16 on CUDA, else float32 (bfloat16 is an option on CPUs with bf16 support)."""
+        float16 on CUDA, else float32; "auto" adds bfloat16 on CPUs with native bf16 (see
+        :func:`choose_dtype`); bfloat16 on a CPU without it runs, slower than float32, and warns."""
         device = torch.device(device) if device is not None else _default_device()
-        if dtype is None:
-            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        requested = dtype
+        info = cpu.cpu_info()
+        dtype = choose_dtype(dtype, device.type, info["native_bf16"])
+        if requested == "auto":
+            log.info("GLIDE dtype auto -> %s on %s (CPU: %s)", str(dtype).replace("torch.", ""), device,
+                     cpu.describe(info))
+        cpu.warn_if_slow_bf16(dtype, device, "GLIDE engine", info)
         tokenizer = load_tokenizer()
         if weights == "tiny-random":
             base = random_model(configs.TINY_RANDOM_BASE, seed)

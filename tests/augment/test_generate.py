@@ -404,3 +404,21 @@ def test_lowered_overlap_steps_are_counted_for_the_job_log():
     rows = [{"history": [{"step": 1, "min_overlap": 0.03, "min_overlap_lowered_from": 0.5},
                          {"step": 2, "min_overlap": 0.5}]}, {"history": [{"step": 1}]}, {}]
     assert lowered_overlap_steps(rows) == 1
+
+
+def test_generation_json_records_the_cpu_without_refusing_another(tmp_path, tiny_engine, monkeypatch):
+    """generation.json of a tiny-random smoke generation names the CPU (model, torch capability,
+    native bf16: issue 21); it is a record, not a setting: resuming on another CPU goes on."""
+    from skinlib import cpu
+    from skinlib.augment import generate as gen
+
+    crops = make_crops(tmp_path / "crops", n=1)
+    s = dict(runs=1, steps=1, seed=1, batch_size=1, progress=False, log=lambda *_: None)
+    generate_variants(crops, tmp_path / "out", inpainter=tiny_engine, **s)
+    record = json.loads((tmp_path / "out" / "generation.json").read_text())["cpu"]
+    assert record == cpu.cpu_info() and {"model", "torch_capability", "native_bf16"} <= set(record)
+    assert record["model"] and isinstance(record["native_bf16"], bool)
+    other = {**record, "model": "Another CPU", "torch_capability": "AVX2", "native_bf16": False}
+    monkeypatch.setattr(gen, "cpu_info", lambda: other)
+    summary = generate_variants(crops, tmp_path / "out", inpainter=tiny_engine, **s)
+    assert summary["made"] == 0 and summary["shard_variants"] == 1
