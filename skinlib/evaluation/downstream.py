@@ -68,7 +68,7 @@ class DownstreamConfig:
     detector: str = "features"        # "features": linear probe on frozen Inception features; "cnn": SmallCNN from scratch
     image_size: int = 48              # CNN input side, px
     feature_image_size: int = 256     # images are loaded at this side for the Inception features
-    probe_dim: int = 64               # probe: PCA components (fitted on each repetition's real train images)
+    probe_dim: int = 32               # probe: PCA components (fitted on each repetition's real train images)
     probe_c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)  # probe: ridge penalties (chosen on train patients)
     max_pairs_per_patient: int | None = 8   # at most this many crops of each class per patient (seeded; None: all)
     steps: int = 150                  # Adam steps per classifier (every arm)
@@ -77,12 +77,12 @@ class DownstreamConfig:
     weight_decay: float = 1e-4
     width: int = 8                    # CNN width (channels of the first block)
     synthetic_share: float = 0.5      # P(a batch element of a class comes from the synthetic images of that class)
-    fractions: tuple[float, ...] = (0.25, 0.5, 1.0)   # shares of the train patients (data-efficiency curve)
-    repetitions: int = 4              # (seed, train subset) repetitions per arm and fraction
+    fractions: tuple[float, ...] = (0.05, 0.25, 1.0)  # shares of the train patients (data-efficiency curve)
+    repetitions: int = 20             # (seed, train subset, synthetic draw) repetitions per arm and fraction
     seed: int = 0
     specificity: float = 0.9          # sensitivity is reported at this specificity
     n_boot: int = 1000                # bootstrap draws
-    max_synthetic: int | None = 2000  # at most this many images per generator (seeded subset)
+    max_synthetic: int | None = 300   # at most this many images per generator (seeded subset)
     synthetic_only: bool = True       # also train on synthetic ill-skin images only (100 % fraction)
     pair_per_photo: bool = True       # rash-vs-healthy: keep as many ill as healthy crops of each photo
     augmented_generator_arms: bool = True   # also "real + standard aug + <generator>" for every generator

@@ -94,17 +94,24 @@ def loading_record(logs: Mapping[str, list], folder_sets: Mapping[str, "M.Folder
 
 def oracle_examples(oracle_crops, real: D.RealData, cfg: D.DownstreamConfig, progress: bool = False,
                     log: list | None = None) -> D.Examples:
-    """Every crop of the oracle folder (ill-skin crops and healthy bucket; it has no patient
-    split: all of it is training data) as examples."""
+    """The crops of the oracle folder (ill-skin crops and healthy bucket, at most
+    ``cfg.max_pairs_per_patient`` of each per patient; it has no patient split: all of it is
+    training data) as examples."""
     oracle_crops = Path(oracle_crops)
     rows = list_crop_rows(oracle_crops)
     files = [oracle_crops / r["image"] for r in rows]
     labels = [real.classes.index(r["disease"]) if real.task == "disease" else 1 for r in rows]
+    patients = [r["patient"] for r in rows]
     if real.task == "rash-vs-healthy":
         healthy = read_csv(oracle_crops / D.HEALTHY_DIR / "manifest.csv")
         check_manifest_paths(oracle_crops / D.HEALTHY_DIR, healthy)
         files += [oracle_crops / D.HEALTHY_DIR / r["image"] for r in healthy]
         labels += [0] * len(healthy)
+        patients += [r["patient"] for r in healthy]
+    # the same per-patient cap as the real crops: every new patient weighs about the same
+    kept = D.cap_per_patient([(i, {"patient": p}, y) for i, (p, y) in enumerate(zip(patients, labels))],
+                             cfg.max_pairs_per_patient, cfg.seed)
+    files, labels = [files[i] for i, _, _ in kept], [labels[i] for i, _, _ in kept]
     x = D.load_images(files, cfg.image_size, desc="oracle crops", progress=progress, log=log)
     return D.Examples(x, torch.as_tensor(labels, dtype=torch.long), [""] * len(files), [str(f) for f in files],
                       [""] * len(files))
