@@ -157,7 +157,8 @@ def choose_c(feats: np.ndarray, y: np.ndarray, patients: Sequence[str], num_clas
              grid: Sequence[float], dim: int, folds: int = 5, seed: int = 0) -> tuple[float, dict]:
     """The ridge penalty of ``grid`` with the best mean AUROC in patient-grouped ``folds``-fold
     cross-validation on these (train-patient, real) examples; ``(penalty, {penalty: mean
-    AUROC})``. The projector is refitted on each fold's training part."""
+    AUROC})``. The projector is refitted on each fold's training part. When no fold can be
+    scored (too few train patients), the middle of the grid and a ``"not chosen"`` note instead."""
     from sklearn.metrics import roc_auc_score
 
     ids = np.unique(np.asarray(patients))
@@ -179,8 +180,10 @@ def choose_c(feats: np.ndarray, y: np.ndarray, patients: Sequence[str], num_clas
                              else roc_auc_score(y[va], p, multi_class="ovr"))
     means = {c: float(np.mean(s)) if s else float("nan") for c, s in scores.items()}
     finite = {c: m for c, m in means.items() if np.isfinite(m)}
-    if not finite:
-        raise ArmDataError("cannot choose the probe's penalty: no validation fold of the train patients holds every class")
+    if not finite:          # e.g. a smoke run's 2 train patients: said in the result, never silent
+        middle = sorted(grid)[len(grid) // 2]
+        return float(middle), {"not chosen": f"no validation fold of the {len(ids)} train patients holds every class; "
+                                             f"the middle of the grid ({middle:g}) was used"}
     best = max(finite, key=lambda c: (round(finite[c], 6), c))     # ties: the stronger penalty
     return float(best), means
 

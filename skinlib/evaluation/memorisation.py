@@ -25,9 +25,10 @@ GLIDE variants keep their source crop's pixels outside the edited squares, so th
 that (train) crop by design: their near-copy share says how much of the source survives, which
 is the method, not a training failure of a generator; read it so.
 
-Test leaks: the same rule against EVERY test-patient crop (ill-skin crops, healthy windows and
-the low-contrast bucket: ``test_extra``) gives ``test_copy_fraction``, the share of a
-generator's images that are near-copies of a test-patient crop. A generator trained or
+Test leaks: the same kind of rule against EVERY test-patient crop (ill-skin crops, healthy
+windows and the low-contrast bucket: ``test_extra``) gives ``test_copy_fraction``, the share of a
+generator's images that are near-copies of a test-patient crop; its reference is how close the
+real train crops (never copies of test crops) come to their nearest test-patient crop. A generator trained or
 conditioned on test patients shows it (a planted leak of test-crop copies gives ~1); it must be
 ~0, and the evaluation should refuse a generator where it is not.
 
@@ -181,6 +182,15 @@ def memorisation_check(train: FolderImages, test: FolderImages, generators: Mapp
         f_bank_test = torch.cat([f_bank_test, folder_features(extractor, extra, cache=feature_cache, device=device,
                                                                 progress=progress)])
         p_bank_test = torch.cat([p_bank_test, pixel_vectors(extra.images, pixel_size)])
+    # the leak rule's own reference: how close real TRAIN crops (certainly no copies of test crops)
+    # come to the nearest test-patient crop of any bucket
+    leak_ref = distances(train, f_bank_test, p_bank_test)
+    cal_leak = calibrate(leak_ref[0].numpy(), leak_ref[2].numpy(), percentile)
+    thresholds["leak"] = {"feature": cal_leak["feature"], "pixel": cal_leak["pixel"], "rank": cal_leak["k"],
+                          "reference_flagged": cal_leak["reference_flagged"],
+                          "rule": (f"near-copy of a test-patient crop: nearest distance to the {len(f_bank_test)} "
+                                   f"test-patient crops (all buckets) at most the {cal_leak['k']}-th smallest such "
+                                   f"distance of the real train crops, feature OR pixel")}
     rows, pairs = {}, {}
     for name, g in {REAL_TEST_ROW: test, **dict(generators)}.items():
         d_feat, i_feat, d_pix, i_pix = ref if name == REAL_TEST_ROW else distances(g)
@@ -189,7 +199,7 @@ def memorisation_check(train: FolderImages, test: FolderImages, generators: Mapp
             rows[name]["test_copy_fraction"] = None           # every test crop is its own copy
         else:                                                 # a leak: near-copies of TEST crops
             leak = distances(g, f_bank_test, p_bank_test)
-            rows[name]["test_copy_fraction"] = _row(leak[0], leak[2], cal)[0]["near_copy_fraction"]
+            rows[name]["test_copy_fraction"] = _row(leak[0], leak[2], cal_leak)[0]["near_copy_fraction"]
         pairs[name] = {"d_feature": d_feat.numpy(), "train_index_feature": i_feat.numpy(),
                        "d_pixel": d_pix.numpy(), "train_index_pixel": i_pix.numpy(), "copy_score": score}
     return MemorisationReport(rows, thresholds, pairs)
