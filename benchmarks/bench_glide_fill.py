@@ -2,8 +2,9 @@
 
     python benchmarks/bench_glide_fill.py --crops runs/demo/crops --weights runs/demo/glide/model/small
 
-On held-out crops (the **test** side of the patient split by default: the model never saw
-them), one square of 15/64 of the side (the study's region, on the 64 px grid) is erased per
+On validation crops (by default the **train**-patient crops the model was not trained on, so
+that design choices are never made on test patients; ``--split test`` scores the held-out
+patients for a final report), one square of 15/64 of the side (the study's region, on the 64 px grid) is erased per
 crop and filled by
 
 * ``mean colour``: the mean colour of the surrounding ring of unedited skin;
@@ -108,11 +109,47 @@ def scores(img: torch.Tensor, hole: torch.Tensor, ring: torch.Tensor) -> dict[st
     return out
 
 
+def scored_rows(crops, weights, split: str) -> list[dict]:
+    """The crops to score. ``"validation"``: train-split crops that the weights were not trained
+    on (their ``glide_options.json`` records the split and the seeded selection, re-made with
+    ``skinlib.glide.finetune.select_rows``): design choices are made on train patients, never on
+    test patients. ``"test"`` / ``"train"`` / ``"all"``: that side of the split."""
+    from pathlib import Path
+
+    from skinlib.glide.finetune import select_rows
+    from skinlib.io import load_json
+
+    if split != "validation":
+        return list_crop_rows(crops, None if split == "all" else split)
+    opts_path = Path(weights) / "glide_options.json"
+    if not opts_path.is_file():
+        raise SystemExit(f"--split validation needs {opts_path} (the training record of --weights) to know which "
+                         f"crops the model saw. Fix: point --weights at a folder written by skinlib.glide.finetune, "
+                         f"or pass --split test|train|all.")
+    models = load_json(opts_path).get("models", {})
+    if not models or any("data_selection" not in e for e in models.values()):
+        raise SystemExit(f"{opts_path} records no data_selection: cannot tell which crops the model saw; "
+                         f"pass --split test|train|all.")
+    seen = set()                           # what any of the networks (base, upsampler) was trained on
+    for e in models.values():
+        split = None if e.get("trained_on_split") == "all" else e.get("trained_on_split") or "train"
+        sel = e["data_selection"]
+        seen |= {r["image"] for r in select_rows(Path(crops), split, sel.get("max_images"), int(sel.get("seed", 0)))}
+    rows = [r for r in list_crop_rows(crops, "train") if r["image"] not in seen]
+    if not rows:
+        raise SystemExit(f"the model saw every train-split crop of {crops}: no validation crop is left; "
+                         f"train it with max_images below the number of train crops.")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--crops", required=True)
     p.add_argument("--weights", required=True, help="weights folder of the trained small model")
-    p.add_argument("--split", default="test", help='crops to score: "test" (held out, default), "train" or "all"')
+    p.add_argument("--split", default="validation",
+                   help='crops to score: "validation" (default: train-patient crops the model was not trained on; '
+                        'design choices are made here), "test" (held-out patients: only for a final report), '
+                        '"train" or "all"')
     p.add_argument("--n", type=int, default=24, help="crops scored")
     p.add_argument("--ring", type=int, default=16, help="width of the ring of unedited skin, px")
     p.add_argument("--base-respacing", default="8")
@@ -139,7 +176,7 @@ def main(argv=None) -> int:
     a.ddim_eta = None if a.ddim_eta < 0 else a.ddim_eta
     if a.threads:
         torch.set_num_threads(a.threads)
-    rows = list_crop_rows(a.crops, None if a.split == "all" else a.split)[:a.n]
+    rows = scored_rows(a.crops, a.weights, a.split)[:a.n]
     images = torch.stack([load_crop(a.crops, r, 256)[0] for r in rows])
     n = len(rows)
     corners = squares(n, a.seed)
@@ -232,7 +269,7 @@ def figure(fills, table, metrics, corners, a, label: str, n: int) -> None:
     ax.set_yscale("symlog", linthresh=0.1)
     ax.set_ylabel("error vs surrounding skin\n(lower = better; symlog)", fontsize=8)
     ax.legend(fontsize=7, ncol=len(names))
-    held = "held-out " if a.split == "test" else ""
+    held = {"test": "held-out ", "validation": "unseen train-patient "}.get(a.split, "")
     fig.suptitle(f"What fills a {SIDE} px square of {held}SYNTHETIC demo crops ({a.split} split, n={n}; "
                  f"views zoomed to the square and its surroundings); trained small = {label}", fontsize=8,
                  wrap=True)

@@ -99,3 +99,21 @@ def test_toml_parser_reads_string_arrays_with_comments():
     assert _toml_strings(text, "project", "dependencies") == ["torch>=2.1", "numpy", "a[b]>=1"]
     assert _toml_strings(text, "project.optional-dependencies", "test") == ["pytest>=7.4"]
     assert _toml_strings(text, "project.optional-dependencies", "docs") == []
+
+
+def test_lock_file_pins_every_requirement_within_its_bounds():
+    """requirements-lock.txt (the exact versions behind the README's figures) pins every package of
+    requirements.txt with ==, at a version that satisfies requirements.txt's lower bound."""
+    from packaging.specifiers import SpecifierSet
+
+    pins = {}
+    for raw in (REPO / "requirements-lock.txt").read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, spec = _parse(line)
+        assert spec.startswith("=="), f"requirements-lock.txt: {line!r} is not an exact pin"
+        pins[name] = spec[2:]
+    for name, spec in _requirements_txt().items():
+        assert name in pins, f"requirements-lock.txt does not pin {name}"
+        assert SpecifierSet(spec).contains(pins[name]), f"{name}=={pins[name]} violates requirements.txt's {spec}"
