@@ -129,8 +129,8 @@ def glide_figures(run: Path, out: Path) -> dict[str, str]:
 
 
 def glide_fill_figure(run: Path, out: Path) -> str:
-    """benchmarks/bench_glide_fill.py on the run's held-out (test-split) crops with the small model
-    that notebook 04 trained (``glide/model/small``)."""
+    """benchmarks/bench_glide_fill.py on the run's validation crops (train-patient crops the small
+    model was not trained on) with the small model that notebook 04 trained (``glide/model/small``)."""
     weights = run / "glide" / "model" / "small"
     if not (weights / "glide_options.json").is_file():
         raise FileNotFoundError(f"{weights} holds no trained small model (notebook 04 used other weights)")
@@ -154,7 +154,9 @@ def glide_fill_figure(run: Path, out: Path) -> str:
     table_path.unlink()
     t, m = res["table"], list(res["table"]["original"])
     better = {b: sum(t[b][k] > t["trained small"][k] for k in m) for b in ("mean colour", "blurred", "random weights")}
-    return (f"What fills a 60 px square of {res['n']} held-out ({res['split']}-split) SYNTHETIC demo crops "
+    return (f"What fills a 60 px square of {res['n']} SYNTHETIC demo crops ({res['split']}: "
+            + ("train-patient crops the model was not trained on" if res["split"] == "validation" else f"{res['split']} split")
+            + ") "
             f"(benchmarks/bench_glide_fill.py): errors of the square vs the surrounding unedited skin "
             f"(colour, contrast, texture, seam; lower is better). Trained small = {res['weights']}, "
             f"sampled as in the run's notebook 04 ({glide_settings(run / 'glide' / 'samples')}). "
@@ -179,6 +181,32 @@ def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
             f"`{name}/samples/`.")
 
 
+HEADLINE_ARMS = ("real only", "real + standard aug", "real + oracle (ill only)", "real + oracle", "real + copies",
+                 "real + dcgan", "real + cvae", "real + glide", "real + standard aug + dcgan",
+                 "real + standard aug + cvae", "real + standard aug + glide")
+
+
+def headline_table(res: dict) -> str:
+    """The headline numbers as a small table (AUROC at the primary share and at 100 %, the paired
+    gain at the primary share with its interval, Holm p), then the generated verdict sentence."""
+    prim = res["primary"]
+    f, full = prim["fraction"], str(max(res["fractions"]))
+    lines = [f"| arm | AUROC @ {float(f):.0%} | gain @ {float(f):.0%} [95 % interval] | p (Holm) | AUROC @ {float(full):.0%} |",
+             "|---|---|---|---|---|"]
+    for arm in HEADLINE_ARMS:
+        e = res["arms"].get(arm, {})
+        if e.get("status") != "ok":
+            lines.append(f"| {arm} | {e.get('status', 'absent')} | | | |")
+            continue
+        m = e["by_fraction"][f]["metrics"]["auroc"]
+        m100 = e["by_fraction"][full]["metrics"]["auroc"]
+        r = prim["arms"].get(arm)
+        gain = f"{r['gain']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]" if r else ""
+        holm = (f"{r['p_holm']:.3f}" if "p_holm" in r else "control") if r else ""
+        lines.append(f"| {arm} | {m['mean']:.3f} | {gain} | {holm} | {m100['mean']:.3f} |")
+    return "\n".join(lines) + f"\n\n{res['verdict']}"
+
+
 def data_efficiency_figure(run: Path, out: Path) -> str:
     from skinlib.evaluation import evaluate
 
@@ -187,23 +215,16 @@ def data_efficiency_figure(run: Path, out: Path) -> str:
     fig = evaluate.plot_data_efficiency(res, title=viz.title(
         f"Data efficiency: {res['task']} on {res['n_test_patients']} held-out patients", synthetic))
     save_figure(fig, out / "data_efficiency.png")
-    small = str(min(res["fractions"]))
-    parts = []
-    for arm in ("real only", "real + standard aug", "real + oracle", "real + copies", "real + dcgan", "real + cvae",
-                "real + glide"):
-        e = res["arms"].get(arm, {})
-        if e.get("status") != "ok":
-            parts.append(f"{arm}: {e.get('status', 'absent')}")
-            continue
-        m = e["by_fraction"][small]["metrics"]["auroc"]
-        g = e["by_fraction"][small]["gain"].get("auroc")
-        parts.append(f"{arm} {m['mean']:.3f} [{m['low']:.3f}, {m['high']:.3f}]"
-                     + (f", gain {g['mean']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]" if g else ""))
+    cal = res.get("memorisation_calibration", {})
     return (("SYNTHETIC demo data - " if synthetic else "")
-            + f"notebook 05: {res['task']} classifier, test AUROC (mean, 95 % interval: bootstrap over "
-            f"{res['n_test_patients']} held-out patients and {res['repetitions']} repetitions) vs the share of the "
-            f"{res['n_train_patients']} train patients. At {float(small):.0%}: " + "; ".join(parts)
-            + f". Image features: {res['settings']['features'].get('name')}; {run_provenance(run)}, `eval/results.json`.")
+            + f"notebook 05: {res['task']} detector ({res['detector']}: "
+            f"{(res.get('probe') or {}).get('model', 'small CNN from scratch')}), test AUROC (mean, 95 % interval: "
+            f"bootstrap over {res['n_test_patients']} held-out patients and {res['repetitions']} repetitions) vs the "
+            f"share of the {res['n_train_patients']} train patients. Primary endpoint, declared before the run: "
+            f"{res['primary']['endpoint']}; minimum detectable gain at 80 % power {res['primary']['design_mdg']:.3f}."
+            f"\n\n{headline_table(res)}\n\nMemorisation check: fresh patients (the oracle) flagged "
+            f"{cal.get('fresh_patients_flagged', float('nan')):.1%} (nominal {cal.get('nominal_percent', 1):g} %). "
+            f"Image features: {res['settings']['features'].get('name')}; {run_provenance(run)}, `eval/results.json`.")
 
 
 def main(argv=None) -> int:

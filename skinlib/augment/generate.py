@@ -213,14 +213,18 @@ class _Progress:
 # sources
 # ----------------------------------------------------------------------------------------
 def spread_over_patients(rows: list[dict], n: int) -> list[dict]:
-    """``n`` rows taken in turn from each patient (first the first crop of every patient, then the
-    second, ...; patients in natural order), returned in manifest order: a budget of a few sources
-    covers as many patients as it can instead of the first patient's overlapping crops."""
+    """``n`` rows taken in turn from each patient (first the most ill crop of every patient, by the
+    manifest's ``coverage``, then the second, ...; patients in natural order), returned in manifest
+    order: a budget of a few sources covers as many patients as it can instead of the first
+    patient's overlapping crops, and its variants stay ill after their squares are repainted."""
     from ..data.photos import natural_key
 
     by_patient: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_patient.setdefault(r.get("patient", ""), []).append(i)
+    cov = [float(r.get("coverage") or 0) for r in rows]
+    for idx in by_patient.values():
+        idx.sort(key=lambda i: (-cov[i], i))
     order = sorted(by_patient, key=natural_key)
     chosen: list[int] = []
     depth = 0

@@ -170,10 +170,11 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def load_images(paths: Sequence[Path], size: int, *, desc: str = "", progress: bool = False,
-                log: list | None = None) -> torch.Tensor:
+                log: list | None = None, native: int = 256) -> torch.Tensor:
     """uint8 [N, 3, size, size] of RGB images (bilinear resize); a missing or unreadable file
     is an error naming it. ``log``, when given, receives ``(file, what was done)`` for every image
-    that was converted to RGB or resized, so the caller can record it."""
+    that was converted to RGB, or resized from a size other than the crop format's ``native`` x
+    ``native`` (the planned resize of every crop to a classifier's input is not news)."""
     from PIL import Image, UnidentifiedImageError
     from tqdm.auto import tqdm
 
@@ -186,7 +187,7 @@ def load_images(paths: Sequence[Path], size: int, *, desc: str = "", progress: b
                         log.append((str(p), f"converted from {im.mode} to RGB"))
                     im = im.convert("RGB")
                 if im.size != (size, size):
-                    if log is not None:
+                    if log is not None and im.size != (native, native):
                         log.append((str(p), f"resized from {im.size[0]}x{im.size[1]} to {size}x{size}"))
                     im = im.resize((size, size), Image.BILINEAR)
                 out[i] = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)

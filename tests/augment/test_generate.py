@@ -396,6 +396,9 @@ def test_max_sources_are_spread_over_patients():
     assert len(pick) == 12 and len(set(patients)) == 8 and max(patients.count(p) for p in set(patients)) == 2
     assert pick == sorted(pick, key=lambda r: r["image"])                 # manifest order kept
     assert spread_over_patients(rows, 100) == rows
+    for i, r in enumerate(rows):                                          # the most ill crop of each patient first
+        r["coverage"] = f"{0.1 + (i % 5 == 3) * 0.5:.2f}"
+    assert {r["image"] for r in spread_over_patients(rows, 8)} == {f"{i:06d}.png" for i in range(3, 40, 5)}
 
 
 def test_lowered_overlap_steps_are_counted_for_the_job_log():

@@ -149,3 +149,31 @@ def test_no_arm_ran_is_a_failure_not_ok(crops, tmp_path, monkeypatch):
     arms = json.loads((tmp_path / "ev" / "results.json").read_text())["arms"]
     assert {a: e["status"] for a, e in arms.items() if a != D.ORACLE} == {
         a: "failed" for a in (D.REAL_ONLY, D.AUGMENT, D.COPIES)}
+
+
+@pytest.mark.parametrize("bucket", ["healthy", "low_contrast"])
+def test_pixel_copies_of_test_patients_healthy_and_low_contrast_windows_are_refused(crops, tmp_path, bucket):
+    """The pixel-copy check hashes every bucket of the test patients, not only the ill-skin crops:
+    a re-saved (other bytes, same pixels) copy of a test patient's healthy or low-contrast window is
+    refused. (Checked by removing the buckets from provenance.crop_hashes: this test then fails.)"""
+    import numpy as np
+    from PIL import Image
+
+    src = crops
+    if bucket == "low_contrast":          # the tiny fixture has no low-contrast bucket: plant one
+        src = tmp_path / "crops"
+        shutil.copytree(crops, src)
+        (src / "low_contrast").mkdir(exist_ok=True)
+        rows = [dict(r) for r in read_csv(src / "healthy" / "manifest.csv") if r["split"] == "test"][:2]
+        for r in rows:
+            shutil.copy(src / "healthy" / r["image"], src / "low_contrast" / r["image"])
+        write_csv(src / "low_contrast" / "manifest.csv", rows)
+    rows = [r for r in read_csv(src / bucket / "manifest.csv") if r["split"] == "test"][:2]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i, r in enumerate(rows):
+        pixels = np.asarray(Image.open(src / bucket / r["image"]).convert("RGB"))
+        Image.fromarray(pixels).save(plain / f"{i:06d}.png", compress_level=1, pnginfo=None)   # other bytes, same pixels
+    assert (plain / "000000.png").read_bytes() != (src / bucket / rows[0]["image"]).read_bytes()
+    with pytest.raises(LeakError, match="pixel-exact copies of TEST-patient crops"):
+        check_generated_folder(plain, src)
