@@ -1,7 +1,7 @@
 """The main job: ``python -m skinlib run`` executes the numbered notebooks with papermill.
 
     python -m skinlib run [--data DIR] [--out DIR] [--params FILE.yaml] [--smoke]
-                          [--only 01 02 ...] [--notebooks DIR]
+                          [--only 01 02 ...] [--notebooks DIR] [--folds K]
 
 With no arguments it runs every stage on the SYNTHETIC demo dataset into a fresh folder
 ``runs/<timestamp>``. Executed notebooks go to ``<out>/notebooks/``, crops to ``<out>/crops/``,
@@ -9,6 +9,13 @@ every later artefact below ``<out>``; ``<out>/summary.md`` and ``<out>/run.json`
 each stage ``ok``, ``failed`` (the error), ``skipped`` (a stage it needs failed) or ``not run``
 (only: OpenAI's GLIDE weights were asked for, are not in the cache and the machine is offline;
 the summary says how to supply them). The exit code is 1 unless every stage asked for is ``ok``.
+
+``--folds K`` (K >= 2; default 1: the single train/test split) is patient-level cross-validation:
+notebook 01 (parameter ``folds``) deals the patients to K folds and writes one crops folder view
+per fold, ``<out>/fold<f>/crops`` (fold f's patients test, all others train); notebooks 02-05
+then run once per fold with ``out_dir = <out>/fold<f>`` (generators and detectors of fold f
+never see its test patients), and ``<out>/eval`` pools the test predictions of all folds, every
+patient tested once (:mod:`skinlib.evaluation.folds`). The summary has one row per (stage, fold).
 
 The params YAML maps parameter names to values for every notebook that declares them, and
 stage keys ("01" ... "05") to per-notebook overrides::
@@ -109,6 +116,22 @@ def _git_commit() -> str:
         return "unknown"
 
 
+FOLD_INPUTS = ("crops_dir", "real_crops", "dcgan_dir", "cvae_dir", "glide_dir", "run_dir")   # set per fold
+
+
+def check_fold_params(params: dict[str, Any], folds: int) -> None:
+    """With ``--folds`` K >= 2 the main job sets each fold's input folders itself; the YAML must not."""
+    if any(k == "folds" or (isinstance(v, dict) and "folds" in v) for k, v in params.items()):
+        raise SystemExit("--params: set the number of folds with --folds K on the main job, not as a notebook parameter.")
+    if folds < 2:
+        return
+    clash = sorted({k for k in params if k in FOLD_INPUTS} | {k for v in params.values() if isinstance(v, dict)
+                                                             for k in v if k in FOLD_INPUTS})
+    if clash:
+        raise SystemExit(f"--params: with --folds {folds} every fold reads its own crops view and writes its own "
+                         f"folders (<out>/fold<f>/...), so {clash} cannot be set; remove them.")
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
@@ -127,6 +150,19 @@ def run(args: argparse.Namespace) -> int:
         if not (nb_dir / s.notebook).is_file():
             raise SystemExit(f"Notebook {nb_dir / s.notebook} is missing; check --notebooks.")
     check_common_params(params, [nb_dir / s.notebook for s in stages])
+    folds = getattr(args, "folds", 1)
+    if folds < 1:
+        raise SystemExit(f"--folds must be >= 1 (1: the single train/test split), got {folds}.")
+    check_fold_params(params, folds)
+    if folds > 1 and "01" not in wanted:
+        from .data.split import fold_views
+
+        try:
+            fold_views(out, folds)
+        except FileNotFoundError as e:
+            raise SystemExit(f"--folds {folds}: {e}")
+    jobs = [(s, None) for s in stages] if folds == 1 else (
+        [(s, None) for s in stages if s.key == "01"] + [(s, f) for f in range(folds) for s in stages if s.key != "01"])
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     print(f"Run folder: {out}")
     print(f"Data: {Path(args.data).resolve() if args.data else 'SYNTHETIC demo dataset (generated)'}"
@@ -134,36 +170,82 @@ def run(args: argparse.Namespace) -> int:
 
     results: list[dict[str, Any]] = []
     status: dict[str, str] = {}
-    bar = tqdm(stages, desc="main job", unit="notebook")
+    bar = tqdm(jobs, desc="main job", unit="notebook")
     try:
         _run_stages(bar, nb_dir, out, args, params, status, results)
+        if folds > 1 and "05" in wanted:
+            results.append(_pool(out, folds, status))
     finally:   # also on Ctrl-C: the summary says what ran
         write_summary(out, args, results)
     # non-zero whenever a stage asked for did not produce its outputs ("not run" included)
     return 1 if any(r["status"] != "ok" for r in results) else 0
 
 
+def fold_parameters(stage: Stage, nb_params: dict[str, Any], out: Path, fold: int | None,
+                    folds: int) -> dict[str, Any]:
+    """Parameters of one notebook run of a ``folds``-fold job: stage 01 gets ``folds``; a later stage
+    of fold f reads the crops view ``out/fold<f>/crops`` (its out_dir is ``out/fold<f>``)."""
+    if folds < 2:
+        return nb_params
+    if fold is None:
+        return {**nb_params, "folds": folds}
+    from .data.split import FOLD_DIR
+
+    view = str(out / FOLD_DIR.format(fold) / "crops")
+    return {**nb_params, **({"real_crops": view} if stage.key == "05" else {"crops_dir": view})}
+
+
+def _pool(out: Path, folds: int, status: dict) -> dict[str, Any]:
+    """Pool the evaluations of every fold into ``out/eval`` (a summary record)."""
+    from .data.split import FOLD_DIR
+    from .evaluation.folds import pool_folds
+
+    record: dict[str, Any] = {"stage": "05", "fold": "pooled", "notebook": "(skinlib.evaluation.folds.pool_folds)",
+                              "title": f"Evaluation pooled over {folds} folds"}
+    not_ok = [f for f in range(folds) if status.get(("05", f)) != "ok"]
+    if not_ok:
+        record.update(status="skipped", reason=f"needs stage 05 of every fold; fold(s) {not_ok} not ok")
+        return record
+    t0 = time.time()
+    try:
+        pool_folds([out / FOLD_DIR.format(f) / "eval" for f in range(folds)], out / "eval")
+        record.update(status="ok")
+    except Exception as e:  # noqa: BLE001 - recorded in the summary, like a failing notebook
+        record.update(status="failed", reason=f"{type(e).__name__}: {e}")
+    record["seconds"] = round(time.time() - t0, 1)
+    return record
+
+
 def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: dict[str, Any],
-                status: dict[str, str], results: list[dict[str, Any]]) -> None:
+                status: dict[tuple, str], results: list[dict[str, Any]]) -> None:
     import papermill
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
-    for stage in bar:
-        bar.set_postfix_str(f"{stage.key} {stage.title}")
+    from .data.split import FOLD_DIR
+
+    folds = getattr(args, "folds", 1)
+    for stage, fold in bar:
+        label = stage.key if fold is None else f"{stage.key} fold {fold}"
+        bar.set_postfix_str(f"{label} {stage.title}")
         record: dict[str, Any] = {"stage": stage.key, "notebook": stage.notebook, "title": stage.title}
-        failed_needs = [n for n in stage.needs if status.get(n) == "failed"]
+        if fold is not None:
+            record["fold"] = fold
+        failed_needs = [n for n in stage.needs if "failed" in (status.get((n, None)), status.get((n, fold)))]
         if failed_needs:
             record.update(status="skipped", reason=f"needs stage {', '.join(failed_needs)}, which failed")
         else:
-            nb_params = stage_parameters(stage, nb_dir / stage.notebook, params, out=out,
-                                         data=args.data, smoke=args.smoke)
+            run_out = out if fold is None else out / FOLD_DIR.format(fold)
+            nb_params = fold_parameters(stage, stage_parameters(stage, nb_dir / stage.notebook, params, out=run_out,
+                                                                data=args.data, smoke=args.smoke),
+                                        out, fold, folds)
             record["parameters"] = nb_params
-            output_nb = out / "notebooks" / stage.notebook
+            output_nb = run_out / "notebooks" / stage.notebook
+            output_nb.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
             try:
                 papermill.execute_notebook(str(nb_dir / stage.notebook), str(output_nb),
-                                           parameters=nb_params, cwd=str(out), progress_bar=False,
+                                           parameters=nb_params, cwd=str(run_out), progress_bar=False,
                                            kernel_name=args.kernel)
                 record.update(status="ok")
             except PapermillExecutionError as e:
@@ -176,9 +258,9 @@ def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: 
                 record.update(status="failed", reason=f"{type(e).__name__}: {e}")
             record["seconds"] = round(time.time() - t0, 1)
             record["executed_notebook"] = str(output_nb)
-        status[stage.key] = record["status"]
+        status[(stage.key, fold)] = record["status"]
         results.append(record)
-        tqdm.write(f"[{stage.key}] {stage.title}: {record['status']}"
+        tqdm.write(f"[{label}] {stage.title}: {record['status']}"
                    + (f" - {record['reason']}" if record.get("reason") else ""))
 
 
@@ -192,15 +274,14 @@ def merge_earlier_stages(out: Path, results: list[dict[str, Any]]) -> list[dict[
         earlier = load_json(earlier_path) if earlier_path.is_file() else {}
     except ValueError:
         earlier = {}
-    mine = {r["stage"]: r for r in results}
     merged = []
-    for stage in STAGES:
-        if stage.key in mine:
-            merged.append(mine[stage.key])
+    for stage in STAGES:          # every record of a stage (one per fold with --folds) of this call, else the earlier
+        mine = [r for r in results if r["stage"] == stage.key]
+        if mine:
+            merged += mine
             continue
-        old = next((r for r in earlier.get("stages", []) if r.get("stage") == stage.key), None)
-        if old is not None:
-            merged.append({**old, "earlier_run": old.get("earlier_run") or earlier.get("finished", "earlier")})
+        merged += [{**old, "earlier_run": old.get("earlier_run") or earlier.get("finished", "earlier")}
+                   for old in earlier.get("stages", []) if old.get("stage") == stage.key]
     return merged
 
 
@@ -225,7 +306,7 @@ def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, A
     results = merge_earlier_stages(out, results)
     save_json(out / "run.json", {
         "command": sys.argv, "data": args.data or "synthetic demo dataset", "smoke": args.smoke,
-        "params_file": args.params, "git_commit": _git_commit(), "python": platform.python_version(),
+        "params_file": args.params, "folds": getattr(args, "folds", 1), "git_commit": _git_commit(), "python": platform.python_version(),
         "torch": torch.__version__, "platform": platform.platform(),
         "cpu": cpu_info(), "stages": results,
         "packages": package_versions(),
@@ -234,11 +315,15 @@ def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, A
     lines = [f"# Run summary: {out}", "",
              f"Data: {args.data or 'SYNTHETIC demo dataset'}{' (SMOKE mode)' if args.smoke else ''}", "",
              "| stage | notebook | status | seconds | note |", "|---|---|---|---|---|"]
+    by_fold = any("fold" in r for r in results)
+    if by_fold:       # --folds: one row per (stage, fold)
+        lines[-2:] = ["| stage | fold | notebook | status | seconds | note |", "|---|---|---|---|---|---|"]
     for r in results:
         note = (r.get("reason") or "").replace("|", "/").replace("\n", " ")
         if r.get("earlier_run"):
             note = f"(from the run that finished {r['earlier_run']}) {note}".strip()
-        lines.append(f"| {r['stage']} | {r['notebook']} | {r['status']} | {r.get('seconds', '')} | {note} |")
+        fold = f" {r.get('fold', '')} |" if by_fold else ""
+        lines.append(f"| {r['stage']} |{fold} {r['notebook']} | {r['status']} | {r.get('seconds', '')} | {note} |")
     for r in results:
         if r.get("how_to_fix"):
             lines += ["", f"Stage {r['stage']} ({r['title']}) was not run. {r['how_to_fix']}"]
@@ -262,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="NN", help="run only these stages, e.g. --only 01 02")
     p.add_argument("--notebooks", help="folder holding the notebooks (default: the repository's)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default: python3)")
+    p.add_argument("--folds", type=int, default=1, metavar="K",
+                   help="patient-level cross-validation: K >= 2 patient folds, stages 02-05 once per fold, "
+                        "evaluation pooled (every patient tested once); 1 (default): the single split")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)

@@ -32,7 +32,7 @@ ALLOWED = {
     "augment": {"io", "errors", "cpu", "data", "viz", "glide"},
     "evaluation": {"io", "errors", "data", "viz", "glide", "baselines", "augment"},
     "stages": {"io", "data"},
-    "__main__": {"io", "cpu", "stages"},
+    "__main__": {"io", "cpu", "stages", "data", "evaluation"},   # --folds: fold views (data), pooling (evaluation)
     "generate": {"augment", "_moved"},  # `python -m skinlib.generate`; importing it warns (_moved)
     "evaluate": {"evaluation", "_moved"},  # `python -m skinlib.evaluate`; importing it warns (_moved)
 }

@@ -123,6 +123,17 @@ def _manifest_paths(crops_dir: Path) -> list[Path]:
     return paths
 
 
+def _patient_diseases(tables: Mapping[Path, list], main: Path) -> dict[str, str]:
+    """patient -> the disease with most of its ill-skin crops (``main`` manifest), over ``tables``
+    (manifest path -> rows)."""
+    counts: dict[str, dict[str, int]] = {}
+    for path, rows in tables.items():
+        for r in rows:
+            counts.setdefault(r["patient"], {}).setdefault(r["disease"], 0)
+            counts[r["patient"]][r["disease"]] += path == main   # stratify by the kept ill-skin crops
+    return {p: max(sorted(c), key=lambda d: c[d]) for p, c in counts.items()}
+
+
 def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print) -> dict[str, str]:
     """Split the patients of a finished crops folder and write the ``split`` column into its
     manifests plus ``split.csv`` (with a ``note`` for train-only patients, which ``log`` also
@@ -133,12 +144,7 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print)
     if not main.is_file():
         raise FileNotFoundError(f"{main} not found: crop the photos first (notebook 01), then split.")
     tables = {p: read_csv(p) for p in _manifest_paths(crops_dir)}
-    counts: dict[str, dict[str, int]] = {}
-    for path, rows in tables.items():
-        for r in rows:
-            counts.setdefault(r["patient"], {}).setdefault(r["disease"], 0)
-            counts[r["patient"]][r["disease"]] += path == main   # stratify by the kept ill-skin crops
-    patients = {p: max(sorted(c), key=lambda d: c[d]) for p, c in counts.items()}
+    patients = _patient_diseases(tables, main)
     types = skin_types(crops_dir)
     groups = {p: skin_group(p, types) for p in patients} if types else None
     assignment = split_patients(patients, test_share, seed, strata=groups)
@@ -179,6 +185,149 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print)
     return assignment
 
 
+# ----------------------------------------------------------------------------------------
+# patient-level cross-validation: K folds, each a crops folder of its own
+# ----------------------------------------------------------------------------------------
+FOLD_DIR = "fold{}"          # <run>/fold<f>/crops: the crops folder view of fold f
+
+
+def assign_folds(patients: Mapping[str, str], k: int, seed: int = 0, strata: Mapping[str, str] | None = None,
+                 test_share: float = 0.3) -> dict[str, int | None]:
+    """Assign each patient to one of ``k`` >= 2 test folds (``patients``: id -> disease).
+
+    Per disease (and, with ``strata`` such as patient -> Fitzpatrick group, per stratum of it)
+    the patients, in a seeded order, are dealt to folds 0, 1, ..., k-1 in turn, the deal going on
+    across strata and diseases: every fold gets its share of each disease and skin group (counts
+    differ by at most one) and the folds differ in size by at most one. Returns patient -> fold,
+    ``None`` for the patients of a disease too small to test (:func:`train_only_diseases` at
+    ``test_share``, or fewer patients than folds): they train in every fold."""
+    if int(k) != k or k < 2:
+        raise ValueError(f"folds must be an integer >= 2 (1 is the single train/test split), got {k}")
+    small = set(train_only_diseases(patients, test_share))
+    by_disease: dict[str, list[str]] = {}
+    for patient, disease in patients.items():
+        by_disease.setdefault(disease, []).append(patient)
+    out: dict[str, int | None] = {}
+    turn = 0
+    for d, (disease, ids) in enumerate(sorted(by_disease.items())):
+        if disease in small or len(ids) < k:
+            out.update({p: None for p in ids})
+            continue
+        order = sorted(ids)
+        cells: dict[str, list[str]] = {}
+        for i in np.random.default_rng([seed, d, 1]).permutation(len(order)):
+            cells.setdefault((strata or {}).get(order[i], ""), []).append(order[i])
+        for g in sorted(cells):
+            for pid in cells[g]:
+                out[pid] = turn % k
+                turn += 1
+    return out
+
+
+def write_fold_views(crops_dir, k: int, seed: int = 0, *, root=None, test_share: float = 0.3,
+                     log=print) -> dict[str, int | None]:
+    """Cross-validation over ``k`` >= 2 patient folds of a split crops folder (:func:`write_split`
+    first): write the ``fold`` column of its ``split.csv`` (empty for train-only patients) and,
+    for each fold f, the crops folder view ``root/fold<f>/crops`` (``root``: the run folder, by
+    default the crops folder's parent), an ordinary crops folder whose manifests, ``split.csv``
+    and ``summary.json`` say ``split = test`` for fold f's patients and ``train`` for all others.
+    Its PNGs are hard links to ``crops_dir``'s (a copy only where the file system refuses hard
+    links, which ``log`` reports); other small files are copied. An existing view is replaced.
+    Returns patient -> fold (:func:`assign_folds`)."""
+    import os
+    import shutil
+
+    crops_dir = Path(crops_dir)
+    root = Path(root) if root is not None else crops_dir.parent
+    main = crops_dir / MANIFEST
+    if not (crops_dir / SPLIT_FILE).is_file() or not main.is_file():
+        raise FileNotFoundError(f"{crops_dir} has no {MANIFEST} / {SPLIT_FILE}: crop and split the photos first "
+                                f"(notebook 01), then make the folds.")
+    tables = {p: read_csv(p) for p in _manifest_paths(crops_dir)}
+    patients = _patient_diseases(tables, main)
+    types = skin_types(crops_dir)
+    groups = {p: skin_group(p, types) for p in patients} if types else None
+    folds = assign_folds(patients, k, seed, strata=groups, test_share=test_share)
+    if not any(f is not None for f in folds.values()):
+        raise ValueError(f"{crops_dir}: no disease has enough patients for {k} folds ({len(patients)} patients); "
+                         f"add patients or use fewer folds.")
+    split_rows = read_csv(crops_dir / SPLIT_FILE)
+    for r in split_rows:
+        r["fold"] = "" if folds.get(r["patient"]) is None else str(folds[r["patient"]])
+    write_csv(crops_dir / SPLIT_FILE, split_rows)
+    summary_path = crops_dir / "summary.json"
+    summary = load_json(summary_path) if summary_path.is_file() else None
+    record = {"folds": k, "seed": seed, "test_share": test_share,
+              "stratified_by": ["disease"] + (["Fitzpatrick group"] if groups else []),
+              "test_patients_per_fold": [sum(v == f for v in folds.values()) for f in range(k)],
+              "train_only_patients": sorted((p for p, f in folds.items() if f is None), key=natural_key)}
+    if summary is not None:
+        save_json(summary_path, {**summary, "folds": record})
+    rewritten = {main, *tables, crops_dir / SPLIT_FILE, summary_path}
+    copied: list[str] = []
+    why = ""
+    for f in range(k):
+        view = root / FOLD_DIR.format(f) / "crops"
+        if view.resolve() == crops_dir.resolve():
+            raise ValueError(f"fold view {view} would replace the crops folder itself: pass another root")
+        if view.exists():
+            shutil.rmtree(view)
+        side = {p: "test" if folds.get(p) == f else "train" for p in patients}
+        for src in sorted(crops_dir.rglob("*")):
+            dst = view / src.relative_to(crops_dir)
+            if src.is_dir() or src in rewritten:
+                continue
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if src.suffix.lower() in (".csv", ".json", ".txt", ".md"):
+                shutil.copy2(src, dst)               # small text: a copy, never shared with the main folder
+                continue
+            try:
+                os.link(src, dst)
+            except OSError as e:                     # another file system, or links not allowed
+                shutil.copy2(src, dst)
+                copied.append(str(dst))
+                why = f"{type(e).__name__}: {e}"
+        for path, rows in tables.items():
+            out_rows = [{**r, "split": side[r["patient"]]} for r in rows]
+            out_path = view / path.relative_to(crops_dir)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            write_csv(out_path, out_rows, list(rows[0]) if rows else list(read_csv_header(path)))
+        write_csv(view / SPLIT_FILE, [{**r, "split": side[r["patient"]]} for r in split_rows])
+        save_json(view / "summary.json", {**(summary or {}), "split": {
+            **record, "fold": f, "made_from": str(crops_dir),
+            "train_patients": sum(v == "train" for v in side.values()),
+            "test_patients": sum(v == "test" for v in side.values())}})
+    if copied:
+        log(f"HARD LINKS IMPOSSIBLE ({why}): {len(copied)} crop files were COPIED into the fold views instead "
+            f"(e.g. {copied[0]}); the views then take as much disk as {crops_dir} each.")
+    per_fold = ", ".join(f"fold {f}: {n}" for f, n in enumerate(record["test_patients_per_fold"]))
+    log(f"{k} patient folds (test patients {per_fold}; train in every fold: "
+        f"{len(record['train_only_patients'])}); views in {root / FOLD_DIR.format('<f>')}/crops")
+    return folds
+
+
+def read_csv_header(path) -> list[str]:
+    """The column names of a CSV file (also of one without rows)."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return next(csv.reader(fh), [])
+
+
+def fold_views(root, k: int) -> list[Path]:
+    """``[root/fold0/crops, ...]`` of a ``k``-fold run, checked: each must be a crops folder view made by
+    :func:`write_fold_views` for ``k`` folds (clear error naming the fix otherwise)."""
+    views = [Path(root) / FOLD_DIR.format(f) / "crops" for f in range(k)]
+    for f, v in enumerate(views):
+        summary = v / "summary.json"
+        made = load_json(summary).get("split", {}) if summary.is_file() else {}
+        if not (v / MANIFEST).is_file() or made.get("folds") != k or made.get("fold") != f:
+            raise FileNotFoundError(
+                f"{v} is not fold {f} of {k} folds (found: {made.get('fold')!r} of {made.get('folds')!r}). "
+                f"Fix: run notebook 01 with folds={k} (`python -m skinlib run --folds {k}`, stage 01 included).")
+    return views
+
+
 def read_split(crops_dir) -> dict[str, str]:
     """patient -> "train" / "test" from a crops folder's ``split.csv`` (clear error without one)."""
     path = Path(crops_dir) / SPLIT_FILE
@@ -213,5 +362,5 @@ def patients_of(rows: Sequence[Mapping[str, str]], split: str | None = None) -> 
     return sorted({r["patient"] for r in rows if split is None or r.get("split") == split}, key=natural_key)
 
 
-__all__ = ["split_patients", "write_split", "read_split", "patients_of", "SPLIT_FILE", "train_only_diseases",
+__all__ = ["split_patients", "write_split", "assign_folds", "write_fold_views", "fold_views", "read_split", "patients_of", "SPLIT_FILE", "train_only_diseases",
            "require_test_patients", "train_only_text"]

@@ -413,6 +413,10 @@ class DownstreamResult:
     arms: dict                         # arm name -> {"status", "reason", "fractions": {f: summary}}
     per_run: list[dict]                # one row per (arm, fraction, repetition): point metrics
     notes: dict
+    # the test predictions behind the summaries (pooled over cross-validation folds by
+    # skinlib.evaluation.folds): {"patient", "file", "group": [n] lists, "y": int [n],
+    # "probas": {(arm, fraction): [R arrays float [n, K]]} of every arm that completed}
+    predictions: dict | None = None
 
 
 def train_subsets(patients: Sequence[str], fractions: Sequence[float], repetitions: int, seed: int,
@@ -644,8 +648,50 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                 entry["fractions"][str(f)] = _summaries(plan, y_test, groups, pr, base, real.classes, cfg)
         result_arms[arm.name] = entry
     n_test = {c: int((y_test == i).sum()) for i, c in enumerate(real.classes)}
+    complete = {(a, f): pr for (a, f), pr in probas.items()
+                if result_arms.get(a, {}).get("status") == "ok" and len(pr) == cfg.repetitions}
+    predictions = {"patient": list(test.patient), "file": list(test.file), "group": groups.tolist(), "y": y_test,
+                   "probas": complete}
     return DownstreamResult(real.task, real.classes, asdict(cfg), len(set(train.patient)), len(set(test.patient)),
-                            n_test, result_arms, per_run, notes)
+                            n_test, result_arms, per_run, notes, predictions)
+
+
+PREDICTIONS_FILE = "predictions.npz"
+
+
+def save_predictions(path, res: DownstreamResult) -> None:
+    """Write ``res.predictions`` to ``path`` (.npz, no pickles): ``patient``, ``test_file``, ``group`` str [n],
+    ``y`` int64 [n], ``classes`` str [K], ``task``; per completed (arm, fraction) i: ``arm``[i],
+    ``fraction``[i] and ``proba_<i>`` float64 [R, n, K] (repetition r of the arm at that share)."""
+    from ..io import atomic_write_bytes
+    import io
+
+    pr = res.predictions
+    keys = sorted(pr["probas"], key=lambda k: (k[1], k[0]))
+    arrays = {"patient": np.asarray(pr["patient"], dtype=str), "test_file": np.asarray(pr["file"], dtype=str),
+              "group": np.asarray(pr["group"], dtype=str), "y": np.asarray(pr["y"], dtype=np.int64),
+              "classes": np.asarray(res.classes, dtype=str), "task": np.asarray(res.task),
+              "arm": np.asarray([a for a, _ in keys], dtype=str), "fraction": np.asarray([f for _, f in keys], float)}
+    for i, k in enumerate(keys):
+        arrays[f"proba_{i}"] = np.stack(pr["probas"][k]).astype(np.float64)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_predictions(path) -> dict:
+    """What :func:`save_predictions` wrote: ``{"patient", "file", "group", "y", "classes", "task",
+    "probas": {(arm, fraction): float [R, n, K]}}``; a clear error when the file is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the test predictions of this evaluation were not saved "
+                                f"(made before they were). Fix: re-run notebook 05 for this folder.")
+    with np.load(path, allow_pickle=False) as z:
+        out = {k: z[k] for k in ("patient", "group", "y", "classes")}
+        out["file"] = z["test_file"]
+        out["task"] = str(z["task"])
+        out["probas"] = {(str(a), float(f)): z[f"proba_{i}"] for i, (a, f) in enumerate(zip(z["arm"], z["fraction"]))}
+    return out
 
 
 def label_check(score, pools: Mapping[str, Examples], task: str, classes: Sequence[str]) -> dict:
@@ -671,4 +717,5 @@ def label_check(score, pools: Mapping[str, Examples], task: str, classes: Sequen
 __all__ = ["DownstreamConfig", "Examples", "RealData", "real_examples", "synthetic_examples", "SmallCNN",
            "standard_augment", "train_classifier", "predict_proba", "train_subsets", "run_downstream",
            "DownstreamResult", "REAL_ONLY", "AUGMENT", "COPIES", "ORACLE", "ORACLE_ILL", "skin_types",
-           "cap_per_patient", "label_check", "DETECTORS"]
+           "cap_per_patient", "label_check", "DETECTORS", "save_predictions", "load_predictions",
+           "PREDICTIONS_FILE"]

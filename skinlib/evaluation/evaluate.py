@@ -12,6 +12,8 @@ holds generated images in the crop format (``NNNNNN.png`` + ``manifest.csv``). W
                           patients; image metrics; memorisation per generator; settings
     comparison.csv / .md  the table (one row per arm)
     downstream_runs.csv   one row per trained classifier (arm, fraction, repetition, metrics)
+    predictions.npz       the test predictions of every (arm, fraction, repetition), with the test
+                          examples' patients, labels and skin groups (cross-validation pools them)
     data_efficiency.png   the headline figure: AUROC vs share of train patients, every arm
     gains.png             paired gains vs real only with intervals, per fraction
     memorisation.png      each generator's closest pairs to train crops
@@ -324,6 +326,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     save_json(out_dir / "results.json", _jsonable(results))
     save_json(out_dir / "settings.json", _jsonable(settings))
     write_csv(out_dir / "downstream_runs.csv", res.per_run, _columns(res.per_run))
+    D.save_predictions(out_dir / D.PREDICTIONS_FILE, res)    # pooled over folds by skinlib.evaluation.folds
     table = comparison_rows(results)
     write_csv(out_dir / "comparison.csv", table, _columns(table))
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(results))
