@@ -78,7 +78,7 @@ class DownstreamConfig:
     width: int = 8                    # CNN width (channels of the first block)
     synthetic_share: float = 0.5      # P(a batch element of a class comes from the synthetic images of that class)
     fractions: tuple[float, ...] = (0.05, 0.25, 1.0)  # shares of the train patients (data-efficiency curve)
-    repetitions: int = 20             # (seed, train subset, synthetic draw) repetitions per arm and fraction
+    repetitions: int = 100            # (train subset, synthetic draw) repetitions per arm and fraction
     seed: int = 0
     specificity: float = 0.9          # sensitivity is reported at this specificity
     n_boot: int = 1000                # bootstrap draws
@@ -471,38 +471,59 @@ def _summaries(plan: BootstrapPlan, y: np.ndarray, groups: np.ndarray, probas: l
     return out
 
 
-def _pool_draw(pool: Examples, seed: int, name: str) -> Examples:
-    """This repetition's synthetic images: ``len(pool)`` drawn with replacement (seeded by the
-    repetition and the generator, so the arms of one generator with and without standard
-    augmentation share the draw), as the CNN's batches draw them."""
+def _pool_draw(n: int, seed: int, name: str) -> np.ndarray:
+    """This repetition's synthetic images: ``n`` indices into the ``n`` usable images of a pool,
+    drawn with replacement (seeded by the repetition and the generator, so the arms of one
+    generator with and without standard augmentation share the draw), as the CNN's batches draw
+    them."""
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    return pool.subset(np.sort(rng.integers(0, len(pool), len(pool))))
+    return np.sort(rng.integers(0, n, n))
 
 
-def _probe_job(real_tr: Examples, pool: Examples | None, arm: "Arm", cfg: DownstreamConfig, proj, c: float,
-               num_classes: int, real_classes: Sequence[int] | None, test_z: np.ndarray, seed: int) -> np.ndarray:
-    """Test probabilities of one (arm, share, repetition) with the linear probe."""
-    from .linear_probe import balanced_weights, fit_probe, probe_proba
+class _ProbeContext:
+    """One (share, repetition) of the linear probe: the projector fitted on its real train images
+    and every feature set it needs projected once (arms differ only in what they add)."""
+
+    def __init__(self, real_tr: Examples, test: Examples, dim: int):
+        from .linear_probe import Projector
+
+        self.proj = Projector.fit(real_tr.feats.numpy(), dim)
+        self.real_z, self.real_y = self.proj(real_tr.feats.numpy()), real_tr.y.numpy()
+        self.aug_z = self.proj(real_tr.feats_aug.numpy())
+        self.test_z = self.proj(test.feats.numpy())
+        self._pools: dict[int, np.ndarray] = {}
+
+    def pool_z(self, pool: Examples) -> np.ndarray:
+        if id(pool) not in self._pools:
+            self._pools[id(pool)] = self.proj(pool.feats.numpy())
+        return self._pools[id(pool)]
+
+
+def _probe_job(ctx: _ProbeContext, pool: Examples | None, usable: np.ndarray | None, arm: "Arm",
+               cfg: DownstreamConfig, penalty: float, num_classes: int, real_classes: Sequence[int] | None,
+               seed: int) -> np.ndarray:
+    """Test probabilities of one (arm, share, repetition) with the linear probe; ``usable``: the
+    indices of ``pool``'s images this repetition may use (of subset patients)."""
+    from .linear_probe import balanced_weights, fit_probe
 
     allowed = set(range(num_classes) if real_classes is None else real_classes)
-    keep = np.isin(real_tr.y.numpy(), sorted(allowed))
-    feats, ys = [real_tr.feats[keep]], [real_tr.y[keep]]
+    keep = np.isin(ctx.real_y, sorted(allowed))
+    zs, ys = [ctx.real_z[keep]], [ctx.real_y[keep]]
     if arm.augment:
-        feats.append(real_tr.feats_aug[keep])
-        ys.append(real_tr.y[keep])
+        zs.append(ctx.aug_z[keep])
+        ys.append(ctx.real_y[keep])
     n_real = sum(len(y) for y in ys)
-    if pool is not None and len(pool):
-        drawn = _pool_draw(pool, seed, arm.generator)
-        feats.append(drawn.feats)
-        ys.append(drawn.y)
-    x = torch.cat(feats).numpy()
-    y = torch.cat(ys).numpy()
+    if pool is not None and len(usable):
+        drawn = usable[_pool_draw(len(usable), seed, arm.generator)]
+        zs.append(ctx.pool_z(pool)[drawn])
+        ys.append(pool.y.numpy()[drawn])
+    z, y = np.concatenate(zs), np.concatenate(ys)
     syn = np.arange(len(y)) >= n_real
     missing = sorted(set(range(num_classes)) - set(y.tolist()))
     if missing:
         raise ArmDataError(f"class(es) {missing} have no training image (real or synthetic) in this arm")
     w = balanced_weights(y, syn, num_classes, cfg.synthetic_share)
-    return probe_proba(fit_probe(proj(x), y, w, c, num_classes), test_z, num_classes)
+    return fit_probe(z, y, w, penalty, num_classes).proba(ctx.test_z)
 
 
 def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: DownstreamConfig, real: RealData, *,
@@ -579,35 +600,39 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     bar = tqdm(total=len(jobs) * cfg.repetitions, desc=f"downstream detectors ({cfg.detector})", disable=not progress)
     for r in range(cfg.repetitions):
         seed = cfg.seed * 1000 + r
-        projectors: dict[float, tuple] = {}
+        contexts: dict[float, tuple] = {}          # per share: its patients, real train examples, probe context
         for arm, f in jobs:
             bar.update(1)
             if status[arm.name]["status"] != "ok":
                 continue
-            pats = set(subsets[(f, r)])
-            real_tr = train.subset([i for i, p in enumerate(train.patient) if p in pats])
-            pool = arm.pool
-            if pool is not None and not arm.generator.startswith("oracle"):   # derived images: only of subset patients
-                pool = pool.subset([i for i, p in enumerate(pool.patient) if not p or p in pats])
+            if f not in contexts:
+                pats = set(subsets[(f, r)])
+                real_tr = train.subset([i for i, p in enumerate(train.patient) if p in pats])
+                contexts[f] = (pats, real_tr, _ProbeContext(real_tr, test, cfg.probe_dim) if features else None)
+            pats, real_tr, ctx = contexts[f]
+            pool, usable = arm.pool, None
+            if pool is not None:                   # derived images: only of subset patients (the oracle's: all)
+                usable = np.asarray([i for i, p in enumerate(pool.patient)
+                                     if arm.generator.startswith("oracle") or not p or p in pats], dtype=np.int64)
+                if not features:
+                    pool = pool.subset(usable)
             try:
                 if arm.synthetic_only:
                     real_cls = [c for c in range(num_classes) if c not in positive]
-                    missing = [real.classes[c] for c in positive if pool is None or not (pool.y == c).any()]
+                    ys = set() if pool is None else set(pool.y[torch.as_tensor(usable)].tolist() if features
+                                                         else pool.y.tolist())
+                    missing = [real.classes[c] for c in positive if c not in ys]
                     if missing:
                         raise ArmDataError(f"{arm.generator} made no image of class(es) {missing}")
                 else:
                     real_cls = None
                 if features:
-                    if f not in projectors:
-                        proj = Projector.fit(real_tr.feats.numpy(), cfg.probe_dim)
-                        projectors[f] = (proj, proj(test.feats.numpy()))
-                    proj, test_z = projectors[f]
-                    p = _probe_job(real_tr, pool, arm, cfg, proj, notes["probe"]["penalty"], num_classes, real_cls, test_z, seed)
+                    p = _probe_job(ctx, pool, usable, arm, cfg, notes["probe"]["penalty"], num_classes, real_cls, seed)
                     if arm.name == REAL_ONLY and f == full and r == 0:
-                        model = fit_probe(proj(real_tr.feats.numpy()), real_tr.y.numpy(),
-                                          balanced_weights(real_tr.y.numpy(), np.zeros(len(real_tr), bool), num_classes, 0),
+                        model = fit_probe(ctx.real_z, ctx.real_y,
+                                          balanced_weights(ctx.real_y, np.zeros(len(ctx.real_y), bool), num_classes, 0),
                                           notes["probe"]["penalty"], num_classes)
-                        label_scorer = (lambda ex, m=model, pj=proj: probe_proba(m, pj(ex.feats.numpy()), num_classes))
+                        label_scorer = (lambda ex, m=model, pj=ctx.proj: probe_proba(m, pj(ex.feats.numpy()), num_classes))
                 else:
                     model = train_classifier(real_tr, num_classes, cfg, seed=seed, synthetic=pool,
                                              augment=arm.augment, real_classes=real_cls)
@@ -621,7 +646,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
             ones = np.ones((1, len(y_test)))
             per_run.append({"arm": arm.name, "fraction": f, "repetition": r, "seed": seed,
                             "train_patients": len(pats), "n_train_real": len(real_tr),
-                            "n_synthetic": 0 if pool is None else len(pool),
+                            "n_synthetic": 0 if pool is None else len(usable),
                             **{m: float(metric_draws(m, ones, y_test, p, specificity=cfg.specificity)[0])
                                for m in METRICS}})
     bar.close()
