@@ -536,7 +536,8 @@ def plot_data_efficiency(results: dict, metric: str = "auroc", *, title: str = "
         low = np.array([v["low"] for v in m], float)
         high = np.array([v["high"] for v in m], float)
         style = dict(color=arm_colour(arm), lw=2.2 if arm == D.REAL_ONLY else 1.4,
-                     ls=":" if arm.startswith("synthetic only") else "-", marker="o", ms=4)
+                     ls=":" if arm.startswith("synthetic only") else "--" if arm.startswith("real + standard aug + ")
+                     else "-", marker="s" if arm.startswith("real + standard aug + ") else "o", ms=4)
         off = (k - (len(shown) - 1) / 2) * 0.006       # side by side, so the intervals stay readable
         ax.errorbar(np.array(xs) + off, mean, yerr=np.nan_to_num(np.vstack([mean - low, high - mean])),
                     capsize=3, label=arm, **style)
