@@ -2,11 +2,9 @@
 run's arguments, the side-by-side summary, and why a bf16 ratio is below 1."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
+
 NATIVE = {"model": "AMD EPYC", "machine": "x86_64", "torch_capability": "AVX512", "bf16_flags": ["avx512_bf16"],
           "onednn_bf16": True, "native_bf16": True, "env": {}}
 EMULATED = {**NATIVE, "torch_capability": "AVX2", "onednn_bf16": False, "native_bf16": False,
@@ -14,11 +12,7 @@ EMULATED = {**NATIVE, "torch_capability": "AVX2", "onednn_bf16": False, "native_
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("bench_glide", ROOT / "benchmarks" / "bench_glide.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["bench_glide"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_glide.py")
 
 
 def _figures(info, fp32_s, bf16_s):

@@ -2,9 +2,7 @@
 on (design choices are made on train patients, never on test patients: issue 17 item 8)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,15 +10,11 @@ from skinlib.data.dataset import list_crop_rows
 from skinlib.glide.finetune import select_rows
 
 from _eval_data import make_split_crops
-
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_glide_fill", ROOT / "benchmarks" / "bench_glide_fill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/bench_glide_fill.py")
 
 
 def test_validation_split_is_the_unseen_train_crops(tmp_path):

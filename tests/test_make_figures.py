@@ -2,20 +2,14 @@
 input named) and leaves no stale figure of an earlier run behind."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 from _eval_data import make_split_crops
-
-ROOT = Path(__file__).resolve().parents[1]
+from _scripts import load_script
 
 
 def _make_figures():
-    spec = importlib.util.spec_from_file_location("make_figures", ROOT / "other" / "make_figures.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("other/make_figures.py")
 
 
 def test_incomplete_input_fails_and_leaves_no_stale_figure(tmp_path, capsys):
