@@ -541,7 +541,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     examples ``feats_aug``), see :func:`skinlib.evaluation.linear_probe.attach_features`."""
     from tqdm.auto import tqdm
 
-    from .linear_probe import balanced_weights, choose_c, fit_probe, probe_proba
+    from .linear_probe import balanced_weights, choose_c, fit_probe
 
     train, test = real.side("train"), real.side("test")
     if not len(test) or not len(train):
@@ -632,7 +632,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                         model = fit_probe(ctx.real_z, ctx.real_y,
                                           balanced_weights(ctx.real_y, np.zeros(len(ctx.real_y), bool), num_classes, 0),
                                           notes["probe"]["penalty"], num_classes)
-                        label_scorer = (lambda ex, m=model, pj=ctx.proj: probe_proba(m, pj(ex.feats.numpy()), num_classes))
+                        label_scorer = (lambda ex, m=model, pj=ctx.proj: m.proba(pj(ex.feats.numpy())))
                 else:
                     model = train_classifier(real_tr, num_classes, cfg, seed=seed, synthetic=pool,
                                              augment=arm.augment, real_classes=real_cls)

@@ -148,11 +148,6 @@ def fit_probe(z: np.ndarray, y: np.ndarray, w: np.ndarray, lam: float, num_class
     return RidgeProbe(mean, coef, tbar, num_classes)
 
 
-def probe_proba(model: RidgeProbe, z: np.ndarray, num_classes: int | None = None) -> np.ndarray:
-    """Class scores in (0, 1), [N, num_classes] (float64); see :meth:`RidgeProbe.proba`."""
-    return model.proba(z)
-
-
 def choose_c(feats: np.ndarray, y: np.ndarray, patients: Sequence[str], num_classes: int,
              grid: Sequence[float], dim: int, folds: int = 5, seed: int = 0) -> tuple[float, dict]:
     """The ridge penalty of ``grid`` with the best mean AUROC in patient-grouped ``folds``-fold
@@ -188,4 +183,4 @@ def choose_c(feats: np.ndarray, y: np.ndarray, patients: Sequence[str], num_clas
     return float(best), means
 
 
-__all__ = ["attach_features", "Projector", "balanced_weights", "RidgeProbe", "fit_probe", "probe_proba", "choose_c"]
+__all__ = ["attach_features", "Projector", "balanced_weights", "RidgeProbe", "fit_probe", "choose_c"]
