@@ -737,17 +737,9 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
                                   f"({'tiny, 2 steps: smoke run' if smoke else 'the small model'})"))
     if weights == "small":
         out = model_dir / ("tiny-smoke" if smoke else "small")
-        if smoke:
-            cfg = FinetuneConfig(model="tiny", batch_size=2, max_images=4, epochs=1, max_steps=2, lr=1e-3,
-                                 ema_rate=0.9, n_samples=1, sample_respacing="2", seed=seed, loss_region="hole")
-        else:
-            cfg = FinetuneConfig(model="small", batch_size=small_batch, max_images=small_images, epochs=10**6,
-                                 max_steps=small_steps, lr=small_lr, ema_rate=0.98, n_samples=4,
-                                 sample_every=10**6, seed=seed, checkpoint_every=50, loss_region="hole")
-        train("base", crops_dir, out, cfg, sample_respacing=cfg.sample_respacing or "10", log=log,
-              max_t=small_base_max_t)
-        train("upsampler", crops_dir, out, cfg, patch_size=64, sample_respacing=cfg.sample_respacing or "3",
-              log=log, max_t=small_upsample_max_t, **({} if smoke else {"max_steps": small_upsample_steps}))
+        train_small(crops_dir, out, smoke=smoke, images=small_images, steps=small_steps,
+                    upsample_steps=small_upsample_steps, batch=small_batch, lr=small_lr,
+                    base_max_t=small_base_max_t, upsample_max_t=small_upsample_max_t, seed=seed, log=log)
         return str(out)
     # OpenAI's weights (cache: "official"; or a folder), optionally fine-tuned
     if finetune_steps <= 0:
@@ -760,6 +752,24 @@ def prepare_weights(weights: str, crops_dir, model_dir, *, smoke: bool = False, 
     for kind in KINDS:
         train(kind, crops_dir, out, cfg, log=log)
     return str(out)
+
+
+def train_small(crops_dir, out, *, smoke: bool = False, images: int = 96, steps: int = 300,
+                upsample_steps: int = 100, batch: int = 8, lr: float = 1e-3, base_max_t: Optional[int] = 250,
+                upsample_max_t: Optional[int] = 20, loss_region: str = "hole", seed: int = 0, log=print) -> None:
+    """Train notebook 04's small CPU model (base, then upsampler on 64 px patches) into ``out``;
+    resumes. ``smoke``: the "tiny" config for 2 steps instead. ``loss_region`` / ``*_max_t`` are the
+    options compared by ``benchmarks/ablate_glide_small.py``."""
+    if smoke:
+        cfg = FinetuneConfig(model="tiny", batch_size=2, max_images=4, epochs=1, max_steps=2, lr=1e-3,
+                             ema_rate=0.9, n_samples=1, sample_respacing="2", seed=seed, loss_region=loss_region)
+    else:
+        cfg = FinetuneConfig(model="small", batch_size=batch, max_images=images, epochs=10**6,
+                             max_steps=steps, lr=lr, ema_rate=0.98, n_samples=4,
+                             sample_every=10**6, seed=seed, checkpoint_every=50, loss_region=loss_region)
+    train("base", crops_dir, out, cfg, sample_respacing=cfg.sample_respacing or "10", log=log, max_t=base_max_t)
+    train("upsampler", crops_dir, out, cfg, patch_size=64, sample_respacing=cfg.sample_respacing or "3",
+          log=log, max_t=upsample_max_t, **({} if smoke else {"max_steps": upsample_steps}))
 
 
 def trained_from_scratch(weights: str) -> bool:
