@@ -452,23 +452,53 @@ def _metric_fn(name: str, specificity: float):
 
 def _summaries(plan: BootstrapPlan, y: np.ndarray, groups: np.ndarray, probas: list[np.ndarray],
                base: list[np.ndarray] | None, classes: list[str], cfg: DownstreamConfig) -> dict:
-    out: dict = {"metrics": {}, "gain": {}, "per_class": {}, "per_skin_type": {}}
+    out: dict = {"metrics": {}, "gain": {}, "per_class": {}, "per_class_gain": {}, "per_skin_type": {}}
     for m in METRICS:
         fn = _metric_fn(m, cfg.specificity)
         out["metrics"][m] = summarize_metric(plan, y, probas, fn)
         if base is not None:
             out["gain"][m] = summarize_metric(plan, y, probas, fn, baseline=base)
     for c, cname in enumerate(classes):
-        out["per_class"][cname] = summarize_metric(plan, y, probas, lambda w, yy, p, c=c: class_recall_draws(w, yy, p, c))
+        recall = lambda w, yy, p, c=c: class_recall_draws(w, yy, p, c)  # noqa: E731
+        out["per_class"][cname] = summarize_metric(plan, y, probas, recall)
+        if base is not None:
+            out["per_class_gain"][cname] = summarize_metric(plan, y, probas, recall, baseline=base)
     for grp in sorted({g for g in groups if g}):
-        keep = groups == grp
-        if len(set(y[keep].tolist())) < len(classes):
-            continue
-        sub = plan.subset(keep)
-        out["per_skin_type"][grp] = {"auroc": summarize_metric(sub, y[keep], [p[keep] for p in probas],
-                                                                _metric_fn("auroc", cfg.specificity)),
-                                     "n_test": int(keep.sum()), "n_patients": sub.n_patients}
+        out["per_skin_type"][grp] = _group_summary(plan, y, groups == grp, probas, base, classes, cfg)
     return out
+
+
+def share_view(summary: dict) -> dict:
+    """What ``results.json["arms"][arm]["by_fraction"][share]`` keeps of one share's summary: the
+    metrics, the paired gains, and per class / per Fitzpatrick group with their gains."""
+    return {k: summary.get(k, {}) for k in ("metrics", "gain", "per_class", "per_class_gain", "per_skin_type")}
+
+
+#: a Fitzpatrick group with fewer test patients than this gets no interval (its t quantile with
+#: n - 1 < 2 degrees of freedom makes any interval meaningless), only its counts and a note
+MIN_GROUP_PATIENTS = 3
+
+
+def _group_summary(plan: BootstrapPlan, y: np.ndarray, keep: np.ndarray, probas: list[np.ndarray],
+                   base: list[np.ndarray] | None, classes: list[str], cfg: DownstreamConfig) -> dict:
+    """AUROC and sensitivity at the fixed specificity of the test examples where ``keep`` [n] (one
+    Fitzpatrick group), with intervals and the paired gains over real only (``base``); a group
+    with both classes but under :data:`MIN_GROUP_PATIENTS` test patients, or one class only, says
+    so instead."""
+    sub = plan.subset(keep)
+    entry: dict = {"n_test": int(keep.sum()), "n_patients": sub.n_patients}
+    if len(set(y[keep].tolist())) < len(classes):
+        return {**entry, "note": "its test crops hold one class only: no AUROC"}
+    if sub.n_patients < MIN_GROUP_PATIENTS:
+        return {**entry, "note": f"{sub.n_patients} test patient(s): too few for an interval "
+                                 f"(needs {MIN_GROUP_PATIENTS})"}
+    for m in ("auroc", "sens_at_spec"):
+        fn = _metric_fn(m, cfg.specificity)
+        entry[m] = summarize_metric(sub, y[keep], [p[keep] for p in probas], fn)
+        if base is not None:
+            entry[f"gain_{m}"] = summarize_metric(sub, y[keep], [p[keep] for p in probas], fn,
+                                                  baseline=[b[keep] for b in base])
+    return entry
 
 
 def _pool_draw(n: int, seed: int, name: str) -> np.ndarray:

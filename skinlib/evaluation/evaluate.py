@@ -70,7 +70,7 @@ def _arm_entry(arm: str, res: D.DownstreamResult) -> dict:
     return {"status": e["status"], "reason": e["reason"], "generator": e.get("generator", ""),
             "metrics": head.get("metrics", {}), "gain": head.get("gain", {}),
             "per_class": head.get("per_class", {}), "per_skin_type": head.get("per_skin_type", {}),
-            "by_fraction": {f: {"metrics": s["metrics"], "gain": s["gain"]} for f, s in fr.items()}}
+            "by_fraction": {f: D.share_view(s) for f, s in fr.items()}}
 
 
 def _has_test_rows(folder: Path) -> bool:
@@ -484,6 +484,11 @@ def comparison_markdown(results: dict) -> str:
         lines += ["", "**Labels of the added images** (detector trained on all real train patients, real only): "
                   + "; ".join(f"{n}: " + ", ".join(f"{k.replace('called_', 'called ')} {v:.0%}" for k, v in c.items() if k != "n")
                               + f" of {c['n']}" for n, c in checks.items())]
+    groups = per_group_markdown(results)
+    if groups:
+        lines += ["", "### Per Fitzpatrick group and per class, at every train share",
+                  "(AUROC and paired gain over real only within each group, 95 % intervals; "
+                  "recall per class at threshold 0.5)", "", groups]
     refused = {n: g for n, g in results["generators"].items() if g["status"] != "ok"}
     if refused:
         lines += ["", "Generators not evaluated:"]
@@ -491,19 +496,39 @@ def comparison_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def per_group_markdown(results: dict) -> str:
-    """Per class (recall: sensitivity / specificity at 0.5) and per Fitzpatrick group (AUROC) of
-    every arm that ran, at 100 % of the train patients, with intervals."""
-    rows = []
-    for arm, e in results["arms"].items():
-        if e["status"] != "ok":
+def per_group_markdown(results: dict, fractions=None) -> str:
+    """Per Fitzpatrick group (AUROC and its paired gain over real only) and per class (recall:
+    sensitivity / specificity at 0.5) of every arm that ran, one table per train share
+    (``fractions``: all by default), with 95 % intervals. A group with too few test patients for
+    an interval shows its note instead."""
+    shares = sorted({f for e in results["arms"].values() for f in e.get("by_fraction", {})}, key=float)
+    if fractions is not None:
+        shares = [f for f in shares if any(abs(float(f) - float(x)) < 1e-9 for x in fractions)]
+    parts = []
+    for share in shares:
+        rows = []
+        for arm, e in results["arms"].items():
+            view = e.get("by_fraction", {}).get(share)
+            if e["status"] != "ok" or not view:
+                continue
+            row = {"arm": arm}
+            for g, v in view.get("per_skin_type", {}).items():
+                head = f"{g} ({v['n_patients']} test pat.)"
+                if "auroc" not in v:
+                    row[f"AUROC {head}"] = "no interval (too few patients)" if "too few" in v.get("note", "") else v.get("note", "")
+                    continue
+                row[f"AUROC {head}"] = _fmt(v["auroc"])
+                if "gain_auroc" in v:
+                    row[f"gain {g}"] = _fmt(v["gain_auroc"], signed=True)
+            row.update({f"recall {c}": _fmt(v) for c, v in view.get("per_class", {}).items()})
+            rows.append(row)
+        if not rows:
             continue
-        row = {"arm": arm, **{f"recall {c}": _fmt(v) for c, v in e.get("per_class", {}).items()},
-               **{f"AUROC {g} ({v['n_patients']} test pat.)": _fmt(v["auroc"]) for g, v in e.get("per_skin_type", {}).items()}}
-        rows.append(row)
-    cols = list(dict.fromkeys(k for r in rows for k in r))
-    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-                     + ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]) + "\n"
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        parts += [f"**{float(share):.0%} of the train patients**", "",
+                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols),
+                  *["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows], ""]
+    return "\n".join(parts)
 
 
 ARM_COLOURS = {D.REAL_ONLY: "black", "standard aug": "tab:gray", "copies": "tab:brown", "oracle": "tab:cyan"}

@@ -113,7 +113,7 @@ def pool_folds(fold_dirs: Sequence, out_dir) -> dict:
                 entry = {"status": "ok", "reason": "", "generator": entries[0].get("generator", ""),
                          "metrics": head.get("metrics", {}), "gain": head.get("gain", {}),
                          "per_class": head.get("per_class", {}), "per_skin_type": head.get("per_skin_type", {}),
-                         "by_fraction": {k: {"metrics": s["metrics"], "gain": s["gain"]} for k, s in by_fraction.items()}}
+                         "by_fraction": {k: D.share_view(s) for k, s in by_fraction.items()}}
                 if any(e.get("provenance") == "unverified" for e in entries):
                     entry["provenance"] = "unverified"
         arms[arm] = entry

@@ -83,3 +83,29 @@ def test_interval_is_wider_with_fewer_test_patients():
     few = np.mean([np.subtract(*[_simulate(s, n_patients=4)[0][k] for k in ("high", "low")]) for s in range(10)])
     many = np.mean([np.subtract(*[_simulate(s, n_patients=16)[0][k] for k in ("high", "low")]) for s in range(10)])
     assert few > 1.5 * many
+
+
+def test_group_summaries_at_every_share_gain_and_too_few_patients():
+    """Per Fitzpatrick group: AUROC and the paired gain over real only, with intervals, when the
+    group has enough test patients; a note instead of an interval when it has too few, or one class."""
+    from skinlib.evaluation import downstream as D
+
+    rng = np.random.default_rng(1)
+    patients = [f"p{i}" for i in range(10) for _ in range(6)]
+    y = np.tile([0, 1, 0, 1, 0, 1], 10)
+    groups = np.array(["I-II"] * 36 + ["V-VI"] * 12 + ["III-IV"] * 12)
+    groups[48:] = "III-IV"
+    y[48:] = 1                                     # III-IV: ill crops only
+    plan = BootstrapPlan.make(patients, n_reps=3, n_boot=200, seed=0)
+    base = [_probas(rng.normal(size=60) + 0.5 * y) for _ in range(3)]
+    better = [_probas(np.log(b[:, 1] / b[:, 0]) + 2.0 * (y - 0.5)) for b in base]   # same noise, more signal
+    out = D._summaries(plan, y, groups, better, base, ["healthy", "ill"], D.DownstreamConfig())
+    big = out["per_skin_type"]["I-II"]
+    assert big["n_patients"] == 6 and big["gain_auroc"]["low"] > 0 and big["auroc"]["mean"] > big["gain_auroc"]["mean"] - 1
+    assert "sens_at_spec" in big and "gain_sens_at_spec" in big
+    small = out["per_skin_type"]["V-VI"]
+    assert small["n_patients"] == 2 and "auroc" not in small and "too few" in small["note"]
+    assert "one class" in out["per_skin_type"]["III-IV"]["note"]
+    assert set(out["per_class_gain"]) == {"healthy", "ill"}
+    view = D.share_view(out)
+    assert view["per_skin_type"] is out["per_skin_type"] and "per_class_gain" in view
