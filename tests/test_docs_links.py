@@ -1,9 +1,10 @@
-"""The documentation's relative links resolve: README.md, data_README.md, other/FIGURES.md and
-other/docs/*.md. Every relative link or image must name an existing file, and every ``#anchor``
-(same file or ``file.md#anchor``) a heading of the target Markdown file, slugged as GitHub does.
-External http(s) links are not fetched."""
+"""The documentation's relative links resolve: README.md, data_README.md, other/FIGURES.md,
+other/docs/*.md and the notebooks' markdown cells. Every relative link or image must name an
+existing file, and every ``#anchor`` (same file or ``file.md#anchor``) a heading of the target
+Markdown file, slugged as GitHub does. External http(s) links are not fetched."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from urllib.parse import unquote
@@ -25,9 +26,18 @@ _EXTERNAL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")  # http:, https:, mailto:, 
 
 
 def documents() -> list[Path]:
-    """The Markdown files whose links are checked."""
+    """The Markdown files and notebooks whose links are checked."""
     return [ROOT / "README.md", ROOT / "data_README.md", ROOT / "other" / "FIGURES.md",
-            *sorted((ROOT / "other" / "docs").glob("*.md"))]
+            *sorted((ROOT / "other" / "docs").glob("*.md")), *sorted((ROOT / "notebooks").glob("*.ipynb"))]
+
+
+def markdown_text(path: Path) -> str:
+    """A Markdown file's text; for a notebook, its markdown cells one after the other."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix != ".ipynb":
+        return text
+    cells = json.loads(text)["cells"]
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
 
 
 def _prose_lines(text: str) -> list[tuple[int, str]]:
@@ -57,7 +67,7 @@ def anchors(path: Path) -> set[str]:
     found: set[str] = set()
     seen: dict[str, int] = {}
     previous = ""
-    for _, line in _prose_lines(path.read_text(encoding="utf-8")):
+    for _, line in _prose_lines(markdown_text(path)):
         heading = None
         match = _ATX.match(line)
         if match:
@@ -75,9 +85,10 @@ def anchors(path: Path) -> set[str]:
 
 
 def links(path: Path) -> list[tuple[int, str]]:
-    """(line number, target) of every link, image and reference definition outside code."""
+    """(line number, target) of every link, image and reference definition outside code (for a
+    notebook, line numbers count in its markdown cells joined)."""
     out = []
-    for number, line in _prose_lines(path.read_text(encoding="utf-8")):
+    for number, line in _prose_lines(markdown_text(path)):
         prose = _CODE_SPAN.sub("", line)
         for pattern in (_INLINE_LINK, _REF_DEF, _HTML_ATTR):
             out += [(number, target) for target in pattern.findall(prose)]
