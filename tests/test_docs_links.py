@@ -17,6 +17,7 @@ TEST_COMMAND = "python -m pytest -q --nbval-lax tests notebooks"
 
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+_CODE_SPAN_ACROSS_LINES = re.compile(r"(`+)(?:(?!\n[ \t]*\n).)+?\1", re.DOTALL)  # not across paragraphs
 _INLINE_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 _REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s+\"[^\"]*\")?\s*$")
 _HTML_ATTR = re.compile(r"\b(?:href|src)\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
@@ -37,7 +38,7 @@ def markdown_text(path: Path) -> str:
     if path.suffix != ".ipynb":
         return text
     cells = json.loads(text)["cells"]
-    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    return "\n\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
 
 
 def _prose_lines(text: str) -> list[tuple[int, str]]:
@@ -87,11 +88,13 @@ def anchors(path: Path) -> set[str]:
 def links(path: Path) -> list[tuple[int, str]]:
     """(line number, target) of every link, image and reference definition outside code (for a
     notebook, line numbers count in its markdown cells joined)."""
+    prose_lines = dict(_prose_lines(markdown_text(path)))
+    prose = "\n".join(prose_lines.get(n, "") for n in range(1, max(prose_lines, default=0) + 1))
+    prose = _CODE_SPAN_ACROSS_LINES.sub(lambda m: "\n" * m.group(0).count("\n"), prose)
     out = []
-    for number, line in _prose_lines(markdown_text(path)):
-        prose = _CODE_SPAN.sub("", line)
+    for number, line in enumerate(prose.split("\n"), 1):
         for pattern in (_INLINE_LINK, _REF_DEF, _HTML_ATTR):
-            out += [(number, target) for target in pattern.findall(prose)]
+            out += [(number, target) for target in pattern.findall(line)]
     return out
 
 
@@ -151,9 +154,9 @@ def test_broken_links_are_found(tmp_path: Path):
         "# Here\n\n"
         "[ok](b.md#part-1) ![ok](other/x.png) [ok](#here) [web](https://example.org/none)\n"
         "```\n[in code](missing.md)\n```\n"
-        "`[in a span](missing.md)`\n"
+        "`[in a span](missing.md)` and `a span\nacross lines [in it](missing.md)`\n"
         "[gone](missing.md) ![gone](other/y.png) [bad](b.md#part-2) [bad](#nowhere)\n")
     problems = broken_links(doc, root=tmp_path)
     assert len(problems) == 4, problems
     assert [p.split(": ")[1] for p in problems] == ["missing.md", "other/y.png", "b.md#part-2", "#nowhere"]
-    assert all(p.startswith("a.md:8: ") for p in problems)
+    assert all(p.startswith("a.md:9: ") for p in problems)
