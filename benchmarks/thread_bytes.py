@@ -1,4 +1,4 @@
-"""Does torch's CPU thread count change GLIDE generation's bytes? (the README's measurement)
+"""Does torch's CPU thread count change GLIDE generation's bytes? (the measurement in other/docs/cluster.md)
 
     python benchmarks/thread_bytes.py                 # 1 vs 2 threads, tiny RANDOM-weight engine
 

@@ -27,7 +27,7 @@ sources are cut into consecutive groups of ``per = max(1, batch_size // runs)`` 
 of N takes the sources of groups ``g`` with ``g % N == K``, i.e. the sources with
 ``(source_index // per) % N == K`` (6 sources, runs 5, batch size 10: groups {0, 1}, {2, 3}, {4, 5};
 shard 0 of 2 takes sources 0, 1, 4, 5). Each shard can run on its own machine / GPU (SLURM job
-array, ``torchrun``), all writing into the same folder: see :func:`main` and the README.
+array, ``torchrun``), all writing into the same folder: see :func:`main` and ``other/docs/cluster.md``.
 """
 from __future__ import annotations
 
@@ -380,7 +380,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                 "gifs": gifs, "batch_size": batch_size, "model_is_random": is_random,
                 "model": _comparable(identity), **algo.settings(),
                 # on CPU torch's thread count changes the engine's last bits, which 8-bit rounding
-                # and the following steps can turn into different pixels (see the README)
+                # and the following steps can turn into different pixels (see other/docs/cluster.md)
                 "cpu_threads": torch.get_num_threads() if _on_cpu(inpainter) else None,
                 # the CPU of the run that wrote this file (bf16 speed depends on it; issue 21):
                 # a record, not a setting, so a resume or shard on another CPU is not refused

@@ -23,8 +23,8 @@ the loss on the pixels to synthesise only (:mod:`skinlib.glide.losses`; upsample
 then centred near a hole pixel), and ``max_t`` draws timesteps from 0..max_t only, for a model
 that is always sampled from an SDEdit start at or below max_t (the pipeline refuses to sample
 it from higher up). Notebook 04's small model uses both (250 base / 20 upsampler): on the
-demo crops its fills lost their colour speckle and most of their seam error (README, "Training and
-fine-tuning GLIDE").
+demo crops its fills lost their colour speckle and most of their seam error
+(``other/docs/glide-training.md``).
 
 ``out_dir`` is a *weights folder* that :meth:`GlideInpainter.from_pretrained(out_dir)
 <skinlib.glide.pipeline.GlideInpainter.from_pretrained>` loads: the EMA weights in the
