@@ -110,7 +110,7 @@ def balanced_weights(y: np.ndarray, synthetic: np.ndarray, num_classes: int, syn
 @dataclass
 class RidgeProbe:
     """A weighted ridge-regression classifier (targets +-1, one column per class, or one column
-    for two classes): closed form, deterministic, microseconds on 64 dimensions."""
+    for two classes): closed form, deterministic, microseconds on 32 dimensions."""
 
     mean: np.ndarray
     coef: np.ndarray            # [k, C'] (C' = 1 for two classes)
