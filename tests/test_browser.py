@@ -246,7 +246,8 @@ def _check_slider_moves_frame(browser, lab: dict, notebook: str, frame_selector:
         (out / f"{stem}_output_after.png").write_bytes(output.screenshot())
         for name in ("output_before", "output_after", "frame_before", "frame_after"):
             record_property("screenshot", str(out / f"{stem}_{name}.png"))
-        assert _differ(_pixels(after), _pixels(before)), (
+        changed = _differ(_pixels(after), _pixels(before))
+        assert changed, (
             f"{notebook}: the slider moved to 1 but the displayed frame ({frame_selector}) did not change "
             f"within {FRAME_TIMEOUT_S} s: the slider's callback does not update the output "
             f"(screenshots {out / (stem + '_frame_before.png')}, {out / (stem + '_frame_after.png')})")
