@@ -188,20 +188,29 @@ def _settled(locator, previous: bytes | None = None, timeout_s: float = FRAME_TI
 
 def _run_all_cells(page, lab: dict, notebook: str) -> None:
     """Open ``notebook``, wait for its kernel, Run > Run All Cells, wait until the run ends."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page.goto(f"{lab['base']}/lab/tree/{notebook}?token={lab['token']}&reset")
     page.wait_for_function(f"""() => {{ const k = {JS_PANEL}?.sessionContext?.session?.kernel;
         return k && k.connectionStatus === 'connected' && k.status === 'idle'; }}""", timeout=120_000)
     page.get_by_role("menuitem", name="Run", exact=True).click()
     page.get_by_role("menuitem", name="Run All Cells", exact=True).click()
     # done: no cell queued or running ([*]) and the kernel idle, and either every cell ran or one
-    # failed (JupyterLab then leaves the later cells unrun)
-    page.wait_for_function(f"""() => {{
-        const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
-        const failed = document.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
-        return prompts.length > 0 && !prompts.some(p => p.includes('*'))
-            && {JS_PANEL}?.sessionContext?.session?.kernel?.status === 'idle'
-            && (prompts.every(p => /\\[\\d+\\]/.test(p)) || failed !== null); }}""",
-                           timeout=RUN_ALL_TIMEOUT_S * 1000, polling=500)
+    # wrote to stderr (a failed cell does; JupyterLab then leaves the later cells unrun)
+    try:
+        page.wait_for_function(f"""() => {{
+            const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
+            const stderr = document.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
+            return prompts.length > 0 && !prompts.some(p => p.includes('*'))
+                && {JS_PANEL}?.sessionContext?.session?.kernel?.status === 'idle'
+                && (prompts.every(p => /\\[\\d+\\]/.test(p)) || stderr !== null); }}""",
+                               timeout=RUN_ALL_TIMEOUT_S * 1000, polling=500)
+    except PlaywrightTimeout:
+        shot = artifacts_dir() / f"{Path(notebook).stem}_timeout.png"
+        page.screenshot(path=str(shot))
+        prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+        pytest.fail(f"{notebook}: Run All Cells did not finish within {RUN_ALL_TIMEOUT_S} s in the browser "
+                    f"(cell prompts {prompts}; screenshot {shot})")
 
 
 def _errors_shown(page) -> list[str]:
