@@ -5,7 +5,8 @@ Rule (issue 11 item 12): every requirement line of requirements.txt, except comm
 ``[project] dependencies`` or a test tool in its ``[project.optional-dependencies] test`` extra,
 with the identical version specifier; and every entry of those two pyproject lists is in
 requirements.txt. (Colab installs with ``pip install git+...``, which reads pyproject only; CI and
-developers install requirements.txt.) Test tools (pytest, nbval) are not runtime dependencies.
+developers install requirements.txt.) Test tools (pytest, nbval, and playwright + jupyterlab for the browser test) are not runtime
+dependencies.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_TOOLS = {"pytest", "nbval"}
+TEST_TOOLS = {"pytest", "nbval", "playwright", "jupyterlab"}
 REQ = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;#]*)")
 
 
