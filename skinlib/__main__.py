@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     results: list[dict[str, Any]] = []
     status: dict[str, str] = {}
-    bar = tqdm(jobs, desc="main job", unit="notebook")
+    bar = tqdm(jobs, desc="main job", unit="notebook", dynamic_ncols=True)   # the postfix is cut to the terminal
     try:
         _run_stages(bar, nb_dir, out, args, params, status, results)
         if folds > 1 and "05" in wanted:

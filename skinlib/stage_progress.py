@@ -23,6 +23,7 @@ from jupyter_client.manager import AsyncKernelManager
 # ipykernel's kernelapp.init_sockets warns about this for every kernel on localhost: nothing a user can act on
 KERNEL_NOISE = (re.compile(r"Kernel is running over TCP without encryption"),)
 CELL_START = re.compile(r"^Executing Cell (\d+)-*$")
+REPR = re.compile(r"^<[^<>]*>$")
 MAX_POSTFIX = 110
 
 
@@ -64,8 +65,10 @@ def cell_label(source: str, width: int = 60) -> str:
 
 
 def last_line(text: str, width: int = 60) -> str:
-    """The last non-empty line of printed ``text`` (a tqdm line: its last ``\\r`` state), cut to ``width``."""
+    """The last non-empty line of printed ``text`` (a tqdm line: its last ``\\r`` state), cut to ``width``;
+    "" for an object's repr such as "<Figure size 640x480 with 1 Axes>"."""
     lines = [seg.strip() for ln in text.splitlines() for seg in ln.split("\r")[-1:] if seg.strip()]
+    lines = [ln for ln in lines if not REPR.match(ln)]
     out = lines[-1] if lines else ""
     return out if len(out) <= width else out[:width - 1] + "…"
 

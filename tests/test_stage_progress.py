@@ -41,6 +41,7 @@ def test_last_line_of_printed_output_and_of_a_tqdm_line():
     assert last_line("first\nsecond\n\n") == "second"
     assert last_line("GLIDE variants:  10%|#  | 1/10\rGLIDE variants:  20%|## | 2/10") == "GLIDE variants:  20%|## | 2/10"
     assert last_line("  \n") == ""
+    assert last_line("<Figure size 1200x600 with 8 Axes>") == ""
 
 
 def log_output_message(logger: logging.Logger, text: str, level=logging.INFO) -> None:
