@@ -49,11 +49,15 @@ class QuietKernelManager(AsyncKernelManager):
         kw.setdefault("stderr", subprocess.PIPE)
         await super().start_kernel(**kw)
         stream = getattr(getattr(self.provisioner, "process", None), "stderr", None)
-        if stream is not None:
-            from tqdm.auto import tqdm
+        if stream is None:     # an unread pipe would block the kernel once full
+            await self.shutdown_kernel(now=True)
+            raise RuntimeError(f"QuietKernelManager: the kernel's provisioner {type(self.provisioner).__name__} gives "
+                               "no local process stderr to relay; it needs jupyter_client>=7 with the local "
+                               "provisioner (pip install -U jupyter_client).")
+        from tqdm.auto import tqdm
 
-            threading.Thread(target=relay_kernel_stderr, args=(stream, lambda s: tqdm.write(s, file=sys.stderr)),
-                             daemon=True, name="kernel-stderr").start()
+        threading.Thread(target=relay_kernel_stderr, args=(stream, lambda s: tqdm.write(s, file=sys.stderr)),
+                         daemon=True, name="kernel-stderr").start()
 
 
 def cell_label(source: str, width: int = 60) -> str:
