@@ -226,7 +226,6 @@ def _pool(out: Path, folds: int, status: dict) -> dict[str, Any]:
 
 def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: dict[str, Any],
                 status: dict[tuple, str], results: list[dict[str, Any]]) -> None:
-    import papermill
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
@@ -307,8 +306,8 @@ def _execute(bar, label: str, notebook: Path, output_nb: Path, parameters: dict[
 
 def stage_manifest(key: str, run_out: Path, parameters: dict[str, Any]) -> Path | None:
     """The file where stage ``key``'s notebook records its resolved profile (None: stage 01, no profile)."""
-    if key in ("02", "03"):
-        return Path(parameters.get("run_dir") or run_out / ("dcgan" if key == "02" else "cvae")) / "config.json"
+    if key in ("02", "03"):      # a relative run_dir is relative to the notebook's cwd, run_out
+        return run_out / (parameters.get("run_dir") or ("dcgan" if key == "02" else "cvae")) / "config.json"
     if key == "04":
         return run_out / "glide" / "samples" / "generation.json"
     if key == "05":
@@ -316,7 +315,7 @@ def stage_manifest(key: str, run_out: Path, parameters: dict[str, Any]) -> Path 
     return None
 
 
-def recorded_profile(manifest: Path) -> dict[str, Any] | None:
+def recorded_profile(manifest: Path) -> dict[str, Any]:
     """The profile record a finished stage's manifest holds (results.json: under settings)."""
     from .io import load_json
 
