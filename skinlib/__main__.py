@@ -1,7 +1,7 @@
 """The main job: ``python -m skinlib run`` executes the numbered notebooks with papermill.
 
     python -m skinlib run [--data DIR] [--out DIR] [--params FILE.yaml] [--smoke]
-                          [--only 01 02 ...] [--notebooks DIR] [--folds K]
+                          [--only 01 02 ...] [--notebooks DIR] [--folds K] [--profile P]
 
 With no arguments it runs every stage on the SYNTHETIC demo dataset into a fresh folder
 ``runs/<timestamp>``. Executed notebooks go to ``<out>/notebooks/``, crops to ``<out>/crops/``,
@@ -16,6 +16,12 @@ per fold, ``<out>/fold<f>/crops`` (fold f's patients test, all others train); no
 then run once per fold with ``out_dir = <out>/fold<f>`` (generators and detectors of fold f
 never see its test patients), and ``<out>/eval`` pools the test predictions of all folds, every
 patient tested once (:mod:`skinlib.evaluation.folds`). The summary has one row per (stage, fold).
+
+``--profile`` ("auto", the default; "study"; "cpu-demo") is passed to every notebook that has the
+parameter (02-05): "auto" is "study" on a CUDA device, "cpu-demo" otherwise (other/docs/profiles.md).
+Each stage's record in run.json holds the profile its notebook resolved (read from the stage's
+manifest: dcgan/cvae ``config.json``, ``glide/samples/generation.json``, ``eval/results.json``).
+While a notebook runs, the stage bar shows its running cell and last printed line.
 
 The params YAML maps parameter names to values for every notebook that declares them, and
 stage keys ("01" ... "05") to per-notebook overrides::
@@ -36,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .io import atomic_write_text, save_json
+from .profiles import CHOICES
 from .stages import HEADLESS_ENV, STAGES, Stage, notebooks_dir
 
 GLIDE_HELP = (
@@ -85,12 +92,13 @@ def check_common_params(params: dict[str, Any], notebooks: list[Path]) -> None:
 
 
 def stage_parameters(stage: Stage, nb_path: Path, params: dict[str, Any], *, out: Path,
-                     data: str | None, smoke: bool) -> dict[str, Any]:
-    """Parameters for one notebook: common ones it declares, then its own section of the YAML."""
+                     data: str | None, smoke: bool, profile: str = "auto") -> dict[str, Any]:
+    """Parameters for one notebook: out_dir, smoke, profile (when declared), common ones it
+    declares, then its own section of the YAML."""
     import papermill
 
     declared = papermill.inspect_notebook(str(nb_path))
-    chosen: dict[str, Any] = {"out_dir": str(out), "smoke": smoke}
+    chosen: dict[str, Any] = {"out_dir": str(out), "smoke": smoke, "profile": profile}
     if data and "data_dir" in declared:
         chosen["data_dir"] = str(Path(data).resolve())
     for name, value in params.items():
@@ -170,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
 
     results: list[dict[str, Any]] = []
     status: dict[str, str] = {}
-    bar = tqdm(jobs, desc="main job", unit="notebook")
+    bar = tqdm(jobs, desc="main job", unit="notebook", dynamic_ncols=True)   # the postfix is cut to the terminal
     try:
         _run_stages(bar, nb_dir, out, args, params, status, results)
         if folds > 1 and "05" in wanted:
@@ -218,7 +226,6 @@ def _pool(out: Path, folds: int, status: dict) -> dict[str, Any]:
 
 def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: dict[str, Any],
                 status: dict[tuple, str], results: list[dict[str, Any]]) -> None:
-    import papermill
     from papermill.exceptions import PapermillExecutionError
     from tqdm.auto import tqdm
 
@@ -237,16 +244,19 @@ def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: 
         else:
             run_out = out if fold is None else out / FOLD_DIR.format(fold)
             nb_params = fold_parameters(stage, stage_parameters(stage, nb_dir / stage.notebook, params, out=run_out,
-                                                                data=args.data, smoke=args.smoke),
+                                                                data=args.data, smoke=args.smoke,
+                                                                profile=getattr(args, "profile", "auto")),
                                         out, fold, folds)
             record["parameters"] = nb_params
             output_nb = run_out / "notebooks" / stage.notebook
             output_nb.parent.mkdir(parents=True, exist_ok=True)
             t0 = time.time()
             try:
-                papermill.execute_notebook(str(nb_dir / stage.notebook), str(output_nb),
-                                           parameters=nb_params, cwd=str(run_out), progress_bar=False,
-                                           kernel_name=args.kernel)
+                _execute(bar, f"{label} {stage.title}", nb_dir / stage.notebook, output_nb, nb_params, run_out,
+                         args.kernel)
+                manifest = stage_manifest(stage.key, run_out, nb_params)
+                if manifest is not None:     # the profile the notebook resolved, as its manifest records it
+                    record["profile"] = recorded_profile(manifest)
                 record.update(status="ok")
             except PapermillExecutionError as e:
                 if e.ename == "WeightsOfflineError":  # asked for OpenAI's weights, none cached, offline
@@ -262,6 +272,59 @@ def _run_stages(bar, nb_dir: Path, out: Path, args: argparse.Namespace, params: 
         results.append(record)
         tqdm.write(f"[{label}] {stage.title}: {record['status']}"
                    + (f" - {record['reason']}" if record.get("reason") else ""))
+
+
+def _execute(bar, label: str, notebook: Path, output_nb: Path, parameters: dict[str, Any], cwd: Path,
+             kernel: str) -> None:
+    """papermill.execute_notebook, the stage bar showing the running cell and its last printed line
+    (:mod:`skinlib.stage_progress`), the kernel's meaningless start-up warning filtered out."""
+    import logging
+
+    import papermill
+    from tqdm.auto import tqdm
+
+    from .stage_progress import QuietKernelManager, StageProgress, executed_cells
+
+    logger = logging.getLogger("papermill")
+    handler = StageProgress(label, executed_cells(str(notebook), parameters, kernel),
+                            set_postfix=lambda text: bar.set_postfix_str(text, refresh=True),
+                            echo=lambda text: tqdm.write(text, file=sys.stderr))
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False      # the cells' output stays in the executed notebook, as before
+    try:
+        papermill.execute_notebook(str(notebook), str(output_nb), parameters=parameters, cwd=str(cwd),
+                                   progress_bar=False, log_output=True, kernel_name=kernel,
+                                   kernel_manager_class=QuietKernelManager)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+        bar.set_postfix_str(label)
+
+
+def stage_manifest(key: str, run_out: Path, parameters: dict[str, Any]) -> Path | None:
+    """The file where stage ``key``'s notebook records its resolved profile (None: stage 01, no profile)."""
+    if key in ("02", "03"):      # a relative run_dir is relative to the notebook's cwd, run_out
+        return run_out / (parameters.get("run_dir") or ("dcgan" if key == "02" else "cvae")) / "config.json"
+    if key == "04":
+        return run_out / "glide" / "samples" / "generation.json"
+    if key == "05":
+        return run_out / "eval" / "results.json"
+    return None
+
+
+def recorded_profile(manifest: Path) -> dict[str, Any]:
+    """The profile record a finished stage's manifest holds (results.json: under settings)."""
+    from .io import load_json
+
+    data = load_json(manifest)
+    record = data.get("profile") or data.get("settings", {}).get("profile")
+    if not record:
+        raise ValueError(f"{manifest} records no profile: the notebook must pass its resolved profile "
+                         f"(profile=resolved.record()) to the call that writes it.")
+    return record
 
 
 def merge_earlier_stages(out: Path, results: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -298,6 +361,13 @@ def package_versions() -> dict[str, str]:
     return dict(sorted(out.items(), key=lambda kv: kv[0].lower()))
 
 
+def _profile_summary(args: argparse.Namespace, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """run.json's profile: what was asked (--profile) and what each stage's notebook resolved."""
+    return {"asked": getattr(args, "profile", "auto"),
+            "resolved": {(r["stage"] if "fold" not in r else f"{r['stage']} fold {r['fold']}"): r["profile"]["name"]
+                         for r in results if r.get("profile")}}
+
+
 def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, Any]]) -> None:
     import torch
 
@@ -306,7 +376,8 @@ def write_summary(out: Path, args: argparse.Namespace, results: list[dict[str, A
     results = merge_earlier_stages(out, results)
     save_json(out / "run.json", {
         "command": sys.argv, "data": args.data or "synthetic demo dataset", "smoke": args.smoke,
-        "params_file": args.params, "folds": getattr(args, "folds", 1), "git_commit": _git_commit(), "python": platform.python_version(),
+        "params_file": args.params, "folds": getattr(args, "folds", 1),
+        "profile": _profile_summary(args, results), "git_commit": _git_commit(), "python": platform.python_version(),
         "torch": torch.__version__, "platform": platform.platform(),
         "cpu": cpu_info(), "stages": results,
         "packages": package_versions(),
@@ -350,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds", type=int, default=1, metavar="K",
                    help="patient-level cross-validation: K >= 2 patient folds, stages 02-05 once per fold, "
                         "evaluation pooled (every patient tested once); 1 (default): the single split")
+    p.add_argument("--profile", default="auto", choices=CHOICES,
+                   help='defaults of notebooks 02-05: "auto" (default) = "study" on a CUDA device, else "cpu-demo"; '
+                        'a value in --params always wins (other/docs/profiles.md)')
     args = parser.parse_args(argv)
     if args.command == "run":
         return run(args)

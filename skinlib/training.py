@@ -143,6 +143,19 @@ class LossLog:
             self.bar.set_postfix({k: f"{last[k]:.4g}" for k in (self.shown or names)}, refresh=False)
 
 
+def timed_first_step(train_step: Callable, estimate, device: torch.device) -> Callable:
+    """``train_step`` whose first call is timed (CUDA synchronised) for ``estimate``
+    (:class:`skinlib.eta.FirstUnitEstimate`, which then prints the expected time of the run)."""
+    def step(batch, step: int, epoch: int):
+        out = train_step(batch, step, epoch)
+        if estimate.expected is None:
+            if torch.device(device).type == "cuda":
+                torch.cuda.synchronize(device)
+            estimate.measured(1)
+        return out
+    return step
+
+
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> List[List[int]]:
     """The batches (index lists) of ``epoch``: a seeded permutation of 0..n-1, whole batches only."""
     g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))

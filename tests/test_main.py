@@ -41,7 +41,7 @@ def test_every_stage_has_its_notebook_with_a_parameters_cell():
         nb = nbformat.read(nb_path, as_version=4)
         cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(cells) == 1, f"{stage.notebook}: exactly one cell tagged 'parameters'"
-        assigned = re.findall(r"^(\w+)\s*=", cells[0].source, flags=re.M)
+        assigned = re.findall(r"^(\w+)\s*(?::[^=]*)?=", cells[0].source, flags=re.M)   # annotated or not
         params = papermill.inspect_notebook(str(nb_path))
         assert {"out_dir", "smoke"} <= set(params), (stage.notebook, sorted(params))
         assert sorted(params) == sorted(assigned), f"{stage.notebook}: papermill cannot parse some lines"
@@ -81,6 +81,16 @@ def test_yaml_params_reach_the_right_notebook(tmp_path):
                                        out=tmp_path, data=None, smoke=True)
     assert chosen["epochs"] == 3 and chosen["seed"] == 7 and chosen["smoke"] is True
     assert chosen["out_dir"] == str(tmp_path) and "unrelated" not in chosen
+
+
+def test_profile_reaches_notebooks_02_to_05_and_the_yaml_wins(tmp_path):
+    for stage in STAGES:
+        chosen = main_job.stage_parameters(stage, notebooks_dir() / stage.notebook, {"02": {"profile": "cpu-demo"}},
+                                           out=tmp_path, data=None, smoke=False, profile="study")
+        expected = {"01": None, "02": "cpu-demo"}.get(stage.key, "study")    # 01 has no profile
+        assert chosen.get("profile") == expected, stage.key
+    r = run_cli("--profile", "fast", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert r.returncode == 2 and "--profile" in r.stderr and "cpu-demo" in r.stderr
 
 
 @pytest.fixture(scope="module")
@@ -218,3 +228,24 @@ def test_run_json_records_the_cpu(tmp_path):
     main_job.write_summary(tmp_path, argparse.Namespace(data=None, smoke=True, params=None), [])
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["cpu"] == cpu_info() and isinstance(run["cpu"]["native_bf16"], bool)
+
+
+def test_run_json_and_every_manifest_record_the_resolved_profile(smoke_run):
+    """Issue 19: the smoke run (auto on this machine, smoke: cpu-demo) records the profile each notebook
+    resolved in its manifest, run.json copies it, and the kernel's TCP notice is not in the log."""
+    out, r = smoke_run
+    run = json.loads((out / "run.json").read_text())
+    assert run["profile"] == {"asked": "auto", "resolved": {k: "cpu-demo" for k in ("02", "03", "04", "05")}}
+    manifests = {"02": ("dcgan/config.json", None), "03": ("cvae/config.json", None),
+                 "04": ("glide/samples/generation.json", None), "05": ("eval/results.json", "settings")}
+    for record in run["stages"]:
+        if record["stage"] == "01":
+            assert "profile" not in record
+            continue
+        path, key = manifests[record["stage"]]
+        data = json.loads((out / path).read_text())
+        assert record["profile"] == (data[key] if key else data)["profile"]
+        assert record["profile"]["name"] == "cpu-demo" and record["profile"]["asked"] == "auto"
+    assert run["stages"][1]["profile"]["values"] == {"image_size": 64, "epochs": 2}   # the smoke cell's values win
+    assert "TCP without encryption" not in r.stdout + r.stderr
+    assert "cell " in r.stderr          # the stage bar showed the running cells

@@ -36,6 +36,8 @@ def parameters_cell(name: str) -> dict:
     for node in ast.parse("".join(cells[0]["source"])).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             values[node.targets[0].id] = ast.literal_eval(node.value)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):   # typed (papermill --help-notebook)
+            values[node.target.id] = ast.literal_eval(node.value)
     return values
 
 
@@ -129,7 +131,16 @@ NOTEBOOK_04_STEPS = 6    # decided for issue 17: 55 variants inside the CPU main
 
 
 def test_glide_constants_in_notebook_04():
+    """Its literals, the profile-controlled ones (None) taken from the cpu-demo profile; the study
+    profile is the study's settings (issue 19)."""
+    from skinlib.profiles import PROFILES
+
     p = parameters_cell("04_glide_inpainting.ipynb")
+    assert all(p[k] is None for k in PROFILES["cpu-demo"]["04"])
+    study = PROFILES["study"]["04"]
+    assert (study["runs"], study["steps"], study["max_sources"], study["weights"]) == (RUNS, STEPS, 0, "official")
+    assert (study["base_respacing"], study["upsample_respacing"]) == (BASE_RESPACING, UPSAMPLE_RESPACING)
+    p.update(PROFILES["cpu-demo"]["04"])
     assert {k: p[k] for k in ("prompt", "runs", "steps", "guidance", "upsample_temp", "sampler",
                               "base_respacing", "upsample_respacing")} == dict(
         prompt=PROMPT, runs=NOTEBOOK_04_RUNS, steps=NOTEBOOK_04_STEPS, guidance=GUIDANCE, upsample_temp=UPSAMPLE_TEMP,

@@ -48,6 +48,7 @@ from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpain
 from ..cpu import cpu_info
 from ..data.dataset import crops_are_synthetic, crops_content_sha256, load_crop
 from ..data.photos import BadInputError
+from ..eta import FirstUnitEstimate, format_duration
 from ..io import check_manifest_paths, inside, load_json, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
@@ -170,27 +171,22 @@ def _checkpoint_label(identity: dict, is_random: bool) -> str:
     return json.dumps(identity, sort_keys=True)[:200]
 
 
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
-
-
 class _Progress:
-    """One tqdm bar over the whole job; the first engine call is the timed warm-up."""
+    """One tqdm bar over the whole job; the first engine call (its result is kept) is timed and
+    gives the expected time of all ``calls`` (:class:`skinlib.eta.FirstUnitEstimate`)."""
 
-    def __init__(self, total: int, calls: int, enabled: bool, log: Callable):
+    def __init__(self, total: int, calls: int, enabled: bool, log: Callable, *, what: str = "the job",
+                 device: str = "this device"):
         self.total, self.calls, self.enabled, self.log = total, calls, enabled, log
         self.bar = None
-        self.t0 = time.perf_counter()
+        self.estimate = FirstUnitEstimate(max(calls, 1), what=what, device=device, unit="engine call",
+                                          hint="lower max_sources / runs (or steps) to shorten", log=log)
 
     def __call__(self, n: int) -> None:
         from tqdm.auto import tqdm
 
         if self.bar is None:
-            dt = time.perf_counter() - self.t0
-            self.log(f"Warm-up (first engine call, {n} image(s), kept as step 1): {dt:.2f} s "
-                     f"-> estimated total about {_fmt_seconds(dt * self.calls)} "
-                     f"for {self.calls} engine calls on this device")
+            self.estimate.measured(1)
             self.bar = tqdm(total=self.total, initial=n, unit="inpaint", desc="GLIDE variants",
                             disable=not self.enabled, dynamic_ncols=True)
         else:
@@ -341,7 +337,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                       zoom: float | None = None, seed: int = 0, shard_index: int = 0,
                       num_shards: int = 1, batch_size: int = 10, max_sources: int | None = None,
                       gifs: str = "first-run", restart_if_changed: bool = False,
-                      split: str | None = "train",
+                      split: str | None = "train", profile: dict | None = None,
                       progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Make ``runs`` variants of every crop of ``crops_dir`` in ``out_dir`` (this shard's part).
 
@@ -354,7 +350,9 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     ``restart_if_changed``: when ``out_dir`` holds variants made with other settings (or other
     crops), delete them and start over instead of raising ValueError (for smoke runs);
     ``split``: augment only the crops of this side of notebook 01's patient split ("train",
-    the default; None: every crop, recorded in generation.json and each row's ``source_split``).
+    the default; None: every crop, recorded in generation.json and each row's ``source_split``);
+    ``profile``: the notebook's resolved profile (:meth:`skinlib.profiles.Resolved.record`), a record
+    in generation.json (like ``cpu``, not compared when resuming: the settings it chose are).
 
     Finished variants are skipped, so re-running after an interruption resumes. Returns a
     summary dict (counts, seconds, manifest path or None while other shards are unfinished).
@@ -384,7 +382,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                 "cpu_threads": torch.get_num_threads() if _on_cpu(inpainter) else None,
                 # the CPU of the run that wrote this file (bf16 speed depends on it; issue 21):
                 # a record, not a setting, so a resume or shard on another CPU is not refused
-                "cpu": cpu_info()}
+                "cpu": cpu_info(), "profile": profile}
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir / "generation.json"
     if settings_path.is_file():
@@ -392,7 +390,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
         if isinstance(old.get("model"), dict):  # may have been written before None options were dropped
             old["model"] = _comparable(old["model"])
         new = json.loads(json.dumps(settings, default=str))
-        diff = sorted(k for k in set(old) | set(new) if k not in ("crops_dir", "cpu") and old.get(k) != new.get(k)
+        diff = sorted(k for k in set(old) | set(new) if k not in ("crops_dir", "cpu", "profile") and old.get(k) != new.get(k)
                       # threads matter between CPU runs; a CPU and a GPU shard may share a folder
                       and not (k == "cpu_threads" and None in (old.get(k), new.get(k))))
         if diff and restart_if_changed:
@@ -412,6 +410,8 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                    f"the folder's variants were made with {old.get('cpu_threads')} (pass --threads "
                    f"{old.get('cpu_threads')}; notebook 04: threads = {old.get('cpu_threads')})"
                    if "cpu_threads" in diff else "") + ".")
+        elif old.get("profile") != new.get("profile"):    # same settings: record this session's profile
+            save_json(settings_path, {**load_json(settings_path), "profile": profile})
     else:
         save_json(settings_path, settings)
 
@@ -437,7 +437,8 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
         f"prompt {prompt!r}, guidance {guidance}.")
 
     t_start = time.perf_counter()
-    bar = _Progress(n_images * steps, calls, progress, log)
+    bar = _Progress(n_images * steps, calls, progress, log, what=f"{n_todo} variants ({n_images * steps} inpaints)",
+                    device=str(getattr(inpainter, "device", "this device")))
     made = 0
     try:
         for batch in todo:
@@ -478,7 +479,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     seconds = time.perf_counter() - t_start
     n_skipped_sources = len(list((out_dir / "history").glob("skip_*.json"))) if (out_dir / "history").is_dir() else 0
     lowered = lowered_overlap_steps(shard_rows)
-    log(f"{tag}Shard {shard_index + 1}/{num_shards}: made {made} variants in {_fmt_seconds(seconds)}, "
+    log(f"{tag}Shard {shard_index + 1}/{num_shards}: made {made} variants in {format_duration(seconds)}, "
         f"{len(shard_rows)} of this shard's variants finished"
         f"{f', {n_skipped_sources} source(s) skipped (see skipped.csv)' if n_skipped_sources else ''}"
         + (f"; in {lowered} step(s) no square reached the sampler's min_overlap "

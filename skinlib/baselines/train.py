@@ -37,8 +37,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.dataset import crops_content_sha256
 from ..errors import CheckpointError, NonFiniteLossError  # noqa: F401 (in __all__)
+from ..eta import FirstUnitEstimate
 from ..io import LOSSES, read_losses, remove_files, save_json, save_torch, write_csv
-from ..training import LossLog, numerics, resolve_device, restore_run, rng_state, run_steps
+from ..training import LossLog, numerics, resolve_device, restore_run, rng_state, run_steps, timed_first_step
 from .models import build_model, check_image_size
 
 CHECKPOINT = "checkpoint.pt"
@@ -243,14 +244,15 @@ def _check_config(cfg: TrainConfig) -> None:
 
 
 def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None, *,
-          resume: bool = True, **overrides) -> TrainResult:
+          resume: bool = True, profile: Optional[dict] = None, **overrides) -> TrainResult:
     """Train ``model`` on crops, checkpointing into ``run_dir``; resume from its checkpoint.
 
     ``data`` is a crops folder (read as ``CropDataset(data, image_size=model.image_size)``) or a
     :class:`skinlib.data.CropDataset` (or any dataset of ``(image [3,S,S] in [-1,1], mask,
     label)`` with ``.classes``). ``config`` fields can be overridden by keyword, e.g.
     ``train(model, crops, run, epochs=5)``. With ``resume=False`` an existing checkpoint in
-    ``run_dir`` is ignored and overwritten. Returns a :class:`TrainResult`.
+    ``run_dir`` is ignored and overwritten. ``profile``: the notebook's resolved profile
+    (:meth:`skinlib.profiles.Resolved.record`), recorded in ``config.json``. Returns a :class:`TrainResult`.
     """
     from tqdm.auto import tqdm
 
@@ -335,7 +337,7 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     save_json(run_dir / "config.json", {"model": model.name, "model_config": model.config,
                                         "train_config": cfg_dict, "data": data_id,
-                                        "crops_dir": str(getattr(dataset, "root", ""))})
+                                        "crops_dir": str(getattr(dataset, "root", "")), "profile": profile})
 
     def save_checkpoint(step: int) -> None:
         losses.flush()  # raises before saving if a pending loss is not finite
@@ -409,9 +411,12 @@ def train(model: nn.Module, data, run_dir, config: Optional[TrainConfig] = None,
         f"e.g. lr={cfg.lr / 4:g}){', or set amp=False' if amp else ''}, and start a fresh run (a new "
         f"run_dir, or resume=False); the last good checkpoint stays at {ckpt_path}."), bar)
     t0 = time.perf_counter()
+    timed_step = timed_first_step(train_step, FirstUnitEstimate(
+        max(stop - step, 1), what=f"{stop - step} steps of {model.name} at {image_size} px", device=str(device),
+        hint="lower epochs (or set max_steps) to shorten", log=tqdm.write if cfg.progress else (lambda _: None)), device)
     try:
         step, done = run_steps(step, stop, n=n, batch_size=cfg.batch_size, seed=cfg.seed, source=source,
-                               train_step=train_step, losses=losses, log_every=cfg.log_every,
+                               train_step=timed_step, losses=losses, log_every=cfg.log_every,
                                checkpoint_every=cfg.checkpoint_every, save_checkpoint=save_checkpoint,
                                end_of_epoch=end_of_epoch, bar=bar)
     finally:

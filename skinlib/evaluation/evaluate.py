@@ -161,7 +161,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                    max_test_copies: float = 0.1, allow_unverified: Sequence[str] = (),
                    metric_seeds: Sequence[int] = (0,),
                    n_boot_images: int = 200, image_size: int = 256, smoke: bool = False,
-                   progress: bool = True) -> dict:
+                   profile: dict | None = None, progress: bool = True) -> dict:
     """Run the whole evaluation (see the module docstring) and write its files into ``out_dir``;
     return the ``results.json`` dict. Sets with fewer than ``min_images`` images are left out of
     KID/FID (every row shares one N; their memorisation is still checked). A generator with more than
@@ -170,7 +170,8 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     as not available). ``oracle_crops``: the demo renderer's new-patient crops (positive control;
     None on real data, the table then says why the arm is absent). ``allow_unverified``: names of
     generated folders to evaluate although what their generator was trained on is unknown
-    (provenance ``unverified``; refused otherwise); their rows say ``unverified``."""
+    (provenance ``unverified``; refused otherwise); their rows say ``unverified``. ``profile``: the
+    notebook's resolved profile (:meth:`skinlib.profiles.Resolved.record`), kept in ``settings``."""
     from . import memorisation as MEM
     from . import metrics as M
 
@@ -300,7 +301,7 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
                 "oracle_crops": str(oracle_crops) if oracle_crops else None, "downstream": asdict(cfg),
                 "features": feats, "detector_features": detector_features, "n_samples": n_samples,
                 "metric_seeds": list(metric_seeds), "image_size": image_size, "smoke": smoke, "torch": torch.__version__,
-                "allow_unverified": sorted(allowed)}
+                "allow_unverified": sorted(allowed), "profile": profile}
     results = {
         "task": res.task, "classes": res.classes,
         "n_train_patients": res.n_train_patients, "n_test_patients": res.n_test_patients,

@@ -61,7 +61,8 @@ from .. import cpu
 from .. import io as skio
 from ..data.dataset import crops_content_sha256, list_crop_rows, load_crop
 from ..errors import CheckpointError
-from ..training import LossLog, numerics, resolve_device, restore_run, rng_state, run_steps
+from ..eta import FirstUnitEstimate
+from ..training import LossLog, numerics, resolve_device, restore_run, rng_state, run_steps, timed_first_step
 from . import checkpoints, configs
 from .checkpoints import OPTIONS_FILE, SMALL_LABEL, WEIGHTS_FORMAT, read_weights_json
 from .diffusion import GaussianDiffusion, PerItemNoise
@@ -513,9 +514,12 @@ def train(kind: str, crops_dir, out_dir, config: Optional[FinetuneConfig] = None
         f"lr={cfg.lr / 4:g}){', or set amp=False' if amp else ''} and start afresh (another out_dir, or "
         f"resume=False); the last good checkpoint stays at {ckpt_path}."), bar, shown=["loss"])
     t0 = time.perf_counter()
+    timed_step = timed_first_step(train_step, FirstUnitEstimate(
+        max(stop - step, 1), what=f"{stop - step} steps of GLIDE {kind} ({cfg.model})", device=str(device),
+        hint="lower the training steps to shorten", log=tqdm.write if cfg.progress else (lambda _: None)), device)
     try:
         step, done = run_steps(step, stop, n=n, batch_size=cfg.batch_size, seed=cfg.seed,
-                               source=lambda epoch, batches: batches, train_step=train_step, losses=losses,
+                               source=lambda epoch, batches: batches, train_step=timed_step, losses=losses,
                                log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
                                save_checkpoint=save_checkpoint, end_of_epoch=epoch_outputs, bar=bar)
     finally:

@@ -412,8 +412,15 @@ class GlideInpainter:
                                             base_respacing=base_respacing, upsample_respacing=upsample_respacing)
         models, infos = [], {}
         for key, name in (("base", "base-inpaint"), ("upsampler", "upsample-inpaint")):
-            model, info = checkpoints.load_model(name, folder=folder, cache_dir=cache_dir, download=download,
-                                                 device=device, dtype=dtype, progress=progress)
+            try:
+                model, info = checkpoints.load_model(name, folder=folder, cache_dir=cache_dir, download=download,
+                                                     device=device, dtype=dtype, progress=progress)
+            except checkpoints.WeightsOfflineError as e:   # name both files: the user needs both
+                files = [checkpoints.checkpoint_info(n).file for n in ("base-inpaint", "upsample-inpaint")]
+                raise checkpoints.WeightsOfflineError(
+                    f"OpenAI's GLIDE weights are two files, {files[0]} and {files[1]}, and this machine is offline: "
+                    f"put both in the cache folder {checkpoints.resolve_cache_dir(cache_dir)} (or pass a folder "
+                    f"holding them as weights). {e}") from e
             models.append(_prepare(model, dtype))
             infos[key] = info
         identity = {"weights": "official" if folder is None else str(folder), "weights_kind": "official",

@@ -425,3 +425,20 @@ def test_generation_json_records_the_cpu_without_refusing_another(tmp_path, tiny
     monkeypatch.setattr(gen, "cpu_info", lambda: other)
     summary = generate_variants(crops, tmp_path / "out", inpainter=tiny_engine, **s)
     assert summary["made"] == 0 and summary["shard_variants"] == 1
+
+
+def test_generation_json_records_the_profile_and_a_resume_updates_it(tmp_path):
+    """The notebook's resolved profile (issue 19) is a record in generation.json, not a setting: a
+    resume under another profile record with the same settings goes on and records the new one;
+    the estimate of the whole job is logged after the first engine call."""
+    crops = make_crops(tmp_path / "crops", n=1)
+    first = {"asked": "auto", "name": "cpu-demo", "device": "cpu", "values": {"runs": 3}, "set_by_profile": []}
+    lines: list[str] = []
+    generate_variants(crops, tmp_path / "out", inpainter=FakeInpainter(), profile=first,
+                      **{**SETTINGS, "log": lines.append})
+    assert json.loads((tmp_path / "out" / "generation.json").read_text())["profile"] == first
+    assert any(ln.startswith("Expected about ") and "3 variants (6 inpaints)" in ln for ln in lines)
+    second = {**first, "asked": "cpu-demo"}
+    summary = generate_variants(crops, tmp_path / "out", inpainter=FakeInpainter(), profile=second, **SETTINGS)
+    assert summary["made"] == 0
+    assert json.loads((tmp_path / "out" / "generation.json").read_text())["profile"] == second

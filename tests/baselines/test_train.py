@@ -322,3 +322,16 @@ def test_training_figures(crops, tmp_path):
     assert len(figures.show_images(images, nrow=3, row_labels=["a"]).axes) == 1
     with pytest.raises(FileNotFoundError, match="No epoch grids"):
         figures.show_epoch_grids(tmp_path)
+
+
+def test_config_json_records_the_profile_and_the_first_step_gives_the_expected_time(crops, tmp_path, capsys):
+    """Issue 19: the notebook's resolved profile lands in config.json; training says how long it will take."""
+    import json
+
+    record = {"asked": "auto", "name": "cpu-demo", "device": "cpu", "values": {"image_size": 64, "epochs": 3},
+              "set_by_profile": ["image_size", "epochs"]}
+    result = train(tiny_gan(), crops, tmp_path / "run", GAN_CFG, progress=True, profile=record)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["profile"] == record
+    out = capsys.readouterr()
+    assert "Expected about " in out.out + out.err
+    assert f"for {result.total_steps} steps of dcgan at 64 px on cpu" in out.out + out.err

@@ -338,8 +338,9 @@ def test_notebook_parameters_are_the_library_defaults():
     cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
     params = {}
     for node in ast.parse("".join(cell["source"])).body:
-        assert isinstance(node, ast.Assign), "parameters cell must hold only assignments"
-        params[node.targets[0].id] = ast.literal_eval(node.value)
+        assert isinstance(node, (ast.Assign, ast.AnnAssign)), "parameters cell must hold only assignments"
+        target = node.target if isinstance(node, ast.AnnAssign) else node.targets[0]
+        params[target.id] = ast.literal_eval(node.value)
     import inspect
 
     defaults = {k: v.default for k, v in inspect.signature(crops.extract_crops).parameters.items()

@@ -304,3 +304,15 @@ def test_a_download_that_differs_from_the_pinned_file_is_not_saved(tmp_path, mon
     assert not (tmp_path / "upsample_inpaint.pt").exists()
     served[info.url] = lambda: FakeResponse(first)  # the same file again: accepted
     assert checkpoints.fetch_state_dict("upsample-inpaint", cache_dir=tmp_path, progress=False)[1]["sha256"] == meta["sha256"]
+
+
+def test_official_engine_offline_names_both_files_and_the_cache_folder(tmp_path, monkeypatch):
+    """weights="official" (the study profile) with an empty cache on an offline machine."""
+    from skinlib.glide.pipeline import GlideInpainter
+
+    _offline(monkeypatch)
+    with pytest.raises(checkpoints.WeightsOfflineError) as err:
+        GlideInpainter.from_pretrained("official", cache_dir=tmp_path, device="cpu", progress=False)
+    msg = str(err.value)
+    assert "base_inpaint.pt" in msg and "upsample_inpaint.pt" in msg and f"cache folder {tmp_path}" in msg
+    assert list(tmp_path.iterdir()) == []
