@@ -279,7 +279,7 @@ def _planned_counts(crops_dir: Path, rows: list[dict], plan, runs: int, max_sour
     if max_sources:
         raise ValueError(f"max_sources={max_sources} and plan={plan}: the plan decides how many variants "
                          f"each source gets; drop max_sources (or write a plan with fewer crops)")
-    planned = read_plan(plan, list_crop_rows(crops_dir, None), split)
+    planned = read_plan(plan, list_crop_rows(crops_dir, None), split, skin_types(crops_dir))
     if [p["crop"] for p in planned] != [r["image"] for r in rows]:      # both in manifest order
         raise ValueError(f"plan {plan} does not list the crops of {crops_dir}'s {split or 'whole'} split")
     info = {"file": Path(plan).name, "sha256": plan_sha256(plan), "variants": sum(p["variants"] for p in planned)}

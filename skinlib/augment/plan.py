@@ -215,15 +215,19 @@ def plan_sha256(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def read_plan(path, rows: Sequence[Mapping[str, str]], split: str | None = "train") -> list[dict]:
+def read_plan(path, rows: Sequence[Mapping[str, str]], split: str | None = "train",
+              types: Mapping[str, int] | None = None) -> list[dict]:
     """The plan CSV at ``path`` checked against the crops manifest ``rows`` (every crop of the
     folder, test split included), returned in the manifest's order.
 
     Refused, naming the row: a crop not in the folder, a crop listed twice, a variants count
     that is not a whole number >= 0, a crop of another split than ``split`` (e.g. a test
     patient's crop: augmenting it would leak the test set into training), a patient or disease
-    that differs from the manifest's (a plan written for another crops folder). A crop of
-    ``split`` that the plan does not list is refused too (add it with variants 0)."""
+    that differs from the manifest's (a plan written for another crops folder), with ``types``
+    (patient -> Fitzpatrick type) a group that differs from the metadata's (the metadata changed
+    since the plan was written). A crop of ``split`` that the plan does not list is refused too
+    (add it with variants 0). The returned rows' ``group`` / ``fitzpatrick`` are the metadata's
+    when ``types`` is given."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"plan {path} does not exist: write one with `python -m skinlib.plan`")
@@ -252,6 +256,13 @@ def read_plan(path, rows: Sequence[Mapping[str, str]], split: str | None = "trai
             raise ValueError(f"{where}: the crop is listed twice; keep one row")
         got[p["crop"]] = {**{k: p.get(k, "") for k in PLAN_FIELDS},
                           "variants": _count(p["variants"], f"{where}: variants")}
+        if types is not None:
+            group, fitz = crop_group(src.get("patient", ""), types)
+            if p.get("group") and p["group"] != group:
+                raise ValueError(f"{where}: group {p['group']!r} but the dataset's metadata gives patient "
+                                 f"{src.get('patient')!r} the group {group!r} (the metadata changed since "
+                                 f"the plan was written?); re-write the plan")
+            got[p["crop"]].update(group=group, fitzpatrick=fitz)
     missing = [r["image"] for r in wanted if r["image"] not in got]
     if missing:
         raise ValueError(f"plan {path} has no row for {len(missing)} crop(s) of the {split or 'whole'} "

@@ -175,3 +175,12 @@ def test_budget_units_and_time_text(tmp_path):
     (tmp_path / "bench.json").write_text('{"base": {"fp32": 1.2}}')
     with pytest.raises(ValueError, match="not a calibration record"):
         read_timing(tmp_path / "bench.json")
+
+
+def test_plan_group_checked_against_the_metadata(tmp_path):
+    rows, types = crop_rows({("rash", 5): 2})
+    path = write_plan(tmp_path / "plan.csv", plan_uniform(rows, 1, types))
+    assert [p["group"] for p in read_plan(path, rows, types=types)] == ["V-VI", "V-VI"]
+    changed = {p: 1 for p in types}
+    with pytest.raises(ValueError, match=r"row 2 .*group 'V-VI' but the dataset's metadata gives .*'I-II'"):
+        read_plan(path, rows, types=changed)
