@@ -84,6 +84,13 @@ def test_balanced_spreads_a_remainder_over_patients_and_honours_the_cap():
     plan = plan_balanced(rows, 2, types)
     given = [p for p in plan if p["variants"]]
     assert len(given) == 2 and len({p["patient"] for p in given}) == 2 and given[0]["group"] == "V-VI"
+    # one patient's crops first in the manifest: the remainder still goes to both patients
+    rows = [{"image": f"{i}.png", "patient": "ab"[i // 3], "disease": "rash", "split": "train"} for i in range(6)]
+    types = {"a": 5, "b": 5}
+    for seed in range(5):
+        given = [p for p in plan_balanced(rows, 2, types, seed=seed) if p["variants"]]
+        assert sorted(p["patient"] for p in given) == ["a", "b"], seed
+    rows, types = crop_rows({("rash", 1): 10, ("rash", 5): 4}, patients_per_cell=4)
     capped = plan_balanced(rows, 100, types, max_per_crop=1)
     assert max(p["variants"] for p in capped) <= 1
     assert sum(p["variants"] for p in capped) == 14  # the cap binds: 4 + 10, budget left unused
@@ -160,6 +167,7 @@ def test_budget_units_and_time_text(tmp_path):
     with pytest.raises(ValueError, match="with its unit"):
         parse_budget("500")
     assert budget_variants(3600, "seconds", cpu) == 120 and budget_variants(1, "hours", cpu) == 120
+    assert budget_variants(100, "seconds", cpu) == 3      # rounded down: never over the budget
     with pytest.raises(ValueError, match="GPU not measured"):
         budget_variants(1, "gpu-hours", cpu)
     with pytest.raises(ValueError, match="needs the measured seconds per variant"):
