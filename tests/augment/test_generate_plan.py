@@ -142,9 +142,24 @@ def test_tiny_random_engine_plan_and_template_two_shards_equal_one(tmp_path, tin
     s = dict(steps=2, seed=3, batch_size=3, plan=plan, prompt="an image of {disease} on {skin} skin",
              progress=False, log=lambda *_: None)
     one, two = tmp_path / "one", tmp_path / "two"
-    generate_variants(crops, one, inpainter=tiny_engine, **s)
-    generate_variants(crops, two, inpainter=tiny_engine, shard_index=1, num_shards=2, **s)
-    generate_variants(crops, two, inpainter=tiny_engine, shard_index=0, num_shards=2, **s)
+    calls = []
+    original = tiny_engine.inpaint
+
+    def counting(images, keep, prompts, *args, **kw):
+        calls.append(list(prompts))
+        return original(images, keep, prompts, *args, **kw)
+
+    tiny_engine.inpaint = counting
+    try:
+        generate_variants(crops, one, inpainter=tiny_engine, **s)
+        generate_variants(crops, two, inpainter=tiny_engine, shard_index=1, num_shards=2, **s)
+        generate_variants(crops, two, inpainter=tiny_engine, shard_index=0, num_shards=2, **s)
+    finally:
+        del tiny_engine.inpaint
+    # batches {source 0 x 2, source 1} and {source 3 x 3}, per step; the same in both shardings
+    dark, unknown = "an image of demo-rash on dark skin", "an image of demo-rash on skin"
+    first, second = [dark, dark, unknown], [unknown] * 3
+    assert calls == [first, first, second, second] + [second, second] + [first, first]
     a, b = folder_bytes(one), folder_bytes(two)
     assert len(read_csv(one / "manifest.csv")) == 6 and sorted(a) == sorted(b)
     assert [k for k in a if a[k] != b[k]] == []
