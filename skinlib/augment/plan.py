@@ -377,9 +377,8 @@ def main(argv: list[str] | None = None) -> int:
             plan = plan_balanced(rows, budget, types, max_per_crop=a.max_per_crop, seed=a.seed)
         else:
             plan = plan_targets(rows, read_targets(a.target), types, budget_variants=budget, seed=a.seed)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"python -m skinlib.plan: error: {e}")
-        return 2
+    except (ValueError, FileNotFoundError) as e:     # bad input: the message names it and the fix
+        p.error(str(e))
     write_plan(a.out, plan)
     total = sum(p["variants"] for p in plan)
     unknown = sum(p["group"] == UNKNOWN_GROUP for p in plan)

@@ -19,6 +19,8 @@ import re
 import string
 from typing import Mapping
 
+from ..data.metadata import SKIN_GROUPS
+
 FIELDS = ("disease", "skin", "fitzpatrick")
 SKIN_WORDS = {"I-II": "light", "III-IV": "medium", "V-VI": "dark"}
 ROMAN = {1: "I", 2: "II", 3: "III", 4: "IV", 5: "V", 6: "VI"}
@@ -48,7 +50,7 @@ def render_prompt(template: str, row: Mapping[str, str], fitzpatrick: int | None
         raise ValueError(f"crop {row.get('image')!r} has no disease in the crops manifest, and the prompt "
                          f"template {template!r} uses {{disease}}: fill the manifest's disease column "
                          f"or use a template without {{disease}}")
-    group = {1: "I-II", 2: "I-II", 3: "III-IV", 4: "III-IV", 5: "V-VI", 6: "V-VI"}.get(fitzpatrick or 0)
+    group = SKIN_GROUPS.get(fitzpatrick or 0)
     text = template.format(disease=disease.replace("_", " "),
                            skin=SKIN_WORDS[group] if group else unknown,
                            fitzpatrick=ROMAN[fitzpatrick] if group else unknown)

@@ -188,9 +188,10 @@ def test_command_lines_plan_then_generate(tmp_path, capsys, tiny_engine):
     assert plan_main(["--crops", str(crops), "--target", "balanced", "--budget", f"{3.5 * spv:.6f}s",
                       "--seconds-per-variant-file", str(tmp_path / "timing.json"), "--out", str(tmp_path / "p2.csv")]) == 0
     assert sum(p["variants"] for p in read_plan(tmp_path / "p2.csv", read_csv(crops / "manifest.csv"))) == 3
-    assert plan_main(["--crops", str(crops), "--target", "balanced", "--budget", "1gpu-h",
-                      "--seconds-per-variant-file", str(tmp_path / "timing.json"), "--out", str(tmp_path / "p3.csv")]) == 2
-    assert "GPU not measured" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        plan_main(["--crops", str(crops), "--target", "balanced", "--budget", "1gpu-h",
+                   "--seconds-per-variant-file", str(tmp_path / "timing.json"), "--out", str(tmp_path / "p3.csv")])
+    assert "GPU not measured" in capsys.readouterr().err and not (tmp_path / "p3.csv").exists()
     with pytest.raises(SystemExit):
         generate_main(["--crops", str(crops), "--out", str(tmp_path / "out"), "--plan", str(plan), "--runs", "2"])
     assert "drop --runs" in capsys.readouterr().err
