@@ -29,7 +29,7 @@ import numpy as np
 
 from ..data.metadata import SKIN_GROUPS
 from ..io import read_csv, write_csv
-from .inpaint import derive_seed
+from .inpaint import DEFAULT_PROMPT, derive_seed
 
 UNKNOWN_GROUP = "unknown"
 GROUPS = tuple(dict.fromkeys(SKIN_GROUPS.values())) + (UNKNOWN_GROUP,)
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default=None, help="calibration device (default: cuda when available, else cpu)")
     p.add_argument("--steps", type=int, default=12, help="calibration: inpainting steps per variant")
-    p.add_argument("--prompt", default="an image of measles on dark skin")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="calibration: the prompt (or template) of the generation")
     p.add_argument("--base-respacing", default="100")
     p.add_argument("--upsample-respacing", default="fast27")
     a = p.parse_args(argv)
