@@ -30,8 +30,9 @@ of N takes the sources of groups ``g`` with ``g % N == K``, i.e. the sources wit
 ``(source_index // per) % N == K`` (6 sources, runs 5, batch size 10: groups {0, 1}, {2, 3}, {4, 5};
 shard 0 of 2 takes sources 0, 1, 4, 5). With a plan, the sources are packed whole, in order,
 into batches of up to ``batch_size`` variants (a source with more gets batches of its own), and
-the g-th group of batches (those that start with the same source) goes to shard ``g % N``. Each shard can run on its own machine / GPU (SLURM job
-array, ``torchrun``), all writing into the same folder: see :func:`main` and the README.
+the g-th group of batches (those that start with the same source) goes to shard ``g % N``.
+Each shard can run on its own machine / GPU (SLURM job array, ``torchrun``), all writing into the
+same folder: see :func:`main` and the README.
 """
 from __future__ import annotations
 

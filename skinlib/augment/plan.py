@@ -358,8 +358,11 @@ def main(argv: list[str] | None = None) -> int:
             engine = GlideInpainter.from_pretrained(a.weights, device=device, cache_dir=a.cache_dir,
                                                     base_respacing=a.base_respacing,
                                                     upsample_respacing=a.upsample_respacing)
+            from .prompts import render_prompt
+
+            prompt = render_prompt(a.prompt, rows[0], types.get(rows[0].get("patient", "")))
             timing = cost.calibrate(engine, a.crops, rows[0], variants=a.calibrate, steps=a.steps,
-                                    prompt=a.prompt)
+                                    prompt=prompt)
             if a.timing_out:
                 cost.save_timing(a.timing_out, timing)
         budget = None
