@@ -34,6 +34,7 @@ ALLOWED = {
     "stages": {"io", "data"},
     "__main__": {"io", "cpu", "stages", "data", "evaluation"},   # --folds: fold views (data), pooling (evaluation)
     "generate": {"augment", "_moved"},  # `python -m skinlib.generate`; importing it warns (_moved)
+    "plan": {"augment"},               # `python -m skinlib.plan` (issue 20)
     "evaluate": {"evaluation", "_moved"},  # `python -m skinlib.evaluate`; importing it warns (_moved)
 }
 FOLDERS = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").is_file())

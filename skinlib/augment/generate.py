@@ -19,19 +19,25 @@ turns every crop of a crops folder into ``runs`` variants with
                                 (and, as a record only, the CPU of the run that wrote it)
     <out>/skipped.csv           sources that could not be used, with the reason (if any)
 
-``NNNNNN = source_index * runs + run`` (source_index = row of the crops manifest). The variant's
+``NNNNNN = source_index * runs + run`` (source_index = row of the crops manifest); with a plan
+(``plan=``, :mod:`skinlib.augment.plan`) each source has its own number of runs and the variants
+are numbered in source order (NNNNNN = the variants of the earlier sources + run). The variant's
 randomness comes only from ``item_seed(seed, source file name, run)``, so the same settings give
 the same bytes whatever the sharding or interruptions. Sharding follows the engine calls'
 batches (see :func:`plan_batches`), so that a variant is always computed in the same batch: the
 sources are cut into consecutive groups of ``per = max(1, batch_size // runs)`` sources, and shard K
 of N takes the sources of groups ``g`` with ``g % N == K``, i.e. the sources with
 ``(source_index // per) % N == K`` (6 sources, runs 5, batch size 10: groups {0, 1}, {2, 3}, {4, 5};
-shard 0 of 2 takes sources 0, 1, 4, 5). Each shard can run on its own machine / GPU (SLURM job
-array, ``torchrun``), all writing into the same folder: see :func:`main` and ``other/docs/cluster.md``.
+shard 0 of 2 takes sources 0, 1, 4, 5). With a plan, the sources are packed whole, in order,
+into batches of up to ``batch_size`` variants (a source with more gets batches of its own), and
+the g-th group of batches (those that start with the same source) goes to shard ``g % N``.
+Each shard can run on its own machine / GPU (SLURM job array, ``torchrun``), all writing into the
+same folder: see :func:`main` and ``other/docs/cluster.md``.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -45,8 +51,11 @@ import torch
 
 from .inpaint import (DEFAULT_PROMPT, IMAGE_SIZE, InpaintResult, IterativeInpainting, MaskSampler,
                       item_seed, make_sampler, save_steps_gif)
+from .plan import UNKNOWN_GROUP, crop_group, plan_sha256, read_plan
+from .prompts import render_prompt, template_fields
 from ..cpu import cpu_info
-from ..data.dataset import crops_are_synthetic, crops_content_sha256, load_crop
+from ..data.dataset import crops_are_synthetic, crops_content_sha256, list_crop_rows, load_crop
+from ..data.metadata import skin_types
 from ..data.photos import BadInputError
 from ..eta import FirstUnitEstimate, format_duration
 from ..io import check_manifest_paths, inside, load_json, save_json, save_png, write_csv
@@ -59,6 +68,7 @@ MANIFEST_FIELDS = [
     "upsample_temp", "sampler", "zoom", "edited_fraction", "ill_fraction", "ill_edited_fraction",
     "disease", "patient", "source", "history", "model",
     "weights_kind", "weights_label", "trained_on_split", "source_split", "source_sha256", "source_patient",
+    "prompt_template", "skin_group", "fitzpatrick", "plan_sha256", "plan_cell",
 ]
 
 
@@ -69,23 +79,41 @@ def output_stem(source_index: int, run: int, runs: int) -> str:
     return f"{source_index * runs + run:06d}"
 
 
-def plan_batches(n_sources: int, runs: int, batch_size: int) -> list[list[tuple[int, int]]]:
+def plan_batches(n_sources: int, runs: int | Sequence[int], batch_size: int) -> list[list[tuple[int, int]]]:
     """The job's fixed batches of (source_index, run) items, in order.
 
-    With ``runs <= batch_size`` a batch holds all runs of ``batch_size // runs`` consecutive
-    sources; otherwise each source's runs are cut into batches of ``batch_size``. The batches
-    depend only on these three numbers, never on sharding or on what is already finished, so
-    every variant is always computed in the same batch (batched floating-point arithmetic can
-    differ in the last bits between batch compositions; this keeps outputs byte-identical).
+    ``runs``: variants per source, one int for all (the study) or one per source (a plan,
+    :mod:`skinlib.augment.plan`; 0 = none). Sources are packed whole, in order, into batches of
+    up to ``batch_size`` items; a source with more runs than ``batch_size`` gets batches of its
+    own, cut into ``batch_size`` runs. With one ``runs <= batch_size`` a batch thus holds all
+    runs of ``batch_size // runs`` consecutive sources. The batches depend only on these
+    numbers, never on sharding or on what is already finished, so every variant is always
+    computed in the same batch (batched floating-point arithmetic can differ in the last bits
+    between batch compositions; this keeps outputs byte-identical).
     """
-    if runs < 1 or batch_size < 1:
-        raise ValueError(f"runs and batch_size must be >= 1 (got runs={runs}, batch_size={batch_size})")
-    if runs <= batch_size:
-        per = batch_size // runs
-        return [[(i, r) for i in range(g, min(g + per, n_sources)) for r in range(runs)]
-                for g in range(0, n_sources, per)]
-    return [[(i, r) for r in range(k, min(k + batch_size, runs))]
-            for i in range(n_sources) for k in range(0, runs, batch_size)]
+    if isinstance(runs, (int, np.integer)):
+        if runs < 1:
+            raise ValueError(f"runs must be >= 1 (got runs={runs})")
+        counts = [int(runs)] * n_sources
+    else:
+        counts = [int(c) for c in runs]
+        if len(counts) != n_sources or any(c < 0 for c in counts):
+            raise ValueError(f"runs per source must be {n_sources} counts >= 0, got {counts[:10]}...")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
+    batches: list[list[tuple[int, int]]] = []
+    current: list[tuple[int, int]] = []
+    for i, c in enumerate(counts):
+        if c > batch_size:
+            batches += [current] if current else []
+            current = []
+            batches += [[(i, r) for r in range(k, min(k + batch_size, c))] for k in range(0, c, batch_size)]
+            continue
+        if len(current) + c > batch_size:
+            batches.append(current)
+            current = []
+        current += [(i, r) for r in range(c)]
+    return batches + ([current] if current else [])
 
 
 def shard_batches(batches: list[list[tuple[int, int]]], shard_index: int = 0,
@@ -239,6 +267,36 @@ def _source_rows(crops_dir: Path, max_sources: int | None, split: str | None = "
     return spread_over_patients(rows, max_sources) if max_sources else rows
 
 
+def _planned_counts(crops_dir: Path, rows: list[dict], plan, runs: int, max_sources: int | None,
+                    split: str | None) -> tuple[list[int], dict | None, list[str] | None]:
+    """Variants per source (``runs`` each, or the plan's), the plan's record for generation.json
+    ({"file", "sha256", "variants"}) and each source's plan cell "disease|group" (None without a plan)."""
+    if plan is None:
+        return [runs] * len(rows), None, None
+    if max_sources:
+        raise ValueError(f"max_sources={max_sources} and plan={plan}: the plan decides how many variants "
+                         f"each source gets; drop max_sources (or write a plan with fewer crops)")
+    planned = read_plan(plan, list_crop_rows(crops_dir, None), split, skin_types(crops_dir))
+    if [p["crop"] for p in planned] != [r["image"] for r in rows]:      # both in manifest order
+        raise ValueError(f"plan {plan} does not list the crops of {crops_dir}'s {split or 'whole'} split")
+    info = {"file": Path(plan).name, "sha256": plan_sha256(plan), "variants": sum(p["variants"] for p in planned)}
+    return [p["variants"] for p in planned], info, [f"{p['disease']}|{p['group']}" for p in planned]
+
+
+def _source_prompts(template: str, rows: list[dict], counts: list[int], types: dict, unknown: str) -> list[str]:
+    """The prompt of each source (the template rendered with its disease and Fitzpatrick type;
+    "" for sources without variants). Raises ValueError before any work when one cannot be made."""
+    return [render_prompt(template, r, types.get(r.get("patient", "")), unknown=unknown) if c else ""
+            for r, c in zip(rows, counts)]
+
+
+def _prompt_and_plan_columns(src: dict, template: str, prompt: str, types: dict, plan_info: dict | None,
+                             cell: str) -> dict:
+    group, fitz = crop_group(src.get("patient", ""), types)
+    return {"prompt": prompt, "prompt_template": template, "skin_group": group, "fitzpatrick": fitz,
+            "plan_sha256": plan_info["sha256"] if plan_info else "", "plan_cell": cell}
+
+
 def weights_provenance(identity: dict, is_random: bool) -> dict:
     """Which weights made a variant: ``weights_kind`` (official / fine-tuned-from-official /
     small-from-scratch / tiny-random ...), ``weights_label`` (the words every title uses) and
@@ -311,7 +369,11 @@ def merge_manifests(out_dir, *, allow_partial: bool = False, log: Callable = pri
     hist = out_dir / "history"
     rows = [load_json(p) for p in sorted(hist.glob("[0-9]*.json"))] if hist.is_dir() else []
     skips = [load_json(p) for p in sorted(hist.glob("skip_*.json"))] if hist.is_dir() else []
-    expected = (settings["n_sources"] - len(skips)) * settings["runs"]
+    if "variants_per_source" in settings:        # a plan: each source's own count
+        skipped = {int(k["source_index"]) for k in skips}
+        expected = sum(c for i, c in enumerate(settings["variants_per_source"]) if i not in skipped)
+    else:
+        expected = (settings["n_sources"] - len(skips)) * settings["runs"]
     if len(rows) < expected and not allow_partial:
         log(f"{len(rows)} of {expected} variants finished in {out_dir}: manifest.csv is written "
             f"when every shard has finished (or call merge_manifests(out_dir, allow_partial=True)).")
@@ -338,6 +400,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                       num_shards: int = 1, batch_size: int = 10, max_sources: int | None = None,
                       gifs: str = "first-run", restart_if_changed: bool = False,
                       split: str | None = "train", profile: dict | None = None,
+                      plan: str | Path | None = None, unknown_skin: str = "",
                       progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Make ``runs`` variants of every crop of ``crops_dir`` in ``out_dir`` (this shard's part).
 
@@ -353,6 +416,15 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     the default; None: every crop, recorded in generation.json and each row's ``source_split``);
     ``profile``: the notebook's resolved profile (:meth:`skinlib.profiles.Resolved.record`), a record
     in generation.json (like ``cpu``, not compared when resuming: the settings it chose are).
+    ``plan``: a plan CSV (:mod:`skinlib.augment.plan`, ``python -m skinlib.plan``) giving each
+    source crop its number of variants instead of ``runs`` (which is then not used;
+    ``max_sources`` is refused); its sha256 is a setting (resume / shards need the same plan) and
+    each manifest row records it and the variant's ``plan_cell`` ("disease|group").
+    ``prompt`` may be a template with ``{disease}``, ``{skin}``, ``{fitzpatrick}``
+    (:mod:`skinlib.augment.prompts`; the Fitzpatrick types come from the crops' dataset,
+    :func:`skinlib.data.metadata.skin_types`), rendered per source; where the type is unknown
+    the skin fields render as ``unknown_skin`` (default "": left out). Each row records the
+    rendered ``prompt``, the ``prompt_template``, ``skin_group`` and ``fitzpatrick``.
 
     Finished variants are skipped, so re-running after an interruption resumes. Returns a
     summary dict (counts, seconds, manifest path or None while other shards are unfinished).
@@ -368,9 +440,21 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     identity = _identity(inpainter)
     provenance = weights_provenance(identity, is_random)
     tag = f"[{provenance['weights_label']}] " if provenance["weights_kind"] != "official" else ""
-    rows = _source_rows(crops_dir, max_sources, split)
-    mine = shard_batches(plan_batches(len(rows), runs, batch_size), shard_index, num_shards)
-    settings = {"generator": GENERATOR, "crops_dir": str(crops_dir), "runs": runs, "seed": seed,
+    rows = _source_rows(crops_dir, max_sources if plan is None else None, split)
+    counts, plan_info, cells = _planned_counts(crops_dir, rows, plan, runs, max_sources, split)
+    types = skin_types(crops_dir)
+    prompts = _source_prompts(prompt, rows, counts, types, unknown_skin)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+
+    def stem_of(i: int, r: int) -> str:
+        """Output stem of run ``r`` of source ``i``: the variants numbered in source order
+        (``source_index * runs + run`` without a plan)."""
+        return f"{offsets[i] + r:06d}"
+
+    mine = shard_batches(plan_batches(len(rows), counts if plan is not None else runs, batch_size),
+                         shard_index, num_shards)
+    settings = {"generator": GENERATOR, "crops_dir": str(crops_dir), "runs": runs if plan is None else "plan",
+                "seed": seed,
                 "n_sources": len(rows), "max_sources": max_sources, "split": split or "all",
                 "n_source_patients": len({r.get("patient", "") for r in rows}),
                 "image_size": IMAGE_SIZE,
@@ -383,6 +467,11 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
                 # the CPU of the run that wrote this file (bf16 speed depends on it; issue 21):
                 # a record, not a setting, so a resume or shard on another CPU is not refused
                 "cpu": cpu_info(), "profile": profile}
+    if plan is not None:          # only with a plan / a template, so older folders still resume
+        settings.update(plan=plan_info, variants_per_source=counts)
+    if template_fields(prompt):
+        settings.update(prompts_sha256=hashlib.sha256("\n".join(map(str, prompts)).encode()).hexdigest(),
+                        unknown_skin=unknown_skin)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir / "generation.json"
     if settings_path.is_file():
@@ -418,7 +507,7 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     my_items = [it for bt in mine for it in bt]
 
     def unfinished(i: int, r: int) -> bool:
-        return not (_done(out_dir, output_stem(i, r, runs))
+        return not (_done(out_dir, stem_of(i, r))
                     or (out_dir / "history" / f"skip_{i:06d}.json").is_file())
 
     # a batch with any unfinished variant is recomputed whole (same batch = same bytes);
@@ -428,13 +517,21 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     n_images = sum(len(bt) for bt in todo)
     n_diff = [respacing_steps(identity.get(k, "")) for k in ("base_respacing", "upsample_respacing")]
     calls = len(todo) * steps
+    per_source = (f"x {runs} runs" if plan is None else
+                  f"with {len(my_items)} variants of plan {Path(plan).name} (sha256 {plan_info['sha256'][:12]}; "
+                  f"runs={runs} not used)")
+    n_unknown = sum(c > 0 and crop_group(r.get("patient", ""), types)[0] == UNKNOWN_GROUP
+                    for r, c in zip(rows, counts))
     log(f"{tag}Plan (shard {shard_index + 1} of {num_shards}): "
-        f"{len(dict.fromkeys(i for i, _ in my_items))} of {len(rows)} sources x {runs} runs x "
+        f"{len(dict.fromkeys(i for i, _ in my_items))} of {len(rows)} sources {per_source} x "
         f"{steps} steps; {len(my_items) - n_todo} variants already done, {n_todo} to make = "
         f"{n_images * steps} inpaints in {calls} engine calls of up to {batch_size} images; each "
         f"inpaint = base {n_diff[0] or '?'} diffusion steps (guided pair batched) + upsampler "
         f"{n_diff[1] or '?'} steps; sampler {sampler.describe()}{f', zoom {zoom}' if zoom else ''}; "
-        f"prompt {prompt!r}, guidance {guidance}.")
+        f"prompt {prompt!r}, guidance {guidance}."
+        + (f" Prompt template: {len(set(p for p in prompts if p))} distinct prompt(s), e.g. "
+           f"{next(p for p in prompts if p)!r}; {n_unknown} source(s) of unknown Fitzpatrick type render "
+           f"{{skin}} / {{fitzpatrick}} as {unknown_skin!r}." if template_fields(prompt) else ""))
 
     t_start = time.perf_counter()
     bar = _Progress(n_images * steps, calls, progress, log, what=f"{n_todo} variants ({n_images * steps} inpaints)",
@@ -453,15 +550,18 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
             results = algo.run(torch.stack([sources[i][0] for i, _ in items]),
                                torch.stack([sources[i][1] for i, _ in items]), seeds,
                                keep_frames=keep, on_step=bar,
-                               engine_progress_first=progress and bar.bar is None)
+                               engine_progress_first=progress and bar.bar is None,
+                               prompts=[prompts[i] for i, _ in items] if template_fields(prompt) else None)
             for (i, r), res, gif in zip(items, results, keep):
-                stem = output_stem(i, r, runs)
+                stem = stem_of(i, r)
                 if _done(out_dir, stem):
                     continue
                 has_mask = sources[i][2]
                 row = _manifest_row(stem, rows[i], i, r, res, has_mask=has_mask, gif=gif,
                                     seed=seed, algo=algo, identity=identity, is_random=is_random,
-                                    crops_dir=crops_dir, split=split)
+                                    crops_dir=crops_dir, split=split,
+                                    extra=_prompt_and_plan_columns(rows[i], prompt, prompts[i], types,
+                                                                   plan_info, cells[i] if cells else ""))
                 _write_variant(out_dir, stem, res, row, has_mask=has_mask, gif=gif,
                                gif_label=None if provenance["weights_kind"] == "official"
                                else textwrap.fill(provenance["weights_label"].replace("—", "-"), 42))
@@ -470,8 +570,8 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
         bar.close()
 
     # this shard's manifest (all its finished variants, including earlier sessions')
-    shard_rows = [load_json(out_dir / "history" / f"{output_stem(i, r, runs)}.json")
-                  for i, r in my_items if _done(out_dir, output_stem(i, r, runs))]
+    shard_rows = [load_json(out_dir / "history" / f"{stem_of(i, r)}.json")
+                  for i, r in my_items if _done(out_dir, stem_of(i, r))]
     write_csv(out_dir / f"manifest.shard-{shard_index}-of-{num_shards}.csv",
               [{k: _csv_value(x.get(k, "")) for k in MANIFEST_FIELDS} for x in shard_rows],
               MANIFEST_FIELDS)
@@ -523,7 +623,8 @@ def _prepare_source(crops_dir: Path, row: dict, index: int, sampler: MaskSampler
 
 def _manifest_row(stem, src: dict, index: int, run: int, res: InpaintResult, *, has_mask: bool,
                   gif: bool, seed: int, algo: IterativeInpainting, identity: dict,
-                  is_random: bool, crops_dir: Path, split: str | None = "train") -> dict:
+                  is_random: bool, crops_dir: Path, split: str | None = "train",
+                  extra: dict | None = None) -> dict:
     import hashlib
 
     ill = res.ill_mask
@@ -544,7 +645,7 @@ def _manifest_row(stem, src: dict, index: int, run: int, res: InpaintResult, *, 
         "source": src.get("source", ""), "history": res.history, "model": identity,
         **weights_provenance(identity, is_random),
         "source_split": src.get("split", "") or (split or "all"), "source_sha256": source_sha,
-        "source_patient": src.get("patient", ""),
+        "source_patient": src.get("patient", ""), **(extra or {}),
     }
 
 
@@ -733,9 +834,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="train",
                    help='augment the crops of this patient-split side: "train" (default) or "all"')
     p.add_argument("--cache-dir", default=None, help="checkpoint cache folder")
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=None, help="variants per source crop (default 5; not with --plan)")
+    p.add_argument("--plan", default=None, metavar="PLAN.csv",
+                   help="variants per source crop from a plan (python -m skinlib.plan) instead of --runs")
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT,
+                   help="prompt, or a template with {disease}, {skin} (light / medium / dark from the "
+                        "Fitzpatrick group), {fitzpatrick} (I..VI), e.g. 'an image of {disease} on {skin} skin'")
+    p.add_argument("--unknown-skin", default="",
+                   help="what {skin} / {fitzpatrick} render as for a patient of unknown Fitzpatrick type "
+                        "(default: nothing, the word is left out)")
     p.add_argument("--guidance", type=float, default=5.0)
     p.add_argument("--upsample-temp", type=float, default=0.997)
     p.add_argument("--sampler", default="squares",
@@ -766,6 +874,8 @@ def main(argv: list[str] | None = None) -> int:
                         "of one output folder needs the same number (it changes the bytes)")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
+    if a.plan and a.runs is not None:
+        p.error("--runs and --plan: the plan gives each crop its number of variants; drop --runs")
     if a.user_masks and a.sampler not in ("user", "user-mask"):
         p.error(f"--user-masks is only used with --sampler user (got --sampler {a.sampler})")
     try:
@@ -786,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
                                                base_start=a.base_start, upsample_start=a.upsample_start,
                                                ddim_eta=a.ddim_eta, upsample_window=a.upsample_window)
     summary = generate_variants(
-        a.crops, a.out, inpainter=inpainter, runs=a.runs, steps=a.steps, prompt=a.prompt,
+        a.crops, a.out, inpainter=inpainter, runs=5 if a.runs is None else a.runs, steps=a.steps,
+        prompt=a.prompt, plan=a.plan, unknown_skin=a.unknown_skin,
         guidance=a.guidance, upsample_temp=a.upsample_temp, sampler=sampler, zoom=a.zoom,
         seed=a.seed, shard_index=a.shard_index, num_shards=a.num_shards,
         batch_size=a.batch_size, max_sources=a.max_sources, gifs=a.gifs,

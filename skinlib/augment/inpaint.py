@@ -407,23 +407,25 @@ class IterativeInpainting:
                 "zoom": self.zoom, "feather": self.feather if self.zoom else None}
 
     def _engine(self, images: torch.Tensor, keep: torch.Tensor, seeds: list[int],
-                progress: bool = False) -> torch.Tensor:
-        out = self.inpainter.inpaint(images, keep, [self.prompt] * len(seeds), seeds,
+                progress: bool = False, prompts: Sequence[str] | None = None) -> torch.Tensor:
+        prompts = [self.prompt] * len(seeds) if prompts is None else list(prompts)
+        out = self.inpainter.inpaint(images, keep, prompts, seeds,
                                      guidance_scale=self.guidance_scale,
                                      upsample_temp=self.upsample_temp, progress=progress)
         return out.detach().float().cpu()
 
     def step(self, images: torch.Tensor, regions: Sequence[Region], seeds: list[int], *,
-             progress: bool = False):
+             progress: bool = False, prompts: Sequence[str] | None = None):
         """One inpainting step for a batch: ``images`` float [N,3,256,256] in [-1, 1] (8-bit
         levels), one region each. Returns (new images quantised to 8 bit, bool [N,H,W] edited
         pixels, per-item window or None). Outside its edited pixels each image is unchanged.
-        ``progress``: show the engine's own diffusion progress bars for this call."""
+        ``progress``: show the engine's own diffusion progress bars for this call;
+        ``prompts``: one prompt per item (default: ``self.prompt`` for all)."""
         n, _, h, w = images.shape
         if self.zoom is None:
             edit = np.stack([grid_cover(r.mask) for r in regions])           # [N,H,W]
             edit_t = torch.from_numpy(edit)[:, None]
-            out = self._engine(images, (~edit_t).float(), seeds, progress)
+            out = self._engine(images, (~edit_t).float(), seeds, progress, prompts)
             windows = [None] * n
         else:
             crops, keeps, windows, alphas, edit = [], [], [], [], []
@@ -439,7 +441,7 @@ class IterativeInpainting:
                 keeps.append(torch.from_numpy(~grid_cover(big)).float()[None])
                 alphas.append(feather_alpha(r.mask, self.feather))
                 edit.append(r.mask)
-            zoomed = self._engine(torch.stack(crops), torch.stack(keeps), seeds, progress)
+            zoomed = self._engine(torch.stack(crops), torch.stack(keeps), seeds, progress, prompts)
             out = images.clone()
             for i, (wy, wx, side) in enumerate(windows):
                 small = F.interpolate(zoomed[i:i + 1], size=(side, side), mode="bicubic",
@@ -456,7 +458,8 @@ class IterativeInpainting:
     def run(self, images: torch.Tensor, ill_masks: torch.Tensor, seeds: Sequence[int], *,
             keep_frames: bool | Sequence[bool] = False,
             on_step: Callable[[int], None] | None = None,
-            engine_progress_first: bool = False) -> list[InpaintResult]:
+            engine_progress_first: bool = False,
+            prompts: Sequence[str] | None = None) -> list[InpaintResult]:
         """Run all ``steps`` on a batch of items in one engine call per step.
 
         ``images``: float [N,3,256,256] in [-1, 1] (rounded to 8-bit levels first);
@@ -466,13 +469,17 @@ class IterativeInpainting:
         image (for GIFs), for all items or per item; ``on_step(n)`` is called after each
         step with the number of items that advanced (for progress bars);
         ``engine_progress_first``: show the engine's diffusion progress during the first step
-        (feedback while a slow first call is timed as the warm-up).
+        (feedback while a slow first call is timed as the warm-up); ``prompts``: one prompt per
+        item (e.g. rendered from a template per source, :mod:`skinlib.augment.prompts`;
+        default: ``self.prompt`` for every item).
         """
         n = images.shape[0]
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be [N,3,H,W], got {tuple(images.shape)}")
         if ill_masks.shape[0] != n or len(seeds) != n:
             raise ValueError(f"{n} images but {ill_masks.shape[0]} masks and {len(seeds)} seeds")
+        if prompts is not None and (isinstance(prompts, str) or len(prompts) != n):
+            raise ValueError(f"prompts must be a list of {n} strings (one per image), got {prompts!r:.80}")
         keep = [keep_frames] * n if isinstance(keep_frames, bool) else list(keep_frames)
         x = quantize(images.detach().float().cpu())
         ill = ill_masks.detach().cpu()[:, 0].numpy() > 0.5
@@ -490,7 +497,7 @@ class IterativeInpainting:
             regions = [self.sampler.sample(rngs[i], ill[i], s) for i in range(n)]
             step_seeds = [derive_seed(seeds[i], "step", s) for i in range(n)]
             x, edit, windows = self.step(x, regions, step_seeds,
-                                         progress=engine_progress_first and s == 0)
+                                         progress=engine_progress_first and s == 0, prompts=prompts)
             for i in range(n):
                 edited[i] |= edit[i]
                 step_map[i][edit[i]] = min(s + 1, 255)
