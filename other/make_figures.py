@@ -93,7 +93,9 @@ def glide_settings(samples: Path) -> str:
                 model += f" with the loss on the {b.get('loss_region', 'image')} only"
             if b.get("max_t") is not None or u.get("max_t") is not None:
                 model += f" and t up to {b.get('max_t', 999)} / {u.get('max_t', 999)}"
-    return (f"{model}; prompt \"{g['prompt']}\", {g['runs']} runs x {g['steps']} steps, sampler "
+    runs = (f"{sum(g.get('variants_per_source', []))} variants by plan {g['plan'].get('file', '')}"
+            if g.get("runs") == "plan" else f"{g['runs']} runs")
+    return (f"{model}; prompt \"{g['prompt']}\", {runs} x {g['steps']} steps, sampler "
             f"{g['sampler']}{', zoom ' + str(g['zoom']) if g.get('zoom') else ''}, guidance {g['guidance']}, "
             f"respacing base {g['model'].get('base_respacing', '?')} / upsampler "
             f"{g['model'].get('upsample_respacing', '?')}, seed {g['seed']}")
