@@ -23,16 +23,19 @@ ALLOWED = {
     "errors": set(),
     "training": {"io", "errors"},      # the core both training loops share (skinlib/training.py)
     "cpu": set(),                      # the CPU's model and native bf16 (issue 21)
+    "eta": set(),                      # expected time from the first timed step (issue 19)
+    "profiles": set(),                 # cpu-demo / study defaults of notebooks 02-05 (issue 19)
+    "stage_progress": set(),           # the main job's stage bar and kernel-log filter (issue 19)
     "_moved": set(),                   # old flat import paths -> new ones (one release)
     "__init__": {"_moved"},            # skinlib/__init__.py installs the old paths
     "data": {"io", "errors"},
     "viz": {"io", "data"},
-    "glide": {"io", "errors", "cpu", "training", "data", "viz"},     # only glide.finetune reads crops / plots losses (MODULE_ONLY)
-    "baselines": {"io", "errors", "training", "data", "viz"},
-    "augment": {"io", "errors", "cpu", "data", "viz", "glide"},
+    "glide": {"io", "errors", "cpu", "eta", "training", "data", "viz"},     # only glide.finetune reads crops / plots losses (MODULE_ONLY)
+    "baselines": {"io", "errors", "eta", "training", "data", "viz"},
+    "augment": {"io", "errors", "cpu", "eta", "data", "viz", "glide"},
     "evaluation": {"io", "errors", "data", "viz", "glide", "baselines", "augment"},
     "stages": {"io", "data"},
-    "__main__": {"io", "cpu", "stages", "data", "evaluation"},   # --folds: fold views (data), pooling (evaluation)
+    "__main__": {"io", "cpu", "stages", "profiles", "stage_progress", "data", "evaluation"},   # --folds: fold views (data), pooling (evaluation)
     "generate": {"augment", "_moved"},  # `python -m skinlib.generate`; importing it warns (_moved)
     "plan": {"augment"},               # `python -m skinlib.plan` (issue 20)
     "evaluate": {"evaluation", "_moved"},  # `python -m skinlib.evaluate`; importing it warns (_moved)
@@ -130,7 +133,7 @@ def find_cycles(graph: dict[str, set]) -> list[list[str]]:
 
 # parts that only one module of a folder may import
 MODULE_ONLY = {("glide", "data"): "skinlib.glide.finetune", ("glide", "viz"): "skinlib.glide.finetune",
-               ("glide", "training"): "skinlib.glide.finetune"}
+               ("glide", "training"): "skinlib.glide.finetune", ("glide", "eta"): "skinlib.glide.finetune"}
 
 
 def layer_violations(graph: dict[str, set]) -> list[str]:

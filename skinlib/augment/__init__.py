@@ -7,6 +7,6 @@ figures; the command line behind ``python -m skinlib.generate``), :mod:`.plan` (
 plans per (disease, Fitzpatrick group) cell; ``python -m skinlib.plan``), :mod:`.cost`
 (measured seconds per variant, budgets, expected time and cost), :mod:`.prompts` (prompt
 templates per skin group). May import
-:mod:`skinlib.io`, :mod:`skinlib.errors`, :mod:`skinlib.cpu`, :mod:`skinlib.data`,
+:mod:`skinlib.io`, :mod:`skinlib.errors`, :mod:`skinlib.cpu`, :mod:`skinlib.eta`, :mod:`skinlib.data`,
 :mod:`skinlib.viz` and :mod:`skinlib.glide`; never baselines or evaluation.
 """

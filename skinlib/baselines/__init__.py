@@ -5,5 +5,6 @@ Modules: :mod:`.models` (``DCGAN``, ``CVAE``, ``build_model``: the interface the
 :mod:`.train` (the loop, checkpoints, ``load_model``), :mod:`.export` (generated images ->
 a crops-format folder; uses train, never the other way), :mod:`.figures` (image grids, epoch
 grids and their browser). May import :mod:`skinlib.io`, :mod:`skinlib.errors`,
-:mod:`skinlib.training`, :mod:`skinlib.data` and :mod:`skinlib.viz`; never glide, augment or evaluation.
+:mod:`skinlib.eta`, :mod:`skinlib.training`, :mod:`skinlib.data` and :mod:`skinlib.viz`; never glide,
+augment or evaluation.
 """

@@ -14,7 +14,7 @@ The GPT-2 vocabulary ships in ``vocab/`` (package data).
 
 The engine takes tensors and returns tensors. May import :mod:`skinlib.io`,
 :mod:`skinlib.errors`, :mod:`skinlib.cpu` (native bf16 or not: the ``dtype="auto"`` choice), and (only
-:mod:`.finetune`, which trains on a crops folder) :mod:`skinlib.training`, :mod:`skinlib.data` and
+:mod:`.finetune`, which trains on a crops folder) :mod:`skinlib.eta`, :mod:`skinlib.training`, :mod:`skinlib.data` and
 :mod:`skinlib.viz`; never baselines, augment or evaluation.
 """
 from .checkpoints import CheckpointInvalidError, CheckpointUnavailableError, default_cache_dir, load_model
