@@ -40,7 +40,7 @@ METADATA = "demo_metadata.json"
 README = "README_SYNTHETIC.txt"
 MANIFEST = "demo_manifest.csv"
 # Bump when the rendering changes: a dataset made by another renderer version is regenerated.
-RENDERER_VERSION = "demo-v3"
+RENDERER_VERSION = "demo-v2"
 
 # Sizes used by notebook 01 and by skinlib.data.crops.make_demo_crops (the main job's default data).
 # One disease (maculopapular rash), as the study's data; enough patients that a patient-level
@@ -363,8 +363,7 @@ def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: 
 
     # --- disease
     lesion_rng = _rng(seed, 4, d_idx, patient, example, photo)
-    cover, alpha, height, tint, n_lesions = _disease_layer(disease, lesion_rng, h, w, zoom, severity, darkness,
-                                                           band_rng=_rng(seed, 5, d_idx, patient, example, photo))
+    cover, alpha, height, tint, n_lesions = _disease_layer(disease, lesion_rng, h, w, zoom, severity, darkness)
     img *= 1 + alpha[..., None] * (tint[None, None, :] - 1)
     if disease == "psoriasis":   # fine silvery scale on the plaques, flaking in patches
         flakes = 0.6 * _smooth_noise(lesion_rng, h, w, 3 * zoom) + _smooth_noise(lesion_rng, h, w, 16 * zoom)
@@ -440,25 +439,9 @@ def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: 
     return out, mask, {"fitzpatrick": tone + 1, "lesions": n_lesions}
 
 
-def _clear_band(rng, gh: int, gw: int) -> np.ndarray:
-    """Low-res multiplier [gh, gw] in [0, 1] that is 0 over a band at one end of the photo's
-    longer side (42-55 % of it, a random end) and ramps up to 1 over the next 10 %: the rash
-    spares part of every photo, as in a clinical photo framed around a rash, so every patient
-    has healthy-skin windows for the rash-vs-healthy evaluation."""
-    long_axis = 0 if gh >= gw else 1
-    n = (gh, gw)[long_axis]
-    t = (np.arange(n, dtype=np.float32) + 0.5) / n
-    if rng.random() < 0.5:
-        t = t[::-1]
-    band = rng.uniform(0.42, 0.55)
-    ramp = _smoothstep(band, band + 0.10, t)
-    return np.broadcast_to(ramp[:, None] if long_axis == 0 else ramp[None, :], (gh, gw)).astype(np.float32)
-
-
-def _disease_layer(disease, rng, h, w, zoom, severity, darkness, band_rng=None):
+def _disease_layer(disease, rng, h, w, zoom, severity, darkness):
     """Lesions of one disease: ``(cover, alpha, height, tint, n_lesions)``; the exact mask is
-    ``cover >= 0.5`` (every lesion's profile crosses 0.5 on its nominal outline). ``band_rng``:
-    the maculopapular rash spares a band of the photo (:func:`_clear_band`)."""
+    ``cover >= 0.5`` (every lesion's profile crosses 0.5 on its nominal outline)."""
     gh, gw = max(4, h // 16), max(4, w // 16)
     blobs = []
     if disease not in DISEASES:
@@ -466,8 +449,6 @@ def _disease_layer(disease, rng, h, w, zoom, severity, darkness, band_rng=None):
     if disease == "maculopapular_rash":
         tint = _lesion_tint(darkness, rng, "rash")
         dens = _cluster_density(rng, gh, gw, int(rng.integers(1, 5)), (0.12, 0.45))
-        if band_rng is not None:
-            dens = dens * _clear_band(band_rng, gh, gw)
         mean_r = rng.uniform(3.0, 7.0) * zoom
         n = int(severity * h * w / (mean_r ** 2) * rng.uniform(0.012, 0.04))
         pts = _sample_points(rng, dens ** 1.5, n, h, w)
