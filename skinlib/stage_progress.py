@@ -60,12 +60,17 @@ class QuietKernelManager(AsyncKernelManager):
                          daemon=True, name="kernel-stderr").start()
 
 
+def _cut(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, the last one an ellipsis when cut."""
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
 def cell_label(source: str, width: int = 60) -> str:
     """A cell's first comment line (NBVAL markers skipped), else its first code line; cut to ``width``."""
     lines = [ln.strip() for ln in source.splitlines() if ln.strip()]
     comments = [ln.lstrip("#").strip() for ln in lines if ln.startswith("#") and "NBVAL_" not in ln]
     text = next((c for c in comments if c), None) or next((ln for ln in lines if not ln.startswith("#")), "")
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return _cut(text, width)
 
 
 def last_line(text: str, width: int = 60) -> str:
@@ -73,8 +78,7 @@ def last_line(text: str, width: int = 60) -> str:
     "" for an object's repr such as "<Figure size 640x480 with 1 Axes>"."""
     lines = [seg.strip() for ln in text.splitlines() for seg in ln.split("\r")[-1:] if seg.strip()]
     lines = [ln for ln in lines if not REPR.match(ln)]
-    out = lines[-1] if lines else ""
-    return out if len(out) <= width else out[:width - 1] + "…"
+    return _cut(lines[-1] if lines else "", width)
 
 
 class StageProgress(logging.Handler):
@@ -103,7 +107,7 @@ class StageProgress(logging.Handler):
                 self.echo(f"papermill: {message}")
             return
         text = " | ".join(t for t in (self.stage, self.cell, self.output) if t)
-        self.set_postfix(text if len(text) <= MAX_POSTFIX else text[:MAX_POSTFIX - 1] + "…")
+        self.set_postfix(_cut(text, MAX_POSTFIX))
 
 
 def executed_cells(notebook_path: str, parameters: dict, kernel_name: str | None = None) -> list[str]:
