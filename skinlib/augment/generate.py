@@ -58,7 +58,7 @@ from ..data.dataset import crops_are_synthetic, crops_content_sha256, list_crop_
 from ..data.metadata import skin_types
 from ..data.photos import BadInputError
 from ..eta import FirstUnitEstimate, format_duration
-from ..io import check_manifest_paths, inside, load_json, save_json, save_png, write_csv
+from ..io import check_manifest_paths, inside, load_json, read_csv, save_json, save_png, write_csv
 
 GENERATOR = "glide-iterative-inpaint"
 RANDOM_LABEL = "tiny RANDOM weights — not real GLIDE"
@@ -260,6 +260,19 @@ def spread_over_patients(rows: list[dict], n: int) -> list[dict]:
     return [rows[i] for i in sorted(chosen)]
 
 
+def write_arm_plans(crops_dir, plans_dir, max_sources: int, runs: int, *, seed: int = 0) -> dict[str, Path]:
+    """Notebook 04's uniform and balanced arms (:func:`skinlib.augment.plan.plan_pair`) on the
+    ``max_sources`` train crops :func:`spread_over_patients` picks (0: every train crop), written
+    as ``plans_dir/{uniform,balanced,union}.csv``; returns name -> path."""
+    from .plan import plan_pair, write_plan
+
+    crops_dir, plans_dir = Path(crops_dir), Path(plans_dir)
+    rows = list_crop_rows(crops_dir, "train")
+    sources = [r["image"] for r in (spread_over_patients(rows, max_sources) if max_sources else rows)]
+    plans = plan_pair(rows, sources, runs, skin_types(crops_dir), seed=seed)
+    return {name: write_plan(plans_dir / f"{name}.csv", plan) for name, plan in plans.items()}
+
+
 def _source_rows(crops_dir: Path, max_sources: int | None, split: str | None = "train") -> list[dict]:
     from ..data.dataset import list_crop_rows
 
@@ -384,6 +397,59 @@ def merge_manifests(out_dir, *, allow_partial: bool = False, log: Callable = pri
     if skips:
         write_csv(out_dir / "skipped.csv", skips, ["source_index", "source_crop", "reason"])
     return out_dir / "manifest.csv"
+
+
+VIEW_FILE = "view.json"
+
+
+def write_plan_view(samples_dir, plan_path, view_dir, *, timing: dict | None = None, log: Callable = print) -> Path:
+    """A folder of the variants of ``samples_dir`` that plan ``plan_path`` asks for: variant
+    ``run`` of source crop c is kept when ``run`` < the plan's count for c. The files are hard
+    links (copies where the file system refuses links) and the view carries its own
+    ``manifest.csv``, ``history/*.json``, ``generation.json`` and ``view.json`` (what it was made
+    from, and ``timing``: the measured seconds per variant, for the evaluation's cost line), so it
+    is an ordinary generated folder for notebook 05 and the leak checks. Raises
+    ValueError when the plan asks for a variant ``samples_dir`` does not hold, or when
+    ``view_dir`` exists and is not a view (it is never overwritten then)."""
+    import shutil
+
+    samples_dir, view_dir = Path(samples_dir), Path(view_dir)
+    if view_dir.exists() and any(view_dir.iterdir()) and not (view_dir / VIEW_FILE).is_file():
+        raise ValueError(f"{view_dir} holds files that are not a plan view of {samples_dir} (no {VIEW_FILE}): "
+                         f"it is not replaced. Fix: move it away, or pass another out_dir.")
+    want = {r["crop"]: int(r["variants"]) for r in read_csv(plan_path)}
+    rows = load_variant_rows(samples_dir)
+    keep = [r for r in rows if int(r["run"]) < want.get(r["source_crop"], 0)]
+    have: dict[str, int] = {}
+    for r in keep:
+        have[r["source_crop"]] = have.get(r["source_crop"], 0) + 1
+    short = [c for c, n in want.items() if n and have.get(c, 0) < n]
+    if short:
+        raise ValueError(f"plan {plan_path} asks for {want[short[0]]} variants of {short[0]}, but {samples_dir} holds "
+                         f"{have.get(short[0], 0)} ({len(short)} crops short): generate the union plan first.")
+    if view_dir.exists():
+        shutil.rmtree(view_dir)
+    (view_dir / "history").mkdir(parents=True)
+    copied = 0
+    for r in keep:
+        stem = Path(r["image"]).stem
+        names = [r["image"], r.get("mask") or "", r.get("edit") or "", r.get("steps_map") or "", r.get("gif") or "",
+                 f"history/{stem}.json"]
+        for name in filter(None, names):
+            try:
+                os.link(samples_dir / name, view_dir / name)
+            except OSError:
+                shutil.copy2(samples_dir / name, view_dir / name)
+                copied += 1
+    write_csv(view_dir / "manifest.csv", [{k: _csv_value(r.get(k, "")) for k in MANIFEST_FIELDS} for r in keep],
+              MANIFEST_FIELDS)
+    shutil.copy2(samples_dir / "generation.json", view_dir / "generation.json")
+    save_json(view_dir / VIEW_FILE, {"view_of": str(samples_dir), "plan": str(plan_path),
+                                     "plan_sha256": plan_sha256(plan_path), "variants": len(keep),
+                                     "sources": len(have), "timing": timing})
+    if copied:
+        log(f"{view_dir}: hard links impossible, {copied} files copied")
+    return view_dir
 
 
 def _csv_value(v: Any) -> Any:
@@ -588,6 +654,44 @@ def generate_variants(crops_dir, out_dir, *, inpainter, runs: int = 5, steps: in
     return {"out_dir": str(out_dir), "made": made, "shard_variants": len(shard_rows),
             "skipped_sources": n_skipped_sources, "seconds": seconds, "lowered_overlap_steps": lowered,
             "manifest": str(manifest) if manifest else None, "model_is_random": is_random}
+
+
+ARM_FOLDERS = {"uniform": "samples", "balanced": "samples_balanced"}
+UNION_FOLDER = "samples_all"
+TIMING_FILE = "timing.json"
+
+
+def generate_uniform_and_balanced(crops_dir, glide_dir, *, inpainter, runs: int, max_sources: int | None,
+                                  seed: int = 0, log: Callable = print, **kwargs) -> dict:
+    """Notebook 04's two GLIDE arms in one job: the uniform plan (the study's ``runs`` variants of
+    each of the ``max_sources`` sources) and the balanced plan (the same sources and number of
+    variants, given first to the (disease, Fitzpatrick group) cells with the fewest real crops),
+    see :func:`write_arm_plans`. Their union is generated once into ``glide_dir/samples_all``
+    (every other argument as :func:`generate_variants`; resumable and sharded the same way); when
+    it is complete, ``glide_dir/samples`` (uniform) and ``glide_dir/samples_balanced`` are written
+    as views of it (:func:`write_plan_view`) carrying the measured seconds per variant of this
+    device. Returns the generation summary plus ``plans`` and ``views`` (name -> folder; empty
+    while other shards are unfinished)."""
+    glide_dir = Path(glide_dir)
+    plans = write_arm_plans(crops_dir, glide_dir / "plans", max_sources or 0, runs, seed=seed)
+    union_dir = glide_dir / UNION_FOLDER
+    summary = generate_variants(crops_dir, union_dir, inpainter=inpainter, runs=runs, plan=plans["union"],
+                                seed=seed, log=log, **kwargs)
+    if summary["made"]:
+        save_json(union_dir / TIMING_FILE, {
+            "seconds_per_variant": summary["seconds"] / summary["made"], "variants_timed": summary["made"],
+            "device": str(getattr(inpainter, "device", "")), "cpu": cpu_info(),
+            "what": "wall seconds of this run's generation (engine calls, file writing) / variants it made"})
+    timing = load_json(union_dir / TIMING_FILE) if (union_dir / TIMING_FILE).is_file() else None
+    views = {}
+    if summary["manifest"]:
+        for name, folder in ARM_FOLDERS.items():
+            views[name] = write_plan_view(union_dir, plans[name], glide_dir / folder, timing=timing, log=log)
+        n = {k: sum(int(r["variants"]) for r in read_csv(plans[k])) for k in ("uniform", "balanced", "union")}
+        log(f"arms: uniform {n['uniform']} variants -> {views['uniform']}, balanced {n['balanced']} -> "
+            f"{views['balanced']}; {n['union']} generated in {union_dir} (their union: variant r of a crop is "
+            f"the same image in both)")
+    return {**summary, "plans": {k: str(v) for k, v in plans.items()}, "views": {k: str(v) for k, v in views.items()}}
 
 
 def lowered_overlap_steps(rows: Sequence[dict]) -> int:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -118,7 +118,7 @@ def _rng(seed: int, cell: Cell) -> np.random.Generator:
 
 
 def plan_balanced(rows: Sequence[Mapping[str, str]], budget_variants: int, types: Mapping[str, int], *,
-                  max_per_crop: int | None = None, seed: int = 0) -> list[dict]:
+                  max_per_crop: int | None = None, seed: int = 0, only: Collection[str] | None = None) -> list[dict]:
     """Balanced plan: equalise the resulting (real + variants) totals of the (disease, group)
     cells, filling the smallest cells first, with at most ``budget_variants`` variants in all.
 
@@ -127,7 +127,9 @@ def plan_balanced(rows: Sequence[Mapping[str, str]], budget_variants: int, types
     none). ``max_per_crop`` caps the variants of any one crop (near-duplicates of one photo
     add little): a cell whose crops all reach the cap stops below the level and its share of
     the budget goes to the other cells. Ties (which cell at the level gets one more) go to the
-    cells with fewer real crops, then in a seeded random order.
+    cells with fewer real crops, then in a seeded random order. ``only`` (crop file names, e.g.
+    the sources notebook 04 spreads over patients): variants go to these crops only, while every
+    row still counts as a real crop of its cell; a cell without such a crop gets none.
     """
     if not isinstance(budget_variants, (int, np.integer)) or budget_variants < 0:
         raise ValueError(f"budget_variants must be an integer >= 0, got {budget_variants!r}")
@@ -138,13 +140,38 @@ def plan_balanced(rows: Sequence[Mapping[str, str]], budget_variants: int, types
         raise ValueError("no crops to plan for: the crops folder's train split is empty")
     cells = _cells(plan)
     real = {c: len(i) for c, i in cells.items()}
-    capacity = {c: None if max_per_crop is None else max_per_crop * len(i) for c, i in cells.items()}
+    eligible = {c: [i for i in idx if only is None or plan[i]["crop"] in only] for c, idx in cells.items()}
+    if only is not None and not any(eligible.values()):
+        raise ValueError(f"only={sorted(only)[:3]}...: none of these crops is among the rows to plan")
+    capacity = {c: (None if max_per_crop is None and only is None else
+                    0 if not eligible[c] else None if max_per_crop is None else max_per_crop * len(eligible[c]))
+                for c in cells}
     tie = np.random.default_rng(derive_seed(seed, "plan-ties")).permutation(len(cells))
     order = [c for _, _, c in sorted(zip([real[c] for c in cells], tie, cells))]
     add = _water_fill(real, int(budget_variants), capacity, order)
-    for c, idx in cells.items():
-        _spread(plan, idx, add[c], _rng(seed, c))
+    for c in cells:
+        if eligible[c]:
+            _spread(plan, eligible[c], add[c], _rng(seed, c))
     return plan
+
+
+def plan_pair(rows: Sequence[Mapping[str, str]], sources: Collection[str], runs: int, types: Mapping[str, int], *,
+              seed: int = 0) -> dict[str, list[dict]]:
+    """Notebook 04's two GLIDE arms on the same source crops (file names ``sources``, e.g. spread
+    over patients) and the same number of variants, ``runs x len(sources)``:
+
+    * ``"uniform"``: the study's ``runs`` variants of every source (0 for the other ``rows``);
+    * ``"balanced"``: :func:`plan_balanced` with ``only=sources``: the same budget, given to the
+      sources of the (disease, Fitzpatrick group) cells with the fewest real crops first;
+    * ``"union"``: per crop the larger of the two counts, generated once: variant r of a crop
+      is the same image in both arms (its seed depends on the crop and r only), so the balanced
+      arm costs only the variants the uniform one lacks.
+    """
+    chosen = set(sources)
+    uniform = [{**p, "variants": int(runs) if p["crop"] in chosen else 0} for p in empty_plan(rows, types)]
+    balanced = plan_balanced(rows, int(runs) * len(chosen), types, seed=seed, only=chosen)
+    union = [{**u, "variants": max(u["variants"], b["variants"])} for u, b in zip(uniform, balanced)]
+    return {"uniform": uniform, "balanced": balanced, "union": union}
 
 
 def plan_targets(rows: Sequence[Mapping[str, str]], targets: Mapping[Cell, int], types: Mapping[str, int], *,

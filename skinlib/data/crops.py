@@ -614,6 +614,7 @@ def make_oracle_crops(real_crops, out_dir, n_patients: int | None = None, *, pro
                          f"distribution) exists only for the SYNTHETIC demo data.")
     demo = load_json(data_dir / METADATA)["params"]
     sizes = {k: demo[k] for k in ("n_diseases", "n_patients", "n_examples", "n_photos", "min_side", "max_side")}
+    sizes["n_ood_patients"] = 0          # new patients of the training site only
     if n_patients is not None:
         sizes["n_patients"] = n_patients
     data = make_demo_dataset(out_dir / "demo_data", **sizes, seed=int(demo["seed"]) + 1, progress=progress)

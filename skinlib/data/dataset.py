@@ -24,7 +24,9 @@ from .photos import BadInputError, open_image
 
 MANIFEST = "manifest.csv"
 
-SPLITS = ("train", "test")   # the patient-level split of notebook 01 (manifest column ``split``)
+SPLITS = ("train", "test", "ood")   # the patient-level split of notebook 01 (manifest column ``split``):
+# "ood" = a patient of a held-out site, tested out of distribution (never trained on)
+HELD_OUT = ("test", "ood")   # the sides no generator or detector may train on
 TRAIN_ONLY = "train-only"    # start of split.csv's note on the patients of a disease too small to split
 
 
@@ -32,7 +34,7 @@ def list_crop_rows(crops_dir, split: str | None = None) -> list[dict[str, str]]:
     """Rows describing the crops of a folder: its ``manifest.csv`` or, without one, every
     ``*.png`` that is not a ``*_mask.png`` / ``*_mask2.png`` / ``*_edit.png`` (with empty metadata).
 
-    ``split`` ("train" / "test"): only the crops of that side of notebook 01's patient split
+    ``split`` ("train" / "test" / "ood"): only the crops of that side of notebook 01's patient split
     (the manifest's ``split`` column). Raises FileNotFoundError / ValueError with the folder name
     and the fix when the folder is missing, holds no crops, or has no split column when one is asked.
     """

@@ -6,6 +6,14 @@
     <root>/<disease>/personaN/exampleM/exampleM_K_mask.png   L mask, 255 = ill skin (exact)
     <root>/README_SYNTHETIC.txt, demo_manifest.csv, demo_metadata.json
 
+Two SYNTHETIC sites (``site`` column of ``demo_manifest.csv``): site ``A``, the training site
+(skin types cycling evenly over I-VI), and site ``B`` (``n_ood_patients`` patients of the main
+disease), another clinic with another camera and light: an on-camera flash (bright centre, fast
+fall-off), a cool fluorescent cast, a cheaper sensor (lifted blacks, more noise, stronger JPEG
+compression) and mostly Fitzpatrick V-VI patients (6 of every 8; the rest III-IV). Notebook 01
+holds site B out as the out-of-distribution test (split ``ood``). Adding site B leaves every
+site-A photo byte-identical.
+
 Every photo carries the PNG text chunks ``Source: skinlib synthetic demo`` and
 ``Comment: SYNTHETIC image ...``. Nothing here comes from a real patient.
 
@@ -46,10 +54,15 @@ RENDERER_VERSION = "demo-v2"
 # One disease (maculopapular rash), as the study's data; enough patients that a patient-level
 # split holds about 20 test patients (at least 3 per Fitzpatrick group: skin types cycle I..VI over
 # the patients) and a data-efficiency curve down to a quarter of the ~45 train patients.
-DEMO_DEFAULTS = dict(n_diseases=1, n_patients=64, n_examples=1, n_photos=1, min_side=600, max_side=1000)  # 64 photos
-# Smoke mode: eight small photos of four patients (2 train, 2 test), made in a few seconds; large
-# enough that both sides of the split have healthy-skin windows.
-DEMO_SMOKE = dict(n_diseases=1, n_patients=4, n_examples=1, n_photos=2, min_side=640, max_side=800)  # 8 photos
+# Plus 16 patients of a second site (B), the out-of-distribution test.
+DEMO_DEFAULTS = dict(n_diseases=1, n_patients=64, n_examples=1, n_photos=1, min_side=600, max_side=1000,
+                     n_ood_patients=16)  # 64 + 16 photos
+# Smoke mode: eight small photos of four patients (2 train, 2 test) and four of two site-B patients,
+# made in a few seconds; large enough that every side of the split has healthy-skin windows.
+DEMO_SMOKE = dict(n_diseases=1, n_patients=4, n_examples=1, n_photos=2, min_side=640, max_side=800,
+                  n_ood_patients=2)  # 8 + 4 photos
+SITES = ("A", "B")          # the training site, the held-out (out-of-distribution) site
+OOD_SITE = "B"
 
 # Fitzpatrick I..VI base skin colours (sRGB, 0..1), as photographed under mixed indoor light.
 FITZPATRICK_RGB = np.array([
@@ -78,13 +91,14 @@ def make_demo_dataset(root, *, n_diseases: int = DEMO_DEFAULTS["n_diseases"],
                       n_examples: int = DEMO_DEFAULTS["n_examples"],
                       n_photos: int = DEMO_DEFAULTS["n_photos"],
                       min_side: int = DEMO_DEFAULTS["min_side"], max_side: int = DEMO_DEFAULTS["max_side"],
-                      seed: int = 0, progress: bool = True) -> Path:
+                      n_ood_patients: int = 0, seed: int = 0, progress: bool = True) -> Path:
     """Write the SYNTHETIC demo dataset into ``root`` and return ``root``.
 
     ``n_diseases`` (1..3) of :data:`DISEASES` (the first is the main one, maculopapular rash);
     ``n_patients`` patients of the main disease and half as many (at least 1) of each other
     disease, numbered globally (persona1, persona2, ... across diseases); ``n_examples``
-    examples per patient and ``n_photos`` photos per example. Both sides of each photo lie in
+    examples per patient and ``n_photos`` photos per example; then ``n_ood_patients`` patients
+    of the main disease at site B (see the module docstring). Both sides of each photo lie in
     ``[min_side, max_side]`` px (the short side 0.6-1.0 of the long one where that range
     allows). Byte-identical for identical arguments. When ``root`` already holds a finished
     dataset made with the same arguments (and :data:`RENDERER_VERSION`) it is returned
@@ -97,24 +111,29 @@ def make_demo_dataset(root, *, n_diseases: int = DEMO_DEFAULTS["n_diseases"],
         raise ValueError(f"n_diseases must be 1..{len(DISEASES)}, got {n_diseases}")
     if min(n_patients, n_examples, n_photos) < 1:
         raise ValueError("n_patients, n_examples and n_photos must be >= 1")
+    if n_ood_patients < 0:
+        raise ValueError(f"n_ood_patients must be >= 0, got {n_ood_patients}")
     if not 64 <= min_side <= max_side:
         raise ValueError(f"need 64 <= min_side <= max_side, got {min_side}, {max_side}")
     root = Path(root)
     params = dict(n_diseases=n_diseases, n_patients=n_patients, n_examples=n_examples, n_photos=n_photos,
-                  min_side=min_side, max_side=max_side, seed=seed, renderer=RENDERER_VERSION)
+                  min_side=min_side, max_side=max_side, n_ood_patients=n_ood_patients, seed=seed,
+                  renderer=RENDERER_VERSION)
     meta_path = root / METADATA
     if root.is_dir() and not meta_path.is_file() and any(root.iterdir()):
         raise ValueError(f"{root} is not empty and holds no demo dataset ({METADATA} missing): refusing to "
                          "write demo files into it. Fix: pass an empty or new folder.")
     jobs = []
     person = 0
-    for d in range(n_diseases):
-        for p in range(n_patients if d == 0 else max(1, n_patients // 2)):
-            person += 1
-            for e in range(n_examples):
-                for k in range(n_photos):
-                    stem = f"{DISEASES[d]}/persona{person}/example{e + 1}/example{e + 1}_{k + 1}"
-                    jobs.append((d, person, e + 1, k + 1, stem))
+    patients = [(d, "A") for d in range(n_diseases) for _ in range(n_patients if d == 0 else max(1, n_patients // 2))]
+    patients += [(0, OOD_SITE)] * n_ood_patients
+    for d, site in patients:
+        person += 1
+        for e in range(n_examples):
+            for k in range(n_photos):
+                stem = f"{DISEASES[d]}/persona{person}/example{e + 1}/example{e + 1}_{k + 1}"
+                jobs.append((d, site, person, e + 1, k + 1, stem))
+    first_b = 1 + sum(site == "A" for _, site in patients)   # site B's first patient number
     files = [f"{stem}{suffix}" for *_, stem in jobs for suffix in (".png", "_mask.png")] + [MANIFEST, README]
     if meta_path.is_file():
         old = load_json(meta_path)
@@ -125,23 +144,28 @@ def make_demo_dataset(root, *, n_diseases: int = DEMO_DEFAULTS["n_diseases"],
     # written first, listing every file to come: an interrupted run is recognised and cleaned
     save_json(meta_path, {"synthetic": True, "source": SOURCE_TAG, "complete": False, "params": params, "files": files})
     rows = []
-    for d, person, ex, k, stem in tqdm(jobs, desc="demo photos", disable=not progress):
+    for d, site, person, ex, k, stem in tqdm(jobs, desc="demo photos", disable=not progress):
         disease = DISEASES[d]
         photo, mask, info = render_photo(disease, seed=seed, patient=person, example=ex, photo=k,
-                                         min_side=min_side, max_side=max_side)
+                                         min_side=min_side, max_side=max_side, site=site,
+                                         site_index=person - first_b if site == OOD_SITE else None)
         meta = {"Source": SOURCE_TAG, "Comment": "SYNTHETIC image, not a real patient",
                 "Disease": disease, "Seed": f"{seed}/{person}/{ex}/{k}"}
+        if site != "A":
+            meta["Site"] = f"{site} (SYNTHETIC clinic)"
         atomic_write_bytes(root / f"{stem}.png", encode_png(photo, text=meta))
         atomic_write_bytes(root / f"{stem}_mask.png", encode_png(mask.astype(np.uint8) * 255, text=meta))
         rows.append({"photo": f"{stem}.png", "mask": f"{stem}_mask.png", "disease": disease,
                      "patient": f"persona{person}", "example": f"example{ex}", "width": photo.shape[1],
                      "height": photo.shape[0], "fitzpatrick": info["fitzpatrick"], "lesions": info["lesions"],
-                     "mask_fraction": f"{mask.mean():.4f}", "seed": seed})
+                     "mask_fraction": f"{mask.mean():.4f}", "seed": seed, "site": site})
     write_csv(root / MANIFEST, rows)
     atomic_write_text(root / README, (
         "SYNTHETIC demo dataset made by skinlib.demo.make_demo_dataset - NOT real patients.\n"
         "Procedurally rendered stand-ins for amateur clinical photos (skin tones Fitzpatrick I-VI,\n"
         "maculopapular rash, urticaria-like wheals, psoriasis-like plaques) with exact masks.\n"
+        "Two SYNTHETIC sites (column 'site' of demo_manifest.csv): A, the training site, and B, another\n"
+        "camera and light with mostly Fitzpatrick V-VI patients (the out-of-distribution test).\n"
         f"Parameters: {json.dumps(params, sort_keys=True)}\n"
         "Every PNG carries the text chunk 'Source: skinlib synthetic demo'.\n"))
     save_json(meta_path, {"synthetic": True, "source": SOURCE_TAG, "complete": True, "params": params, "files": files})
@@ -283,8 +307,15 @@ def _cluster_density(rng, gh: int, gw: int, n_clusters: int, spread: tuple[float
 _TONE_ORDER = (0, 4, 2, 5, 1, 3)
 
 
-def skin_type(seed: int, patient: int) -> int:
-    """Fitzpatrick type (1..6) of demo patient ``patient`` (1-based) for ``seed``."""
+# Site B's patients cycle through this order: types V, VI, V, IV, VI, V, VI, III (6 of 8 V-VI).
+_TONE_ORDER_B = (4, 5, 4, 3, 5, 4, 5, 2)
+
+
+def skin_type(seed: int, patient: int, site_index: int | None = None) -> int:
+    """Fitzpatrick type (1..6) of demo patient ``patient`` (1-based) for ``seed``; a site-B patient
+    (``site_index``: its 0-based rank among site B's patients) follows site B's mix."""
+    if site_index is not None:
+        return _TONE_ORDER_B[(site_index + seed) % len(_TONE_ORDER_B)] + 1
     return _TONE_ORDER[(patient - 1 + seed) % 6] + 1
 
 
@@ -309,14 +340,17 @@ def _lesion_tint(darkness: float, rng, kind: str) -> np.ndarray:
 
 
 def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: int,
-                 min_side: int = 400, max_side: int = 1600):
+                 min_side: int = 400, max_side: int = 1600, site: str = "A", site_index: int | None = None):
     """Render one synthetic photo. Returns ``(image uint8 [H,W,3], mask bool [H,W] (True = ill
-    skin), info dict)``; deterministic in its arguments."""
+    skin), info dict)``; deterministic in its arguments. ``site`` "A" or "B" (site B's camera
+    and light, see the module docstring; ``site_index``: the patient's rank among site B's)."""
     from scipy.ndimage import gaussian_filter
 
     d_idx = DISEASES.index(disease)
     prng = _rng(seed, 1, patient)                      # patient: skin tone, hair
-    tone = skin_type(seed, patient) - 1
+    if site not in SITES:
+        raise ValueError(f"unknown demo site {site!r}; choose from {SITES}")
+    tone = skin_type(seed, patient, site_index if site == OOD_SITE else None) - 1
     base, darkness = _tone_params(prng, tone)
     hair_density = float(prng.choice([0.0, 0.02, 0.05, 0.1], p=[0.5, 0.25, 0.15, 0.1]))
     hair_dark = prng.random() < 0.3 or tone >= 3
@@ -431,12 +465,30 @@ def render_photo(disease: str, *, seed: int, patient: int, example: int, photo: 
     chroma = _resize(rng.standard_normal((H // 2 + 1, W // 2 + 1), dtype=np.float32), H, W)
     img[..., 0] += 0.4 * noise_lvl * chroma
     img[..., 2] -= 0.4 * noise_lvl * chroma
+    quality = int(rng.integers(60, 93))
+    if site == OOD_SITE:
+        img, quality = _site_b_camera(img, _rng(seed, 5, patient, example, photo))
     img *= 255
     img += 0.5
     out = np.clip(img, 0, 255, out=img).astype(np.uint8)
-    out = _jpeg_roundtrip(out, int(rng.integers(60, 93)))
+    out = _jpeg_roundtrip(out, quality)
     mask = cover >= 0.5
-    return out, mask, {"fitzpatrick": tone + 1, "lesions": n_lesions}
+    return out, mask, {"fitzpatrick": tone + 1, "lesions": n_lesions, "site": site}
+
+
+def _site_b_camera(img: np.ndarray, rng) -> tuple[np.ndarray, int]:
+    """Site B's light and camera on a float [H, W, 3] image in ~[0, 1]: on-camera flash (bright
+    centre, fast radial fall-off), cool fluorescent cast, lifted blacks and lower contrast, more
+    sensor noise; returns the image and its (lower) JPEG quality."""
+    h, w = img.shape[:2]
+    yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None] + rng.uniform(-0.2, 0.2)
+    xx = np.linspace(-1, 1, w, dtype=np.float32)[None, :] + rng.uniform(-0.2, 0.2)
+    flash = 1.15 - rng.uniform(0.3, 0.45) * (xx * xx + yy * yy)
+    img = img * flash[..., None]
+    img = img * (np.array([0.92, 0.99, 1.08]) * (1 + rng.normal(0, 0.015, 3))).astype(np.float32)
+    img = 0.07 + 0.88 * img
+    img = img + rng.uniform(0.02, 0.035) * rng.standard_normal((h, w, 1), dtype=np.float32)
+    return img.astype(np.float32), int(rng.integers(35, 60))
 
 
 def _disease_layer(disease, rng, h, w, zoom, severity, darkness):

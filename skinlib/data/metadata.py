@@ -1,8 +1,9 @@
-"""Per-patient metadata of a dataset: the Fitzpatrick skin type (and its group).
+"""Per-patient metadata of a dataset: the Fitzpatrick skin type (and its group) and the site.
 
 Read from the dataset root: the demo dataset's ``demo_manifest.csv`` or an optional
-``metadata.csv`` (columns ``patient``, ``fitzpatrick`` 1-6, see data_README.md). A crops folder
-finds its dataset through its ``summary.json`` (``data_dir``).
+``metadata.csv`` (columns ``patient``, ``fitzpatrick`` 1-6, ``site`` any text: hospital, camera
+or period; see data_README.md). A crops folder finds its dataset through its ``summary.json``
+(``data_dir``).
 """
 from __future__ import annotations
 
@@ -48,9 +49,38 @@ def skin_types(crops_dir) -> dict[str, int]:
     return dataset_skin_types(data_dir) if data_dir else {}
 
 
+def dataset_sites(data_dir) -> dict[str, str]:
+    """patient -> site (the ``site`` column of ``data_dir``'s metadata files); empty when none.
+    A patient listed with two different sites is an error naming the file and the fix."""
+    root = Path(data_dir)
+    out: dict[str, str] = {}
+    for name in METADATA_FILES:
+        path = root / name
+        if not path.is_file():
+            continue
+        for r in read_csv(path):
+            site, patient = (r.get("site") or "").strip(), r.get("patient", "")
+            if not (patient and site):
+                continue
+            if out.get(patient, site) != site:
+                raise ValueError(f"{path}: patient {patient} is listed at two sites ({out[patient]!r} and {site!r}). "
+                                 f"Fix: give every patient one site.")
+            out[patient] = site
+    return out
+
+
+def sites(crops_dir) -> dict[str, str]:
+    """patient -> site for the dataset a crops folder was cut from (empty when unknown)."""
+    summary = Path(crops_dir) / "summary.json"
+    if not summary.is_file():
+        return {}
+    data_dir = load_json(summary).get("data_dir", "")
+    return dataset_sites(data_dir) if data_dir else {}
+
+
 def skin_group(patient: str, types: dict[str, int]) -> str:
     """"I-II" / "III-IV" / "V-VI", or "" when the patient's type is unknown."""
     return SKIN_GROUPS.get(types.get(patient, 0), "")
 
 
-__all__ = ["SKIN_GROUPS", "dataset_skin_types", "skin_types", "skin_group"]
+__all__ = ["SKIN_GROUPS", "dataset_skin_types", "skin_types", "skin_group", "dataset_sites", "sites"]

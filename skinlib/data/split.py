@@ -8,6 +8,12 @@ assignment is written as a ``split`` column into every manifest of the crops fol
 ``train`` crops only; the evaluation (notebook 05) tests on the ``test`` patients only and
 refuses generated images whose training data or source crop comes from a test patient.
 
+**Held-out sites** (``ood_sites``): where the dataset's metadata has a ``site`` column, the
+patients of the named sites get ``split = ood``: nobody trains on them, and the evaluation tests
+on them as an out-of-distribution set beside the in-distribution ``test`` patients (the
+remaining sites' patients are split into train / test exactly as if the held-out ones were
+absent). ``"auto"`` holds out site B of the SYNTHETIC demo dataset and nothing on other data.
+
 A patient is identified by the manifest's ``patient`` column (the patient folder of
 ``data_README.md``); a patient listed under several diseases is one person and is stratified
 with the disease that has most of its crops.
@@ -28,7 +34,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .dataset import MANIFEST, SPLITS, TRAIN_ONLY, train_only_text
-from .metadata import skin_group, skin_types
+from .metadata import sites as patient_sites, skin_group, skin_types
 from .photos import natural_key
 from ..io import load_json, read_csv, save_json, write_csv
 
@@ -134,11 +140,37 @@ def _patient_diseases(tables: Mapping[Path, list], main: Path) -> dict[str, str]
     return {p: max(sorted(c), key=lambda d: c[d]) for p, c in counts.items()}
 
 
-def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print) -> dict[str, str]:
+def held_out_sites(crops_dir, ood_sites="auto") -> tuple[str, ...]:
+    """The sites whose patients are held out (``split = ood``) for a crops folder: ``ood_sites``
+    a comma-separated string or a sequence of site names; ``"auto"``: the SYNTHETIC demo's site B
+    when the crops come from the demo dataset and it has such patients, else none; ``""`` / None:
+    none. A named site that no patient has is an error listing the sites found."""
+    from .demo import OOD_SITE, is_synthetic_dataset
+
+    site_of = patient_sites(crops_dir)
+    found = sorted(set(site_of.values()))
+    if ood_sites == "auto":
+        summary = Path(crops_dir) / "summary.json"
+        data_dir = load_json(summary).get("data_dir", "") if summary.is_file() else ""
+        return (OOD_SITE,) if data_dir and is_synthetic_dataset(data_dir) and OOD_SITE in found else ()
+    names = ood_sites.split(",") if isinstance(ood_sites, str) else list(ood_sites or ())
+    names = tuple(n.strip() for n in names if n.strip())
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise ValueError(f"ood_sites {list(names)}: no patient of site(s) {missing} in the metadata of {crops_dir}'s "
+                         f"dataset (sites found: {found or 'none: add a site column to metadata.csv'}). "
+                         f"Fix: name sites of the site column, or ood_sites='' for no held-out site.")
+    if names and len(names) == len(found):
+        raise ValueError(f"ood_sites {list(names)} holds out every site of the dataset: nothing is left to train on.")
+    return names
+
+
+def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, ood_sites="auto", log=print) -> dict[str, str]:
     """Split the patients of a finished crops folder and write the ``split`` column into its
     manifests plus ``split.csv`` (with a ``note`` for train-only patients, which ``log`` also
-    reports); record the settings in ``summary.json``. Idempotent: the same crops and settings
-    give the same files. Returns patient -> split."""
+    reports); record the settings in ``summary.json``. The patients of ``ood_sites``
+    (:func:`held_out_sites`) get ``ood``. Idempotent: the same crops and settings give the same
+    files. Returns patient -> split."""
     crops_dir = Path(crops_dir)
     main = crops_dir / MANIFEST
     if not main.is_file():
@@ -146,9 +178,17 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print)
     tables = {p: read_csv(p) for p in _manifest_paths(crops_dir)}
     patients = _patient_diseases(tables, main)
     types = skin_types(crops_dir)
-    groups = {p: skin_group(p, types) for p in patients} if types else None
-    assignment = split_patients(patients, test_share, seed, strata=groups)
-    small = train_only_diseases(patients, test_share)
+    held = held_out_sites(crops_dir, ood_sites)
+    site_of = patient_sites(crops_dir)
+    ood = {p for p in patients if site_of.get(p) in held}
+    in_site = {p: d for p, d in patients.items() if p not in ood}
+    groups = {p: skin_group(p, types) for p in in_site} if types else None
+    assignment = split_patients(in_site, test_share, seed, strata=groups)
+    assignment.update({p: "ood" for p in ood})
+    if groups is not None:
+        groups.update({p: skin_group(p, types) for p in ood})
+    patients = {**in_site, **{p: patients[p] for p in ood}}
+    small = train_only_diseases(in_site, test_share)
     for path, rows in tables.items():
         for r in rows:
             r["split"] = assignment[r["patient"]]
@@ -157,10 +197,13 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print)
             write_csv(path, rows, fields if rows else None)
     per_patient = []
     for p in sorted(assignment, key=natural_key):
-        note = train_only_note(patients[p], small[patients[p]], test_share) if patients[p] in small else ""
+        note = (train_only_note(patients[p], small[patients[p]], test_share)
+                if patients[p] in small and p not in ood else "")
         row = {"patient": p, "disease": patients[p], "split": assignment[p], "note": note}
         if groups:
             row["skin_group"] = groups[p] or "unknown"
+        if site_of:
+            row["site"] = site_of.get(p, "")
         for path, rows in tables.items():
             name = "crops" if path == main else path.parent.name
             row[name] = sum(r["patient"] == p for r in rows)
@@ -173,6 +216,7 @@ def write_split(crops_dir, test_share: float = 0.3, seed: int = 0, *, log=print)
                             "stratified_by": ["disease"] + (["Fitzpatrick group"] if groups else []),
                             "train_patients": sum(v == "train" for v in assignment.values()),
                             "test_patients": sum(v == "test" for v in assignment.values()),
+                            "ood_sites": list(held), "ood_patients": len(ood),
                             "train_only": small}
         save_json(summary_path, summary)
     for disease, info in small.items():
@@ -245,9 +289,11 @@ def write_fold_views(crops_dir, k: int, seed: int = 0, *, root=None, test_share:
                                 f"(notebook 01), then make the folds.")
     tables = {p: read_csv(p) for p in _manifest_paths(crops_dir)}
     patients = _patient_diseases(tables, main)
+    held = {r["patient"] for r in read_csv(crops_dir / SPLIT_FILE) if r["split"] == "ood"}   # held-out site
     types = skin_types(crops_dir)
     groups = {p: skin_group(p, types) for p in patients} if types else None
-    folds = assign_folds(patients, k, seed, strata=groups, test_share=test_share)
+    folds = assign_folds({p: d for p, d in patients.items() if p not in held}, k, seed, strata=groups,
+                         test_share=test_share)
     if not any(f is not None for f in folds.values()):
         raise ValueError(f"{crops_dir}: no disease has enough patients for {k} folds ({len(patients)} patients); "
                          f"add patients or use fewer folds.")
@@ -272,7 +318,7 @@ def write_fold_views(crops_dir, k: int, seed: int = 0, *, root=None, test_share:
             raise ValueError(f"fold view {view} would replace the crops folder itself: pass another root")
         if view.exists():
             shutil.rmtree(view)
-        side = {p: "test" if folds.get(p) == f else "train" for p in patients}
+        side = {p: "ood" if p in held else "test" if folds.get(p) == f else "train" for p in patients}
         for src in sorted(crops_dir.rglob("*")):
             dst = view / src.relative_to(crops_dir)
             if src.is_dir() or src in rewritten:
@@ -329,7 +375,7 @@ def fold_views(root, k: int) -> list[Path]:
 
 
 def read_split(crops_dir) -> dict[str, str]:
-    """patient -> "train" / "test" from a crops folder's ``split.csv`` (clear error without one)."""
+    """patient -> "train" / "test" / "ood" from a crops folder's ``split.csv`` (clear error without one)."""
     path = Path(crops_dir) / SPLIT_FILE
     if not path.is_file():
         raise FileNotFoundError(
@@ -362,5 +408,5 @@ def patients_of(rows: Sequence[Mapping[str, str]], split: str | None = None) -> 
     return sorted({r["patient"] for r in rows if split is None or r.get("split") == split}, key=natural_key)
 
 
-__all__ = ["split_patients", "write_split", "assign_folds", "write_fold_views", "fold_views", "read_split", "patients_of", "SPLIT_FILE", "train_only_diseases",
+__all__ = ["split_patients", "write_split", "held_out_sites", "assign_folds", "write_fold_views", "fold_views", "read_split", "patients_of", "SPLIT_FILE", "train_only_diseases",
            "require_test_patients", "train_only_text"]

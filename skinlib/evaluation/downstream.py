@@ -57,6 +57,7 @@ AUGMENT = "real + standard aug"
 COPIES = "real + copies"
 ORACLE = "real + oracle"
 ORACLE_ILL = "real + oracle (ill only)"
+OVERSAMPLE = "real + oversampling"   # copies of real ill crops, drawn so every Fitzpatrick group weighs the same
 DETECTORS = ("features", "cnn")
 
 
@@ -170,7 +171,7 @@ class RealData:
     """All real examples of a crops folder with their side of the patient split."""
 
     examples: Examples
-    split: np.ndarray          # [N] "train" / "test"
+    split: np.ndarray          # [N] "train" / "test" / "ood" (a held-out site's patients)
     classes: list[str]
     task: str
 
@@ -393,13 +394,16 @@ def predict_proba(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256) -
 @dataclass
 class Arm:
     """One way of training: ``pool`` synthetic examples (None: real only), ``augment`` the
-    standard augmentation, ``synthetic_only``: the ill class only from ``pool``."""
+    standard augmentation, ``synthetic_only``: the ill class only from ``pool``;
+    ``balance_groups``: the pool's usable images are redrawn so every Fitzpatrick group is drawn
+    equally often (:func:`balanced_draw`: oversampling of the small groups)."""
 
     name: str
     pool: Examples | None = None
     augment: bool = False
     synthetic_only: bool = False
     generator: str = ""
+    balance_groups: bool = False
 
 
 @dataclass
@@ -417,6 +421,9 @@ class DownstreamResult:
     # skinlib.evaluation.folds): {"patient", "file", "group": [n] lists, "y": int [n],
     # "probas": {(arm, fraction): [R arrays float [n, K]]} of every arm that completed}
     predictions: dict | None = None
+    # the held-out site's patients (out of distribution): {"n_test_patients", "n_test", "arms":
+    # {arm: {"fractions": {f: summary}}}} or {"note": why there is none}; None without such patients
+    ood: dict | None = None
 
 
 def train_subsets(patients: Sequence[str], fractions: Sequence[float], repetitions: int, seed: int,
@@ -501,6 +508,21 @@ def _group_summary(plan: BootstrapPlan, y: np.ndarray, keep: np.ndarray, probas:
     return entry
 
 
+def balanced_draw(groups: Sequence[str], usable: np.ndarray, seed: int) -> np.ndarray:
+    """Oversampling: ``len(usable)`` indices drawn with replacement from ``usable`` (indices into
+    ``groups``, one Fitzpatrick group per image, "" = unknown counts as a group) so that every
+    group present is drawn equally often (counts differ by at most one); seeded, sorted."""
+    usable = np.asarray(usable, dtype=np.int64)
+    if not len(usable):
+        return usable
+    g = np.asarray([groups[i] if groups else "" for i in usable])
+    names = sorted(set(g.tolist()))
+    per = np.full(len(names), len(usable) // len(names))
+    per[:len(usable) % len(names)] += 1
+    rng = np.random.default_rng([seed, 99])
+    return np.sort(np.concatenate([rng.choice(usable[g == name], int(k)) for name, k in zip(names, per)]))
+
+
 def _pool_draw(n: int, seed: int, name: str) -> np.ndarray:
     """This repetition's synthetic images: ``n`` indices into the ``n`` usable images of a pool,
     drawn with replacement (seeded by the repetition and the generator, so the arms of one
@@ -514,13 +536,14 @@ class _ProbeContext:
     """One (share, repetition) of the linear probe: the projector fitted on its real train images
     and every feature set it needs projected once (arms differ only in what they add)."""
 
-    def __init__(self, real_tr: Examples, test: Examples, dim: int):
+    def __init__(self, real_tr: Examples, test: Examples, dim: int, ood: Examples | None = None):
         from .linear_probe import Projector
 
         self.proj = Projector.fit(real_tr.feats.numpy(), dim)
         self.real_z, self.real_y = self.proj(real_tr.feats.numpy()), real_tr.y.numpy()
         self.aug_z = self.proj(real_tr.feats_aug.numpy())
         self.test_z = self.proj(test.feats.numpy())
+        self.ood_z = None if ood is None else self.proj(ood.feats.numpy())
         self._pools: dict[int, np.ndarray] = {}
 
     def pool_z(self, pool: Examples) -> np.ndarray:
@@ -531,9 +554,10 @@ class _ProbeContext:
 
 def _probe_job(ctx: _ProbeContext, pool: Examples | None, usable: np.ndarray | None, arm: "Arm",
                cfg: DownstreamConfig, penalty: float, num_classes: int, real_classes: Sequence[int] | None,
-               seed: int) -> np.ndarray:
-    """Test probabilities of one (arm, share, repetition) with the linear probe; ``usable``: the
-    indices of ``pool``'s images this repetition may use (of subset patients)."""
+               seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Test probabilities (and those of the held-out site's patients, None without them) of one
+    (arm, share, repetition) with the linear probe; ``usable``: the indices of ``pool``'s images
+    this repetition may use (of subset patients)."""
     from .linear_probe import balanced_weights, fit_probe
 
     allowed = set(range(num_classes) if real_classes is None else real_classes)
@@ -553,7 +577,8 @@ def _probe_job(ctx: _ProbeContext, pool: Examples | None, usable: np.ndarray | N
     if missing:
         raise ArmDataError(f"class(es) {missing} have no training image (real or synthetic) in this arm")
     w = balanced_weights(y, syn, num_classes, cfg.synthetic_share)
-    return fit_probe(z, y, w, penalty, num_classes).proba(ctx.test_z)
+    model = fit_probe(z, y, w, penalty, num_classes)
+    return model.proba(ctx.test_z), None if ctx.ood_z is None else model.proba(ctx.ood_z)
 
 
 def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: DownstreamConfig, real: RealData, *,
@@ -576,6 +601,13 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     train, test = real.side("train"), real.side("test")
     if not len(test) or not len(train):
         raise ValueError("the real crops have no train or no test patient: re-run notebook 01")
+    ood, ood_note = real.side("ood"), ""
+    if not len(ood):
+        ood = None
+    elif len(set(ood.y.tolist())) < len(real.classes):
+        ood_note = (f"the held-out site's {len(set(ood.patient))} patients have no example of class(es) "
+                    f"{[c for i, c in enumerate(real.classes) if i not in set(ood.y.tolist())]}: no OOD evaluation")
+        ood = None
     num_classes = len(real.classes)
     y_test = test.y.numpy()
     missing = [c for i, c in enumerate(real.classes) if not (y_test == i).any()]
@@ -590,8 +622,9 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
             raise ValueError(f"detector 'features' needs the features of every example set (missing: "
                              f"{lacking or ['real (augmented view)']}): call linear_probe.attach_features first")
     positive = [num_classes - 1] if real.task == "rash-vs-healthy" else list(range(num_classes))
-    arms = [Arm(REAL_ONLY), Arm(AUGMENT, augment=True),
-            Arm(COPIES, pool=train.subset(np.flatnonzero(np.isin(train.y.numpy(), positive))), generator="copies")]
+    ill_train = train.subset(np.flatnonzero(np.isin(train.y.numpy(), positive)))
+    arms = [Arm(REAL_ONLY), Arm(AUGMENT, augment=True), Arm(COPIES, pool=ill_train, generator="copies"),
+            Arm(OVERSAMPLE, pool=ill_train, generator="oversampling", balance_groups=True)]
     if oracle is not None:
         arms.append(Arm(ORACLE, pool=oracle, generator="oracle"))
         ill = np.flatnonzero(np.isin(oracle.y.numpy(), positive))
@@ -606,8 +639,8 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     syn_only = []
     if cfg.synthetic_only:
         syn_only = [Arm(f"synthetic only: {a.generator}", pool=a.pool, synthetic_only=True, generator=a.generator)
-                    for a in arms if a.pool is not None and a.generator != "copies" and not a.augment
-                    and a.name != ORACLE_ILL]
+                    for a in arms if a.pool is not None and a.generator not in ("copies", "oversampling")
+                    and not a.augment and a.name != ORACLE_ILL]
     strata = ({p: real.classes[int(y)] for p, y in zip(train.patient, train.y)} if real.task == "disease" else None)
     subsets = train_subsets(train.patient, cfg.fractions, cfg.repetitions, cfg.seed, strata=strata)
     full = max(cfg.fractions)
@@ -625,6 +658,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                           "model": "weighted ridge classifier on PCA-projected frozen features",
                           "chosen_on": "5-fold patient-grouped cross-validation of the train patients (real only)"}
     probas: dict[tuple[str, float], list[np.ndarray]] = {}
+    probas_ood: dict[tuple[str, float], list[np.ndarray]] = {}
     per_run: list[dict] = []
     label_scorer = None
     bar = tqdm(total=len(jobs) * cfg.repetitions, desc=f"downstream detectors ({cfg.detector})", disable=not progress)
@@ -638,12 +672,14 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
             if f not in contexts:
                 pats = set(subsets[(f, r)])
                 real_tr = train.subset([i for i, p in enumerate(train.patient) if p in pats])
-                contexts[f] = (pats, real_tr, _ProbeContext(real_tr, test, cfg.probe_dim) if features else None)
+                contexts[f] = (pats, real_tr, _ProbeContext(real_tr, test, cfg.probe_dim, ood) if features else None)
             pats, real_tr, ctx = contexts[f]
             pool, usable = arm.pool, None
             if pool is not None:                   # derived images: only of subset patients (the oracle's: all)
                 usable = np.asarray([i for i, p in enumerate(pool.patient)
                                      if arm.generator.startswith("oracle") or not p or p in pats], dtype=np.int64)
+                if arm.balance_groups:
+                    usable = balanced_draw(pool.group, usable, seed)
                 if not features:
                     pool = pool.subset(usable)
             try:
@@ -657,7 +693,8 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                 else:
                     real_cls = None
                 if features:
-                    p = _probe_job(ctx, pool, usable, arm, cfg, notes["probe"]["penalty"], num_classes, real_cls, seed)
+                    p, p_ood = _probe_job(ctx, pool, usable, arm, cfg, notes["probe"]["penalty"], num_classes,
+                                          real_cls, seed)
                     if arm.name == REAL_ONLY and f == full and r == 0:
                         model = fit_probe(ctx.real_z, ctx.real_y,
                                           balanced_weights(ctx.real_y, np.zeros(len(ctx.real_y), bool), num_classes, 0),
@@ -667,12 +704,15 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                     model = train_classifier(real_tr, num_classes, cfg, seed=seed, synthetic=pool,
                                              augment=arm.augment, real_classes=real_cls)
                     p = predict_proba(model, test.x)
+                    p_ood = None if ood is None else predict_proba(model, ood.x)
                     if arm.name == REAL_ONLY and f == full and r == 0:
                         label_scorer = (lambda ex, m=model: predict_proba(m, ex.x))
             except (ArmDataError, FloatingPointError) as e:   # a data problem fails this arm only
                 status[arm.name] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"}
                 continue
             probas.setdefault((arm.name, f), []).append(p)
+            if p_ood is not None:
+                probas_ood.setdefault((arm.name, f), []).append(p_ood)
             ones = np.ones((1, len(y_test)))
             per_run.append({"arm": arm.name, "fraction": f, "repetition": r, "seed": seed,
                             "train_patients": len(pats), "n_train_real": len(real_tr),
@@ -682,7 +722,8 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
     bar.close()
     if label_scorer is not None:
         notes["label_check"] = label_check(label_scorer, {a.generator: a.pool for a in arms
-                                                          if a.pool is not None and not a.augment and a.name != ORACLE_ILL},
+                                                          if a.pool is not None and not a.augment
+                                                          and a.name not in (ORACLE_ILL, OVERSAMPLE)},
                                            real.task, real.classes)
     plan = BootstrapPlan.make(test.patient, cfg.repetitions, cfg.n_boot, cfg.seed)
     groups = np.asarray(test.group or [""] * len(test))
@@ -707,8 +748,31 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                 if result_arms.get(a, {}).get("status") == "ok" and len(pr) == cfg.repetitions}
     predictions = {"patient": list(test.patient), "file": list(test.file), "group": groups.tolist(), "y": y_test,
                    "probas": complete}
+    ood_result = ({"note": ood_note} if ood_note else
+                  None if ood is None else _ood_summaries(ood, probas_ood, arms + syn_only, result_arms, real.classes, cfg))
     return DownstreamResult(real.task, real.classes, asdict(cfg), len(set(train.patient)), len(set(test.patient)),
-                            n_test, result_arms, per_run, notes, predictions)
+                            n_test, result_arms, per_run, notes, predictions, ood_result)
+
+
+def _ood_summaries(ood: Examples, probas_ood: Mapping, arms: Sequence[Arm], result_arms: Mapping,
+                   classes: list[str], cfg: DownstreamConfig) -> dict:
+    """The out-of-distribution column: every arm that is ok, summarised on the held-out site's
+    patients exactly as on the in-distribution test patients (own bootstrap over its patients,
+    paired gains over real only), at every share it was trained at."""
+    y = ood.y.numpy()
+    plan = BootstrapPlan.make(ood.patient, cfg.repetitions, cfg.n_boot, cfg.seed)
+    groups = np.asarray(ood.group or [""] * len(ood))
+    out: dict = {}
+    for arm in arms:
+        if result_arms.get(arm.name, {}).get("status") != "ok":
+            continue
+        out[arm.name] = {"generator": arm.generator, "fractions": {}}
+        for f in result_arms[arm.name]["fractions"]:
+            pr = probas_ood.get((arm.name, float(f)), [])
+            base = probas_ood.get((REAL_ONLY, float(f))) if arm.name != REAL_ONLY else None
+            out[arm.name]["fractions"][f] = _summaries(plan, y, groups, pr, base, classes, cfg)
+    return {"n_test_patients": len(set(ood.patient)), "n_test": {c: int((y == i).sum()) for i, c in enumerate(classes)},
+            "arms": out}
 
 
 PREDICTIONS_FILE = "predictions.npz"

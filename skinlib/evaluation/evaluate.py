@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -322,7 +323,9 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
         "image_loading": loading_record(logs, {"real train patients": train_imgs, "real test patients": test_imgs,
                                                **test_extra, **img_sets}),
     }
+    results["ood"] = ood_record(res, real_crops)
     results["primary"] = primary_endpoint(results, cfg)
+    results["augmentation_cost"] = augmentation_cost(results, usable)
     results["verdict"] = P.verdict(results["primary"], {"positive": D.ORACLE_ILL, "negative": D.COPIES})
     save_json(out_dir / "results.json", _jsonable(results))
     save_json(out_dir / "settings.json", _jsonable(settings))
@@ -338,12 +341,58 @@ def run_evaluation(real_crops, generated: Mapping[str, str | Path], out_dir, *,
     return results
 
 
+def ood_record(res: D.DownstreamResult, real_crops) -> dict:
+    """``results.json["ood"]``: the held-out site's patients (notebook 01's ``ood_sites``), every
+    arm per share as in-distribution (``by_fraction``: metrics, paired gains, per class and per
+    Fitzpatrick group), or a note saying why there is no out-of-distribution column."""
+    from ..io import load_json
+
+    summary = Path(real_crops) / "summary.json"
+    split = load_json(summary).get("split", {}) if summary.is_file() else {}
+    sites = split.get("ood_sites", [])
+    if res.ood is None:
+        return {"sites": sites, "note": "no held-out site (notebook 01's ood_sites): no out-of-distribution test"}
+    if "note" in res.ood:
+        return {"sites": sites, "note": res.ood["note"]}
+    return {"sites": sites, "n_test_patients": res.ood["n_test_patients"], "n_test_examples": res.ood["n_test"],
+            "arms": {a: {"generator": e["generator"], "by_fraction": {f: D.share_view(v) for f, v in e["fractions"].items()}}
+                     for a, e in res.ood["arms"].items()}}
+
+
+def augmentation_cost(results: dict, folders: Mapping[str, Path]) -> dict:
+    """Per generated folder that records a measured generation speed (notebook 04's arm views,
+    ``view.json``): variants, seconds (variants x the measured seconds per variant on its device)
+    and, at the primary share, the paired AUROC gain in and out of distribution with the seconds per
+    AUROC point gained where the gain's interval is above 0 ("no gain shown" otherwise)."""
+    from ..io import load_json
+
+    share = results["primary"]["fraction"] if results.get("primary") else str(min(results["fractions"]))
+    out = {}
+    for name, folder in folders.items():
+        view = Path(folder) / "view.json"
+        timing = load_json(view).get("timing") if view.is_file() else None
+        if not timing:
+            continue
+        n = load_json(view)["variants"]
+        seconds = n * float(timing["seconds_per_variant"])
+        entry = {"variants": n, "seconds_per_variant": timing["seconds_per_variant"], "seconds": seconds,
+                 "device": timing.get("device", ""), "cpu": timing.get("cpu", {}).get("model", ""), "share": share}
+        for where, arms in (("in_distribution", results["arms"]), ("out_of_distribution", results["ood"].get("arms", {}))):
+            g = arms.get(f"real + {name}", {}).get("by_fraction", {}).get(share, {}).get("gain", {}).get("auroc")
+            if not g:
+                continue
+            entry[where] = {"gain": g, "seconds_per_auroc_point": seconds / (100 * g["mean"])
+                            if g.get("low") is not None and g["low"] > 0 else None}
+        out[name] = entry
+    return out
+
+
 def primary_endpoint(results: dict, cfg: D.DownstreamConfig) -> dict:
     """The primary analysis (:func:`skinlib.evaluation.power.primary_analysis`) at the declared
     share (``cfg.primary_fraction``, default the smallest): the hypotheses are the generator arms
     (with and without standard augmentation), not the controls."""
     fraction = str(cfg.primary_fraction if cfg.primary_fraction is not None else min(cfg.fractions))
-    controls = {D.REAL_ONLY, D.AUGMENT, D.COPIES, D.ORACLE, D.ORACLE_ILL}
+    controls = {D.REAL_ONLY, D.AUGMENT, D.COPIES, D.ORACLE, D.ORACLE_ILL, D.OVERSAMPLE}
     hypotheses = [a for a, e in results["arms"].items() if a not in controls and not a.startswith("synthetic only")
                   and e.get("status") == "ok"]
     return P.primary_analysis(results["arms"], fraction, hypotheses)
@@ -485,6 +534,19 @@ def comparison_markdown(results: dict) -> str:
         lines += ["", "**Labels of the added images** (detector trained on all real train patients, real only): "
                   + "; ".join(f"{n}: " + ", ".join(f"{k.replace('called_', 'called ')} {v:.0%}" for k, v in c.items() if k != "n")
                               + f" of {c['n']}" for n, c in checks.items())]
+    ood = results.get("ood") or {}
+    if ood.get("arms"):
+        lines += ["", f"### Out of distribution: held-out site {', '.join(ood['sites'])} ({ood['n_test_patients']} patients, "
+                      + ", ".join(f"{c}: {n}" for c, n in ood["n_test_examples"].items()) + " crops)",
+                  "(trained on the other site's train patients as above; AUROC and paired gain over real only, "
+                  "95 % intervals over the held-out site's patients)", "", ood_markdown(results)]
+    elif ood.get("note"):
+        lines += ["", f"Out of distribution: {ood['note']}."]
+    cost = results.get("augmentation_cost") or {}
+    if cost:
+        lines += ["", "**Cost of the augmentation** (measured seconds per variant on the run's device x variants; "
+                      f"gain at {float(next(iter(cost.values()))['share']):.0%} of the train patients): "
+                  + "; ".join(cost_text(n, c) for n, c in cost.items())]
     groups = per_group_markdown(results)
     if groups:
         lines += ["", "### Per Fitzpatrick group and per class, at every train share",
@@ -495,6 +557,40 @@ def comparison_markdown(results: dict) -> str:
         lines += ["", "Generators not evaluated:"]
         lines += [f"- {n}: {g['status']} — {g['reason']}" for n, g in refused.items()]
     return "\n".join(lines) + "\n"
+
+
+def cost_text(name: str, c: Mapping) -> str:
+    """One generator's cost line: variants, seconds, and seconds per AUROC point gained."""
+    parts = []
+    for where, label in (("in_distribution", "in distribution"), ("out_of_distribution", "out of distribution")):
+        e = c.get(where)
+        if e:
+            per = e["seconds_per_auroc_point"]
+            parts.append(f"{label} {_fmt(e['gain'], signed=True)}: "
+                         + (f"{per:.0f} s per AUROC point" if per is not None else "no gain shown, no cost per point"))
+    return (f"{name}: {c['variants']} variants, {c['seconds']:.0f} s ({c['seconds_per_variant']:.2f} s/variant on "
+            f"{c['device'] or '?'}{', ' + c['cpu'] if c.get('cpu') and 'cpu' in str(c['device']) else ''}); "
+            + "; ".join(parts))
+
+
+def ood_markdown(results: dict) -> str:
+    """The out-of-distribution table: per arm, AUROC and paired gain at every share, and per
+    Fitzpatrick group at the primary share."""
+    ood = results.get("ood") or {}
+    if not ood.get("arms"):
+        return ""
+    shares = sorted(results["fractions"])
+    cols = ["arm"] + [h for f in shares for h in (f"AUROC ({f:.0%})", f"gain ({f:.0%})")]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for arm, e in ood["arms"].items():
+        cells = [arm]
+        for f in shares:
+            v = e["by_fraction"].get(str(f), {})
+            cells += [_fmt(v.get("metrics", {}).get("auroc")), _fmt(v.get("gain", {}).get("auroc"), signed=True)]
+        lines.append("| " + " | ".join(cells) + " |")
+    share = (results.get("primary") or {}).get("fraction") or str(min(shares))
+    groups = per_group_markdown({"arms": {a: {"status": "ok", **e} for a, e in ood["arms"].items()}}, [share])
+    return "\n".join(lines) + ("\n\nPer Fitzpatrick group, out of distribution:\n\n" + groups if groups else "")
 
 
 def per_group_markdown(results: dict, fractions=None) -> str:
@@ -604,6 +700,64 @@ def plot_gains(results: dict, metric: str = "auroc", *, title: str = ""):
     return fig
 
 
+def group_gain_arms(results: dict) -> list[str]:
+    """The arms of the per-group figure: standard augmentation, oversampling, the ill-only oracle
+    and every "real + generator" arm (uniform and balanced), those that ran."""
+    skip = (D.REAL_ONLY, D.COPIES, D.ORACLE)
+    return [a for a, e in results["arms"].items() if e["status"] == "ok" and a not in skip
+            and not a.startswith(("synthetic only", "real + standard aug + "))]
+
+
+def plot_group_gains(results: dict, share: str | None = None, *, title: str = ""):
+    """Paired AUROC gain over real only (mean, 95 % interval) per Fitzpatrick group and overall, in
+    distribution (test patients of the training site) and out of distribution (held-out site), at
+    ``share`` of the train patients (default the primary share), for standard augmentation,
+    oversampling, the ill-only oracle and every generator, uniform and balanced; the augmentation
+    cost (variants, seconds, seconds per AUROC point) under the panels."""
+    import matplotlib.pyplot as plt
+
+    share = share or (results.get("primary") or {}).get("fraction") or str(min(results["fractions"]))
+    ood = results.get("ood") or {}
+    panels = [("in distribution", results["arms"], results["n_test_patients"])]
+    if ood.get("arms"):
+        panels.append((f"out of distribution (site {', '.join(ood['sites'])})", ood["arms"], ood["n_test_patients"]))
+    arms = group_gain_arms(results)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), sharey=True, squeeze=False)
+    for ax, (label, entries, n_pat) in zip(axes[0], panels):
+        groups = sorted({g for a in arms for g in entries.get(a, {}).get("by_fraction", {}).get(share, {})
+                         .get("per_skin_type", {})})
+        cols = ["all"] + groups
+        for k, arm in enumerate(arms):
+            view = entries.get(arm, {}).get("by_fraction", {}).get(share, {})
+            xs, m, lo, hi = [], [], [], []
+            for j, g in enumerate(cols):
+                v = view.get("gain", {}).get("auroc") if g == "all" else view.get("per_skin_type", {}).get(g, {}).get("gain_auroc")
+                if v and v.get("low") is not None:
+                    xs.append(j + (k - (len(arms) - 1) / 2) * 0.8 / max(1, len(arms)))
+                    m.append(v["mean"]), lo.append(v["low"]), hi.append(v["high"])
+            if xs:
+                m, lo, hi = map(np.asarray, (m, lo, hi))
+                ax.errorbar(xs, m, yerr=np.vstack([m - lo, hi - m]), fmt="s" if "balanced" in arm else "o", ms=5,
+                            capsize=2, color=arm_colour(arm), mfc="white" if "balanced" in arm else None,
+                            label=arm.replace("real + ", "+ "))
+        npat = [f"all ({n_pat} pat.)"] + [
+            f"{g} ({next((entries[a]['by_fraction'][share]['per_skin_type'][g]['n_patients'] for a in arms if g in entries.get(a, {}).get('by_fraction', {}).get(share, {}).get('per_skin_type', {})), '?')} pat.)"
+            for g in groups]
+        ax.set_xticks(range(len(cols)), npat, fontsize=8)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.grid(alpha=0.3, axis="y")
+        ax.set_title(label, fontsize=9)
+    axes[0][0].set_ylabel(f"AUROC gain vs real only ({float(share):.0%} of train pat.)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    cost = results.get("augmentation_cost") or {}
+    if cost:
+        fig.text(0.01, 0.01, "\n".join(textwrap.wrap("Cost: " + "; ".join(cost_text(n, c) for n, c in cost.items()), 170)),
+                 fontsize=7, va="bottom")
+    fig.suptitle(title or "Gain per Fitzpatrick group, in and out of distribution", fontsize=10)
+    fig.tight_layout(rect=(0, 0.08 if cost else 0, 1, 1))
+    return fig
+
+
 def _save_figures(results, out_dir: Path, mem, train_imgs, img_sets) -> None:
     import matplotlib
 
@@ -617,6 +771,8 @@ def _save_figures(results, out_dir: Path, mem, train_imgs, img_sets) -> None:
     figs = {"data_efficiency.png": plot_data_efficiency(results, title=title(
                 f"Data efficiency: {results['task']} classifier on held-out patients", syn)),
             "gains.png": plot_gains(results, title=title("Paired gains vs real only (95 % intervals)", syn)),
+            "group_gains.png": plot_group_gains(results, title=title(
+                "Gain per Fitzpatrick group, in and out of distribution (95 % intervals)", syn)),
             "memorisation.png": MEM.closest_pairs_figure(mem, train_imgs, img_sets, title=title(
                 "Closest generated / train pairs (memorisation check)", syn)),
             "memorisation_calibration.png": MEM.calibration_figure(mem, title=title(

@@ -36,7 +36,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.dataset import MANIFEST, crops_content_sha256, list_crop_rows
+from ..data.dataset import HELD_OUT, MANIFEST, crops_content_sha256, list_crop_rows
 from ..io import inside, load_json, read_csv, sha256_file
 from ..data.split import SUBFOLDERS
 
@@ -67,7 +67,7 @@ def crop_hashes(real_dir) -> dict[str, dict[str, str]]:
         for i, r in enumerate(read_csv(folder / MANIFEST), start=1):
             path = inside(folder, r["image"], what=f"row {i} of {folder / MANIFEST}, column image")
             info = {"file": str(path), "patient": r.get("patient", ""), "split": r.get("split", "")}
-            if info["split"] == "test":
+            if info["split"] in HELD_OUT:
                 info["pixel_hash"] = _pixel_hash(path)
             out[sha256_file(path)] = info
     return out
@@ -108,12 +108,12 @@ def check_generated_folder(folder, real_dir, *, hashes: dict | None = None) -> P
             hit = hashes.get(r["source_sha256"])
             if hit is None:
                 unknown.append(r)
-            elif hit["split"] == "test":
+            elif hit["split"] in HELD_OUT:
                 test_rows.append((r, hit))
         if test_rows:
             r, hit = test_rows[0]
             raise LeakError(f"{folder}: {len(test_rows)} of {len(rows)} images were made from crops of TEST patients "
-                            f"(e.g. {r['image']} from {hit['file']}, patient {hit['patient']}): they would leak the "
+                            f"(e.g. {r['image']} from {hit['file']}, patient {hit['patient']}, split {hit['split']}): they would leak the "
                             f"test set into training. {fix}")
         if unknown:
             raise LeakError(f"{folder}: {len(unknown)} of {len(rows)} images were made from crops that are not among the "

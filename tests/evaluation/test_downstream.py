@@ -103,13 +103,13 @@ def test_protocol_learns_the_task_and_reports_every_arm(crops, tmp_path):
     syn, note = D.synthetic_examples(copies_like, real, cfg, name="gen")
     assert "20 images used" in note and int(syn.y.sum()) == 20
     res = D.run_downstream(crops, {"gen": syn}, cfg, real, progress=False)
-    assert set(res.arms) == {D.REAL_ONLY, D.AUGMENT, D.COPIES, "real + gen", "synthetic only: gen"}
+    assert set(res.arms) == {D.REAL_ONLY, D.AUGMENT, D.COPIES, D.OVERSAMPLE, "real + gen", "synthetic only: gen"}
     assert all(e["status"] == "ok" for e in res.arms.values()), res.arms
     base = res.arms[D.REAL_ONLY]["fractions"]["1.0"]["metrics"]["auroc"]
     assert base["mean"] > 0.9 and base["low"] <= base["mean"] <= base["high"]
     assert "gain" in res.arms[D.COPIES]["fractions"]["0.5"] and not res.arms[D.REAL_ONLY]["fractions"]["1.0"]["gain"]
     assert set(res.arms["synthetic only: gen"]["fractions"]) == {"1.0"}
-    assert len(res.per_run) == cfg.repetitions * (4 * 2 + 1)
+    assert len(res.per_run) == cfg.repetitions * (5 * 2 + 1)   # 5 arms (oversampling included) x 2 shares + synthetic only
     assert res.n_test_patients == 2 and res.n_train_patients == 6
 
 

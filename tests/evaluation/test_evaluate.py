@@ -148,7 +148,7 @@ def test_no_arm_ran_is_a_failure_not_ok(crops, tmp_path, monkeypatch):
                          n_samples=20, image_size=32, progress=False)
     arms = json.loads((tmp_path / "ev" / "results.json").read_text())["arms"]
     assert {a: e["status"] for a, e in arms.items() if a != D.ORACLE} == {
-        a: "failed" for a in (D.REAL_ONLY, D.AUGMENT, D.COPIES)}
+        a: "failed" for a in (D.REAL_ONLY, D.AUGMENT, D.COPIES, D.OVERSAMPLE)}
 
 
 @pytest.mark.parametrize("bucket", ["healthy", "low_contrast"])

@@ -78,7 +78,7 @@ def test_probe_learns_the_task_chooses_c_on_train_patients_and_runs_every_contro
     _with_features(real, [gen, oracle], cfg)
     res = D.run_downstream(crops, {"gen": gen}, cfg, real, oracle=oracle, progress=False)
     assert res.notes["probe"]["penalty"] in PROBE["probe_c_grid"]
-    assert set(res.arms) == {D.REAL_ONLY, D.AUGMENT, D.COPIES, D.ORACLE, D.ORACLE_ILL, "real + gen",
+    assert set(res.arms) == {D.REAL_ONLY, D.AUGMENT, D.COPIES, D.OVERSAMPLE, D.ORACLE, D.ORACLE_ILL, "real + gen",
                              "real + standard aug + gen", "synthetic only: gen", "synthetic only: oracle"}
     assert all(e["status"] == "ok" for e in res.arms.values()), res.arms
     base = res.arms[D.REAL_ONLY]["fractions"]["1.0"]["metrics"]["auroc"]
