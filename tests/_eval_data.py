@@ -32,10 +32,12 @@ def ill(rng, size: int, lesion=LESION) -> tuple[np.ndarray, np.ndarray]:
 
 def make_split_crops(folder, *, n_patients: int = 8, per_patient: int = 4, size: int = 32, seed: int = 0,
                      test_share: float = 0.25, disease: str = "maculopapular_rash",
-                     diseases: tuple[str, ...] = ()) -> Path:
+                     diseases: tuple[str, ...] = (), ood_patients: int = 0) -> Path:
     """A crops folder as notebook 01 writes it: NNNNNN.png + _mask.png + manifest.csv, healthy/
     with the same columns, summary.json, and the patient split (split column + split.csv).
-    ``diseases``: patients cycle through them (lesion colour by disease) instead of ``disease``."""
+    ``diseases``: patients cycle through them (lesion colour by disease) instead of ``disease``.
+    ``ood_patients``: the last N patients are of site "B" (metadata.csv with site and Fitzpatrick
+    type, darker skin), held out as split "ood"; the others are of site "A"."""
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     rows, healthy = [], []
@@ -57,8 +59,14 @@ def make_split_crops(folder, *, n_patients: int = 8, per_patient: int = 4, size:
                             "patient": f"persona{p + 1}", "source": f"{disease}/persona{p + 1}/e1/e1_{j}.png"})
     write_csv(folder / "manifest.csv", rows)
     write_csv(folder / "healthy" / "manifest.csv", healthy)
-    save_json(folder / "summary.json", {"data_dir": str(folder / "nowhere"), "synthetic": False})
-    write_split(folder, test_share=test_share, seed=0)
+    data_dir = folder / "nowhere"
+    if ood_patients:
+        data_dir = folder.parent / f"{folder.name}_data"
+        write_csv(data_dir / "metadata.csv", [
+            {"patient": f"persona{p + 1}", "site": "B" if p >= n_patients - ood_patients else "A",
+             "fitzpatrick": 5 + p % 2 if p >= n_patients - ood_patients else 1 + p % 6} for p in range(n_patients)])
+    save_json(folder / "summary.json", {"data_dir": str(data_dir), "synthetic": False})
+    write_split(folder, test_share=test_share, seed=0, ood_sites="B" if ood_patients else "")
     return folder
 
 
