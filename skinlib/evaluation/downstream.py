@@ -48,7 +48,7 @@ from ..data.metadata import SKIN_GROUPS, skin_types
 from ..data.photos import natural_key
 from .images import load_images, standard_augment, to_float
 from ..data.split import require_test_patients
-from .intervals import METRICS, BootstrapPlan, class_recall_draws, metric_draws, summarize_metric
+from .intervals import METRICS, BootstrapPlan, class_recall_draws, estimate, metric_draws
 from ..io import check_manifest_paths, load_json, read_csv
 
 TASKS = ("auto", "rash-vs-healthy", "disease")
@@ -457,21 +457,46 @@ def _metric_fn(name: str, specificity: float):
     return lambda w, y, p: metric_draws(name, w, y, p, specificity=specificity)
 
 
+def _draws(plan: BootstrapPlan, y: np.ndarray, probas: Sequence[np.ndarray], fn) -> tuple[list, list]:
+    """Per repetition: the metric under every bootstrap draw's weights [B] and on the full test set."""
+    ones = np.ones((1, len(y)))
+    return [fn(plan.weights, y, p) for p in probas], [float(fn(ones, y, p)[0]) for p in probas]
+
+
+def _summary_pair(plan: BootstrapPlan, y: np.ndarray, probas, base, fn, key, cache: dict | None) -> tuple[dict, dict | None]:
+    """The interval of a metric and, with ``base``, of its paired gain, from one evaluation of the
+    arm's draws; the baseline's draws are computed once per ``key`` and reused across arms
+    (``cache``), which gives the numbers :func:`summarize_metric` gives, without recomputing."""
+    per, pt = _draws(plan, y, probas, fn)
+    if base is None:
+        return estimate(plan, per, pt), None
+    ck = (id(base), key)
+    if cache is None or ck not in cache:
+        b = _draws(plan, y, base, fn)
+        if cache is not None:
+            cache[ck] = (base, b)            # keep ``base`` alive: its id stays unique
+    else:
+        b = cache[ck][1]
+    return estimate(plan, per, pt), estimate(plan, per, pt, *b)
+
+
 def _summaries(plan: BootstrapPlan, y: np.ndarray, groups: np.ndarray, probas: list[np.ndarray],
-               base: list[np.ndarray] | None, classes: list[str], cfg: DownstreamConfig) -> dict:
+               base: list[np.ndarray] | None, classes: list[str], cfg: DownstreamConfig,
+               cache: dict | None = None) -> dict:
+    """Metrics, paired gains over ``base`` (real only), per class and per Fitzpatrick group of one
+    (arm, share); ``cache``: the baseline's bootstrap draws, shared by the arms of one test set."""
     out: dict = {"metrics": {}, "gain": {}, "per_class": {}, "per_class_gain": {}, "per_skin_type": {}}
     for m in METRICS:
-        fn = _metric_fn(m, cfg.specificity)
-        out["metrics"][m] = summarize_metric(plan, y, probas, fn)
-        if base is not None:
-            out["gain"][m] = summarize_metric(plan, y, probas, fn, baseline=base)
+        out["metrics"][m], gain = _summary_pair(plan, y, probas, base, _metric_fn(m, cfg.specificity), ("all", m), cache)
+        if gain is not None:
+            out["gain"][m] = gain
     for c, cname in enumerate(classes):
         recall = lambda w, yy, p, c=c: class_recall_draws(w, yy, p, c)  # noqa: E731
-        out["per_class"][cname] = summarize_metric(plan, y, probas, recall)
-        if base is not None:
-            out["per_class_gain"][cname] = summarize_metric(plan, y, probas, recall, baseline=base)
+        out["per_class"][cname], gain = _summary_pair(plan, y, probas, base, recall, ("class", c), cache)
+        if gain is not None:
+            out["per_class_gain"][cname] = gain
     for grp in sorted({g for g in groups if g}):
-        out["per_skin_type"][grp] = _group_summary(plan, y, groups == grp, probas, base, classes, cfg)
+        out["per_skin_type"][grp] = _group_summary(plan, y, groups == grp, probas, base, classes, cfg, cache)
     return out
 
 
@@ -487,7 +512,8 @@ MIN_GROUP_PATIENTS = 3
 
 
 def _group_summary(plan: BootstrapPlan, y: np.ndarray, keep: np.ndarray, probas: list[np.ndarray],
-                   base: list[np.ndarray] | None, classes: list[str], cfg: DownstreamConfig) -> dict:
+                   base: list[np.ndarray] | None, classes: list[str], cfg: DownstreamConfig,
+                   cache: dict | None = None) -> dict:
     """AUROC and sensitivity at the fixed specificity of the test examples where ``keep`` [n] (one
     Fitzpatrick group), with intervals and the paired gains over real only (``base``); a group
     with both classes but under :data:`MIN_GROUP_PATIENTS` test patients, or one class only, says
@@ -499,12 +525,20 @@ def _group_summary(plan: BootstrapPlan, y: np.ndarray, keep: np.ndarray, probas:
     if sub.n_patients < MIN_GROUP_PATIENTS:
         return {**entry, "note": f"{sub.n_patients} test patient(s): too few for an interval "
                                  f"(needs {MIN_GROUP_PATIENTS})"}
+    group_base = None
+    if base is not None:                        # one sliced baseline per (base, group), shared by the arms
+        ck = (id(base), "group-base", int(keep.sum()), keep.tobytes())
+        if cache is not None and ck in cache:
+            group_base = cache[ck][1]
+        else:
+            group_base = [b[keep] for b in base]
+            if cache is not None:
+                cache[ck] = (base, group_base)
     for m in ("auroc", "sens_at_spec"):
-        fn = _metric_fn(m, cfg.specificity)
-        entry[m] = summarize_metric(sub, y[keep], [p[keep] for p in probas], fn)
-        if base is not None:
-            entry[f"gain_{m}"] = summarize_metric(sub, y[keep], [p[keep] for p in probas], fn,
-                                                  baseline=[b[keep] for b in base])
+        entry[m], gain = _summary_pair(sub, y[keep], [p[keep] for p in probas], group_base,
+                                       _metric_fn(m, cfg.specificity), ("group", m), cache)
+        if gain is not None:
+            entry[f"gain_{m}"] = gain
     return entry
 
 
@@ -726,6 +760,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                                                           and a.name not in (ORACLE_ILL, OVERSAMPLE)},
                                            real.task, real.classes)
     plan = BootstrapPlan.make(test.patient, cfg.repetitions, cfg.n_boot, cfg.seed)
+    cache: dict = {}                       # real only's bootstrap draws, computed once per share
     groups = np.asarray(test.group or [""] * len(test))
     result_arms: dict = {}
     for arm in arms + syn_only:
@@ -741,7 +776,7 @@ def run_downstream(real_dir, generators: Mapping[str, Examples], cfg: Downstream
                         f"incomplete at {f:.0%} of the train patients: {len(pr)} of {cfg.repetitions} repetitions"
                         + ("" if arm.name == REAL_ONLY or base else "; the real-only baseline failed, so no paired gain"))}
                     break
-                entry["fractions"][str(f)] = _summaries(plan, y_test, groups, pr, base, real.classes, cfg)
+                entry["fractions"][str(f)] = _summaries(plan, y_test, groups, pr, base, real.classes, cfg, cache)
         result_arms[arm.name] = entry
     n_test = {c: int((y_test == i).sum()) for i, c in enumerate(real.classes)}
     complete = {(a, f): pr for (a, f), pr in probas.items()
@@ -762,6 +797,7 @@ def _ood_summaries(ood: Examples, probas_ood: Mapping, arms: Sequence[Arm], resu
     y = ood.y.numpy()
     plan = BootstrapPlan.make(ood.patient, cfg.repetitions, cfg.n_boot, cfg.seed)
     groups = np.asarray(ood.group or [""] * len(ood))
+    cache: dict = {}
     out: dict = {}
     for arm in arms:
         if result_arms.get(arm.name, {}).get("status") != "ok":
@@ -770,7 +806,7 @@ def _ood_summaries(ood: Examples, probas_ood: Mapping, arms: Sequence[Arm], resu
         for f in result_arms[arm.name]["fractions"]:
             pr = probas_ood.get((arm.name, float(f)), [])
             base = probas_ood.get((REAL_ONLY, float(f))) if arm.name != REAL_ONLY else None
-            out[arm.name]["fractions"][f] = _summaries(plan, y, groups, pr, base, classes, cfg)
+            out[arm.name]["fractions"][f] = _summaries(plan, y, groups, pr, base, classes, cfg, cache)
     return {"n_test_patients": len(set(ood.patient)), "n_test": {c: int((y == i).sum()) for i, c in enumerate(classes)},
             "arms": out}
 
