@@ -200,14 +200,18 @@ def test_folds_run_tests_every_patient_once_with_generators_that_never_saw_it(fo
     recs = {(s["stage"], s.get("fold")): s for s in run["stages"]}
     assert all(recs[(k, f)]["status"] == "ok" for k in ("02", "03", "04", "05") for f in range(3)), run["stages"]
     assert recs[("05", "pooled")]["status"] == "ok" and recs[("01", None)]["parameters"]["folds"] == 3
-    fold_of = {r["patient"]: r["fold"] for r in read_csv(out / "crops" / "split.csv")}
+    rows = read_csv(out / "crops" / "split.csv")
+    fold_of = {r["patient"]: r["fold"] for r in rows if r["split"] != "ood"}
+    held = {r["patient"] for r in rows if r["split"] == "ood"}      # the demo's site B: in no fold
     assert len(fold_of) == 6 and set(fold_of.values()) == {"0", "1", "2"}
+    assert len(held) == 2 and all(r["fold"] == "" for r in rows if r["patient"] in held)
     tested, pooled_n = Counter(), 0
     for f in range(3):
         view = out / f"fold{f}" / "crops"
         split = S.read_split(view)
         test = {p for p, s in split.items() if s == "test"}
         assert test == {p for p, g in fold_of.items() if g == str(f)}
+        assert {p for p, s in split.items() if s == "ood"} == held
         tested.update(test)
         for gen in ("dcgan", "cvae"):
             rows = read_csv(out / f"fold{f}" / gen / "samples" / "manifest.csv")

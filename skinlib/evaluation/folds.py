@@ -138,7 +138,11 @@ def pool_folds(fold_dirs: Sequence, out_dir) -> dict:
         "inpainting_change": {}, "memorisation": {}, "label_check": {},
         "per_fold": [{"fold": f, "eval": str(d), "n_test_patients": r["n_test_patients"],
                       "n_train_patients": r["n_train_patients"]} for f, (d, r) in enumerate(zip(fold_dirs, results))],
-        "per_fold_only": "image metrics, memorisation and label checks: see each fold's eval/results.json",
+        "per_fold_only": "image metrics, memorisation, label checks, the out-of-distribution column and the "
+                         "augmentation cost: see each fold's eval/results.json",
+        "ood": {"sites": first.get("ood", {}).get("sites", []),
+                "note": "not pooled across folds (every fold tests the same held-out site's patients): each fold's "
+                        "eval/results.json has its own out-of-distribution column"},
         "settings": {**first["settings"], "folds": k, "fold_evaluations": [str(d) for d in fold_dirs]},
         "synthetic_data": first.get("synthetic_data"), "detector": first.get("detector"),
     }
