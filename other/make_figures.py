@@ -184,8 +184,9 @@ def samples_figure(run: Path, out: Path, name: str, notebook: str) -> str:
 
 
 HEADLINE_ARMS = ("real only", "real + standard aug", "real + oracle (ill only)", "real + oracle", "real + copies",
-                 "real + dcgan", "real + cvae", "real + glide", "real + standard aug + dcgan",
-                 "real + standard aug + cvae", "real + standard aug + glide")
+                 "real + oversampling", "real + dcgan", "real + cvae", "real + glide", "real + glide (balanced)",
+                 "real + standard aug + dcgan", "real + standard aug + cvae", "real + standard aug + glide",
+                 "real + standard aug + glide (balanced)")
 
 
 def headline_table(res: dict) -> str:
@@ -229,6 +230,30 @@ def data_efficiency_figure(run: Path, out: Path) -> str:
             f"Image features: {res['settings']['features'].get('name')}; {run_provenance(run)}, `eval/results.json`.")
 
 
+def group_gains_figure(run: Path, out: Path) -> str:
+    """Gain per Fitzpatrick group in and out of distribution, uniform vs balanced, with the cost line."""
+    from skinlib.evaluation import evaluate
+
+    res = load_json(run / "eval" / "results.json")
+    synthetic = bool(res.get("synthetic_data"))
+    fig = evaluate.plot_group_gains(res, title=viz.title(
+        "Gain per Fitzpatrick group, in and out of distribution (95 % intervals)", synthetic))
+    save_figure(fig, out / "group_gains.png")
+    share = res["primary"]["fraction"]
+    ood = res.get("ood") or {}
+    where = (f"out of distribution: every patient of the held-out site {', '.join(ood['sites'])} "
+             f"({ood['n_test_patients']} patients)" if ood.get("arms") else f"no out-of-distribution column ({ood.get('note')})")
+    cost = res.get("augmentation_cost") or {}
+    return (("SYNTHETIC demo data - " if synthetic else "")
+            + f"notebook 05: paired AUROC gain over real only (mean, 95 % interval) at {float(share):.0%} of the train "
+            f"patients, overall and per Fitzpatrick group (a group with fewer than 3 test patients has no point), in "
+            f"distribution ({res['n_test_patients']} test patients of the training site) and {where}; standard "
+            f"augmentation, oversampling, the ill-only oracle and every generator, GLIDE uniform (dots) and balanced "
+            f"(open squares)."
+            + (" Cost: " + "; ".join(evaluate.cost_text(n, c) for n, c in cost.items()) + "." if cost else "")
+            + f" {run_provenance(run)}, `eval/results.json`.")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run", help="run folder of `python -m skinlib run --out RUN`")
@@ -255,7 +280,9 @@ def main(argv=None) -> int:
             ("cvae_samples.png", ["cvae_samples.png"], "cvae/samples/manifest.csv",
              lambda: {"cvae_samples.png": samples_figure(run, out, "cvae", "03")}),
             ("data_efficiency.png", ["data_efficiency.png"], "eval/results.json",
-             lambda: {"data_efficiency.png": data_efficiency_figure(run, out)})]
+             lambda: {"data_efficiency.png": data_efficiency_figure(run, out)}),
+            ("group_gains.png", ["group_gains.png"], "eval/results.json (ood, augmentation_cost)",
+             lambda: {"group_gains.png": group_gains_figure(run, out)})]
     for name, files, inputs, job in jobs:
         for f in files:                     # no figure of an earlier run survives a job that fails
             (out / f).unlink(missing_ok=True)

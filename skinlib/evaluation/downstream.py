@@ -15,9 +15,13 @@ Protocol (notebook 05, ``python -m skinlib.evaluate``):
   beat); ``real + <generator>`` (each batch element of a class is drawn from the generator's
   images of that class with probability ``synthetic_share``, otherwise from the real ones);
   ``real + oracle`` (new patients rendered by the demo renderer itself, the positive control;
-  demo data only); ``real + copies`` (duplicates of the train crops, the negative control); and
+  demo data only); ``real + copies`` (duplicates of the train crops, the negative control);
+  ``real + oversampling`` (the same copies drawn so every Fitzpatrick group weighs the same,
+  :func:`balanced_draw`: the non-generative rival of balanced synthetic augmentation); and
   ``synthetic only: <generator>`` (the ill class only from the generator, healthy crops real).
-* **Data efficiency**: every arm with ``fractions`` (25 %, 50 %, 100 %) of the train patients
+* **Out of distribution**: the *ood* patients of notebook 01's split (a held-out site) are scored
+  by every classifier too and summarised the same way (``DownstreamResult.ood``).
+* **Data efficiency**: every arm with ``fractions`` (default 5 %, 25 %, 100 %) of the train patients
   (a seeded subset per repetition; generator images derived from a real crop are used only
   when that crop's patient is in the subset).
 * **Repetitions** ``repetitions`` x (seed, train subset); metrics (AUROC, balanced accuracy,

@@ -704,8 +704,10 @@ def group_gain_arms(results: dict) -> list[str]:
     """The arms of the per-group figure: standard augmentation, oversampling, the ill-only oracle
     and every "real + generator" arm (uniform and balanced), those that ran."""
     skip = (D.REAL_ONLY, D.COPIES, D.ORACLE)
-    return [a for a, e in results["arms"].items() if e["status"] == "ok" and a not in skip
-            and not a.startswith(("synthetic only", "real + standard aug + "))]
+    shown = [a for a, e in results["arms"].items() if e["status"] == "ok" and a not in skip
+             and not a.startswith(("synthetic only", "real + standard aug + "))]
+    first = [a for a in (D.AUGMENT, D.OVERSAMPLE, D.ORACLE_ILL) if a in shown]
+    return first + sorted(a for a in shown if a not in first)
 
 
 def plot_group_gains(results: dict, share: str | None = None, *, title: str = ""):
@@ -738,7 +740,8 @@ def plot_group_gains(results: dict, share: str | None = None, *, title: str = ""
             if xs:
                 m, lo, hi = map(np.asarray, (m, lo, hi))
                 ax.errorbar(xs, m, yerr=np.vstack([m - lo, hi - m]), fmt="s" if "balanced" in arm else "o", ms=5,
-                            capsize=2, color=arm_colour(arm), mfc="white" if "balanced" in arm else None,
+                            capsize=2, color=arm_colour(arm.replace(" (balanced)", "")),
+                            mfc="white" if "balanced" in arm else None,
                             label=arm.replace("real + ", "+ "))
         npat = [f"all ({n_pat} pat.)"] + [
             f"{g} ({next((entries[a]['by_fraction'][share]['per_skin_type'][g]['n_patients'] for a in arms if g in entries.get(a, {}).get('by_fraction', {}).get(share, {}).get('per_skin_type', {})), '?')} pat.)"
