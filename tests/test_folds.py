@@ -212,6 +212,7 @@ def test_folds_run_tests_every_patient_once_with_generators_that_never_saw_it(fo
         test = {p for p, s in split.items() if s == "test"}
         assert test == {p for p, g in fold_of.items() if g == str(f)}
         assert {p for p, s in split.items() if s == "ood"} == held
+        assert json.loads((view / "summary.json").read_text())["split"]["ood_sites"] == ["B"]
         tested.update(test)
         for gen in ("dcgan", "cvae"):
             rows = read_csv(out / f"fold{f}" / gen / "samples" / "manifest.csv")

@@ -670,8 +670,10 @@ def generate_uniform_and_balanced(crops_dir, glide_dir, *, inpainter, runs: int,
     (every other argument as :func:`generate_variants`; resumable and sharded the same way); when
     it is complete, ``glide_dir/samples`` (uniform) and ``glide_dir/samples_balanced`` are written
     as views of it (:func:`write_plan_view`) carrying the measured seconds per variant of this
-    device. Returns the generation summary plus ``plans`` and ``views`` (name -> folder; empty
-    while other shards are unfinished)."""
+    device (of the last run or shard that made variants: a resumed run that made a few sets it
+    from those few). Returns the generation summary plus ``plans`` and ``views`` (name -> folder;
+    empty while other shards are unfinished; with shards, run the notebook once more after all
+    have finished, or call this again, so that one process writes the views)."""
     glide_dir = Path(glide_dir)
     plans = write_arm_plans(crops_dir, glide_dir / "plans", max_sources or 0, runs, seed=seed)
     union_dir = glide_dir / UNION_FOLDER

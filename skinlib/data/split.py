@@ -341,6 +341,7 @@ def write_fold_views(crops_dir, k: int, seed: int = 0, *, root=None, test_share:
         write_csv(view / SPLIT_FILE, [{**r, "split": side[r["patient"]]} for r in split_rows])
         save_json(view / "summary.json", {**(summary or {}), "split": {
             **record, "fold": f, "made_from": str(crops_dir),
+            "ood_sites": (summary or {}).get("split", {}).get("ood_sites", []),
             "train_patients": sum(v == "train" for v in side.values()),
             "test_patients": sum(v == "test" for v in side.values())}})
     if copied:
