@@ -370,10 +370,11 @@ def augmentation_cost(results: dict, folders: Mapping[str, Path]) -> dict:
     out = {}
     for name, folder in folders.items():
         view = Path(folder) / "view.json"
-        timing = load_json(view).get("timing") if view.is_file() else None
+        record = load_json(view) if view.is_file() else {}
+        timing = record.get("timing")
         if not timing:
             continue
-        n = load_json(view)["variants"]
+        n = record["variants"]
         seconds = n * float(timing["seconds_per_variant"])
         entry = {"variants": n, "seconds_per_variant": timing["seconds_per_variant"], "seconds": seconds,
                  "device": timing.get("device", ""), "cpu": timing.get("cpu", {}).get("model", ""), "share": share}
