@@ -289,7 +289,8 @@ def write_fold_views(crops_dir, k: int, seed: int = 0, *, root=None, test_share:
                                 f"(notebook 01), then make the folds.")
     tables = {p: read_csv(p) for p in _manifest_paths(crops_dir)}
     patients = _patient_diseases(tables, main)
-    held = {r["patient"] for r in read_csv(crops_dir / SPLIT_FILE) if r["split"] == "ood"}   # held-out site
+    split_rows = read_csv(crops_dir / SPLIT_FILE)
+    held = {r["patient"] for r in split_rows if r["split"] == "ood"}   # held-out site
     types = skin_types(crops_dir)
     groups = {p: skin_group(p, types) for p in patients} if types else None
     folds = assign_folds({p: d for p, d in patients.items() if p not in held}, k, seed, strata=groups,
@@ -297,12 +298,12 @@ def write_fold_views(crops_dir, k: int, seed: int = 0, *, root=None, test_share:
     if not any(f is not None for f in folds.values()):
         raise ValueError(f"{crops_dir}: no disease has enough patients for {k} folds ({len(patients)} patients); "
                          f"add patients or use fewer folds.")
-    split_rows = read_csv(crops_dir / SPLIT_FILE)
     for r in split_rows:
         r["fold"] = "" if folds.get(r["patient"]) is None else str(folds[r["patient"]])
     write_csv(crops_dir / SPLIT_FILE, split_rows)
     summary_path = crops_dir / "summary.json"
     summary = load_json(summary_path) if summary_path.is_file() else None
+    ood_sites = (summary or {}).get("split", {}).get("ood_sites", [])
     record = {"folds": k, "seed": seed, "test_share": test_share,
               "stratified_by": ["disease"] + (["Fitzpatrick group"] if groups else []),
               "test_patients_per_fold": [sum(v == f for v in folds.values()) for f in range(k)],
@@ -341,7 +342,7 @@ def write_fold_views(crops_dir, k: int, seed: int = 0, *, root=None, test_share:
         write_csv(view / SPLIT_FILE, [{**r, "split": side[r["patient"]]} for r in split_rows])
         save_json(view / "summary.json", {**(summary or {}), "split": {
             **record, "fold": f, "made_from": str(crops_dir),
-            "ood_sites": (summary or {}).get("split", {}).get("ood_sites", []),
+            "ood_sites": ood_sites,
             "train_patients": sum(v == "train" for v in side.values()),
             "test_patients": sum(v == "test" for v in side.values())}})
     if copied:
